@@ -1,0 +1,108 @@
+"""Settings as frozen dataclasses. Each field names the nnU-Net or SLURM name it maps to."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+
+from nnslurm.errors import UsageError
+
+DEFAULT_STOP_SIGNALS = ("USR1", "USR2", "TERM")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Which nnU-Net training: the same four names as `nnUNetv2_train DATASET CONFIG FOLD -tr -p`."""
+
+    dataset: str  # nnU-Net dataset id ("501") or name ("Dataset501_Synthetic")
+    configuration: str = "3d_fullres"  # nnU-Net configuration: 2d, 3d_fullres, 3d_lowres, ...
+    fold: str = "0"  # nnU-Net fold: "0".."4" or "all" (nnU-Net's fold trained on every case)
+    trainer: str = "nnUNetTrainer"  # -tr: trainer class name (or module:Class for your own)
+    plans: str = "nnUNetPlans"  # -p: plans identifier
+
+    @property
+    def fold_value(self) -> int | str:
+        """The fold as nnU-Net's trainer takes it."""
+        return self.fold if self.fold == "all" else int(self.fold)
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How to train and checkpoint; every field is a `nnslurm train` flag."""
+
+    num_epochs: int | None = None  # --epochs; nnU-Net trainer.num_epochs (default 1000)
+    iterations_per_epoch: int | None = None  # nnU-Net num_iterations_per_epoch (250)
+    val_iterations_per_epoch: int | None = None  # nnU-Net num_val_iterations_per_epoch (50)
+    save_every_epochs: int | None = 1  # replaces nnU-Net's save_every (50)
+    save_every_minutes: float | None = 15.0  # also save mid-epoch when this much time has passed
+    resume_from: str = "newest"  # newest | latest | best | a checkpoint path
+    deterministic: bool = False  # single-process augmentation + seeding: bitwise reproducible resume
+    seed: int | None = None  # seeds python/numpy/torch before the trainer is built
+    device: str = "auto"  # nnUNetv2_train -device: cpu | cuda | auto (cuda when available)
+    final_validation: bool = True  # nnUNetv2_train --disable... : run nnU-Net's final validation
+    stop_signals: tuple[str, ...] = DEFAULT_STOP_SIGNALS  # signals that mean "checkpoint and stop"
+    stop_deadline_s: float = 20.0  # phases without iteration boundaries are abandoned after this
+    max_requeues: int = 20  # --max-requeues: self-requeues after walltime warnings, per job
+
+    def __post_init__(self) -> None:
+        for name in ("num_epochs", "iterations_per_epoch", "val_iterations_per_epoch", "save_every_epochs"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(f"{flag} must be a positive number, got {value}.")
+        if self.save_every_minutes is not None and self.save_every_minutes <= 0:
+            raise UsageError(f"--save-every-minutes must be positive, got {self.save_every_minutes}.")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"--device must be cpu, cuda or auto, got {self.device!r}.")
+        if self.max_requeues < 0:
+            raise UsageError(f"--max-requeues must be 0 or more, got {self.max_requeues}.")
+        if self.stop_deadline_s <= 0:
+            raise UsageError(f"--stop-deadline must be positive, got {self.stop_deadline_s}.")
+        for name in self.stop_signals:
+            parse_signal(name)
+
+    @property
+    def overrides(self) -> dict[str, int]:
+        """The trainer attributes this run changes; recorded in every checkpoint."""
+        pairs = {
+            "num_epochs": self.num_epochs,
+            "num_iterations_per_epoch": self.iterations_per_epoch,
+            "num_val_iterations_per_epoch": self.val_iterations_per_epoch,
+        }
+        return {key: value for key, value in pairs.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything one training process needs: what to train and how."""
+
+    run: RunSpec
+    options: TrainingOptions = field(default_factory=TrainingOptions)
+
+
+def parse_signal(name: str) -> signal.Signals:
+    """'USR1', 'SIGUSR1', 'usr1' or '10' -> signal.SIGUSR1, with a clear error otherwise."""
+    text = name.strip().upper()
+    if text.isdigit():
+        try:
+            return signal.Signals(int(text))
+        except ValueError:
+            pass
+    else:
+        candidate = text if text.startswith("SIG") else "SIG" + text
+        if candidate in signal.Signals.__members__:
+            return signal.Signals[candidate]
+    raise UsageError(
+        f"unknown signal {name!r}",
+        hint="use a name SLURM's --signal understands, e.g. USR1, USR2, TERM, INT.",
+    )
+
+
+def parse_signal_list(text: str) -> tuple[str, ...]:
+    """'USR1,USR2,TERM' -> ('USR1', 'USR2', 'TERM'), each checked."""
+    names = tuple(part.strip().upper().removeprefix("SIG") for part in text.split(",") if part.strip())
+    if not names:
+        raise UsageError("--stop-signals needs at least one signal, e.g. USR1,USR2,TERM.")
+    for name in names:
+        parse_signal(name)
+    return names

@@ -1,0 +1,74 @@
+"""One trainer per output folder: an flock on a file in the run folder, naming its holder.
+
+The kernel releases an flock when its holder dies, so a lock left by a killed process is
+never stale; the file's content only serves the message for the second process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from types import TracebackType
+
+from nnslurm.errors import RunLockedError
+
+LOCK_FILE = ".nnslurm.lock"
+
+
+class RunLock:
+    def __init__(self, run_folder: Path) -> None:
+        self.path = Path(run_folder) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise RunLockedError(
+                f"{self.path.parent} is already being trained by another process ({describe(holder)}).",
+                hint="wait for it to finish or stop it (scancel / nnslurm cancel); two trainers in one "
+                "folder would overwrite each other's checkpoints.",
+            ) from None
+        holder_info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "job_id": os.environ.get("SLURM_JOB_ID"),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder_info).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+def describe(holder_json: str) -> str:
+    try:
+        info = json.loads(holder_json)
+    except json.JSONDecodeError:
+        return "holder unknown"
+    parts = [f"pid {info.get('pid')} on {info.get('host')}"]
+    if info.get("job_id"):
+        parts.append(f"SLURM job {info['job_id']}")
+    parts.append(f"since {info.get('since')}")
+    return ", ".join(parts)

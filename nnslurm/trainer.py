@@ -1,0 +1,278 @@
+"""The preemption-aware trainer: the user's nnU-Net trainer class with nnslurm's loop mixed in.
+
+nnU-Net's `run_training` is one loop with no per-iteration hook, so the mixin runs the same
+hooks in the same order (on_epoch_start, on_train_epoch_start, train_step, ...) with a check for
+a stop request at every iteration boundary. Checkpoints go through nnU-Net's own
+`save_checkpoint` call sites (best, latest, final), made atomic and written in the background.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nnslurm import rng
+from nnslurm.checkpoints import FORMAT_VERSION, META_KEY, BackgroundWriter, atomic_torch_save, cpu_copy
+from nnslurm.checkpoints import weights_checksum
+from nnslurm.events import EventLog
+from nnslurm.signals import StopMonitor, StopRequest
+
+logger = logging.getLogger(__name__)
+
+NEVER = 10**9  # nnU-Net's save_every when nnslurm's policy disables epoch-based saves
+STOP_CHECKPOINT = "checkpoint_latest.pth"
+
+
+class TrainingStopped(Exception):
+    """Raised inside the loop after the stop checkpoint is durable; carries where training stopped."""
+
+    def __init__(self, request: StopRequest, epoch: int, iteration: int, checkpoint: Path, seconds: float):
+        super().__init__(f"stopped by SIG{request.signal} at epoch {epoch} iteration {iteration}")
+        self.request = request
+        self.epoch = epoch
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+        self.seconds = seconds
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """What a checkpoint adds to nnU-Net's own keys, needed to continue mid-epoch."""
+
+    epoch: int
+    iteration: int
+    rng_state: dict[str, Any] | None
+    train_outputs: list[dict[str, Any]]
+
+
+@dataclass
+class LoopContext:
+    """What the mixin needs from the runner (set on the trainer before run_training)."""
+
+    monitor: StopMonitor
+    writer: BackgroundWriter
+    events: EventLog
+    overrides: Mapping[str, int]
+    save_every_minutes: float | None
+    deterministic: bool
+    resume: ResumePoint | None = None
+    last_save: float = field(default_factory=time.monotonic)
+
+
+class PreemptibleTrainerMixin:
+    """Put first in the bases: `type(Base.__name__, (PreemptibleTrainerMixin, Base), {})`.
+
+    Keeping the base class's name keeps nnU-Net's output folder and `trainer_name`.
+    """
+
+    nnslurm: LoopContext
+    # attributes of nnUNetTrainer used here (for type checkers)
+    current_epoch: int
+    num_epochs: int
+    num_iterations_per_epoch: int
+    num_val_iterations_per_epoch: int
+    output_folder: str
+    local_rank: int
+    is_ddp: bool
+    disable_checkpointing: bool
+    network: Any
+    optimizer: Any
+    grad_scaler: Any
+    logger: Any
+    dataloader_train: Any
+    dataloader_val: Any
+    _best_ema: Any
+    my_init_kwargs: dict[str, Any]
+    inference_allowed_mirroring_axes: Any
+
+    # --- nnU-Net hooks we change -----------------------------------------------------------
+    def get_training_transforms(self, *args: Any, **kwargs: Any) -> Any:
+        transforms = super().get_training_transforms(*args, **kwargs)  # type: ignore[misc]
+        if self.nnslurm.deterministic:
+            _disable_benchmarking(transforms)  # GaussianBlur times FFT vs conv: not reproducible
+        return transforms
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net calls this for best/latest (epoch end) and final; we write atomically with metadata."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return
+        path = Path(filename)
+        epoch = self.current_epoch + 1  # nnU-Net saves before incrementing current_epoch
+        finished = path.name == "checkpoint_final.pth"
+        state = self._snapshot(epoch, 0, [], rng.capture(), finished=finished)
+        if finished:
+            self.nnslurm.writer.wait()
+            seconds = atomic_torch_save(state, path)
+            self._saved(path, seconds, epoch, 0, reason="final")
+        else:
+            reason = "best" if path.name == "checkpoint_best.pth" else "periodic"
+            self._save_in_background(state, path, epoch, 0, reason)
+
+    def run_training(self) -> None:
+        context = self.nnslurm
+        context.monitor.phase = "startup"
+        self.on_train_start()  # type: ignore[attr-defined]
+        train_outputs: list[dict[str, Any]] = []
+        start_iteration = 0
+        if context.resume is not None:
+            # Building the data loaders drew random numbers: restore the RNG states after them.
+            if context.resume.rng_state is not None:
+                rng.restore(context.resume.rng_state)
+            start_iteration = context.resume.iteration
+            train_outputs = list(context.resume.train_outputs)
+        for epoch in range(self.current_epoch, self.num_epochs):
+            epoch_started = time.monotonic()
+            context.monitor.phase = "training"
+            self.on_epoch_start()  # type: ignore[attr-defined]
+            self.on_train_epoch_start()  # type: ignore[attr-defined]
+            for iteration in range(start_iteration, self.num_iterations_per_epoch):
+                self._at_boundary(epoch, iteration, train_outputs)
+                train_outputs.append(self.train_step(next(self.dataloader_train)))  # type: ignore[attr-defined]
+            self._at_boundary(epoch, self.num_iterations_per_epoch, train_outputs)
+            before_validation = rng.capture()
+            self.on_train_epoch_end(train_outputs)  # type: ignore[attr-defined]
+            context.monitor.phase = "validation"
+            with torch.no_grad():
+                self.on_validation_epoch_start()  # type: ignore[attr-defined]
+                val_outputs = []
+                for _ in range(self.num_val_iterations_per_epoch):
+                    if context.monitor.request is not None:
+                        # Validation changes no weights: stop at "training part of the epoch done".
+                        self._stop(epoch, self.num_iterations_per_epoch, train_outputs, before_validation)
+                    val_outputs.append(self.validation_step(next(self.dataloader_val)))  # type: ignore[attr-defined]
+                self.on_validation_epoch_end(val_outputs)  # type: ignore[attr-defined]
+            context.monitor.phase = "epoch end"
+            self.on_epoch_end()  # type: ignore[attr-defined]
+            self._log_progress(epoch, time.monotonic() - epoch_started, self.num_iterations_per_epoch - start_iteration)
+            train_outputs, start_iteration = [], 0
+        context.monitor.phase = "saving"
+        context.writer.wait()
+        self.on_train_end()  # type: ignore[attr-defined]
+
+    # --- the loop's own steps --------------------------------------------------------------
+    def _at_boundary(self, epoch: int, iteration: int, train_outputs: list[dict[str, Any]]) -> None:
+        context = self.nnslurm
+        if context.monitor.request is not None:
+            self._stop(epoch, iteration, train_outputs, rng.capture())
+        minutes = context.save_every_minutes
+        if minutes is not None and time.monotonic() - context.last_save >= minutes * 60 and iteration > 0:
+            state = self._snapshot(epoch, iteration, train_outputs, rng.capture())
+            self._save_in_background(state, Path(self.output_folder) / STOP_CHECKPOINT, epoch, iteration, "timed")
+
+    def _stop(
+        self, epoch: int, iteration: int, train_outputs: list[dict[str, Any]], rng_state: dict[str, Any]
+    ) -> None:
+        context = self.nnslurm
+        request = context.monitor.request
+        assert request is not None
+        context.monitor.acknowledge()
+        context.monitor.phase = "saving"
+        context.events.append(
+            "signal", signal=request.signal, received_at=request.received_at, epoch=epoch, iteration=iteration
+        )
+        logger.warning(
+            "SIG%s received: stopping at epoch %d iteration %d and writing a checkpoint",
+            request.signal, epoch, iteration,
+        )
+        context.writer.wait()  # an older periodic save must not land after this one
+        path = Path(self.output_folder) / STOP_CHECKPOINT
+        state = self._snapshot(epoch, iteration, train_outputs, rng_state)
+        seconds = atomic_torch_save(state, path)
+        self._saved(path, seconds, epoch, iteration, reason="stop")
+        self.shutdown_dataloaders()
+        raise TrainingStopped(request, epoch, iteration, path, seconds)
+
+    def shutdown_dataloaders(self) -> None:
+        """Stop data-augmentation workers (nnU-Net only does this in on_train_end)."""
+        for loader in (self.dataloader_train, self.dataloader_val):
+            finish = getattr(loader, "_finish", None)
+            if callable(finish):
+                finish()
+
+    def _snapshot(
+        self,
+        epoch: int,
+        iteration: int,
+        train_outputs: list[dict[str, Any]],
+        rng_state: dict[str, Any],
+        finished: bool = False,
+    ) -> dict[str, Any]:
+        """nnU-Net's checkpoint keys at position (epoch, iteration), copied off the device."""
+        module = self.network.module if self.is_ddp else self.network
+        module = getattr(module, "_orig_mod", module)  # torch.compile wrapper
+        weights = cpu_copy(module.state_dict())
+        # The logger's lists hold one entry per finished epoch; entries of the epoch in progress
+        # are dropped so that nnU-Net (and we) log them again when the epoch is redone/continued.
+        logging_state = {
+            key: list(values[:epoch]) if isinstance(values, list) else values
+            for key, values in self.logger.get_checkpoint().items()
+        }
+        return {
+            "network_weights": weights,
+            "optimizer_state": cpu_copy(self.optimizer.state_dict()),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": logging_state,
+            "_best_ema": self._best_ema,
+            "current_epoch": epoch,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": type(self).__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            META_KEY: {
+                "format": FORMAT_VERSION,
+                "epoch": epoch,
+                "iteration": iteration,
+                "finished": finished,
+                "overrides": dict(self.nnslurm.overrides),
+                "rng": cpu_copy(rng_state),
+                "train_outputs": cpu_copy(train_outputs),
+                "weights_crc32": weights_checksum(weights),
+                "saved_at": time.time(),
+            },
+        }
+
+    def _save_in_background(self, state: dict[str, Any], path: Path, epoch: int, iteration: int, reason: str) -> None:
+        self.nnslurm.last_save = time.monotonic()
+        self.nnslurm.writer.submit(
+            state, path, lambda written, seconds: self._saved(written, seconds, epoch, iteration, reason)
+        )
+
+    def _saved(self, path: Path, seconds: float, epoch: int, iteration: int, reason: str) -> None:
+        self.nnslurm.last_save = time.monotonic()
+        self.nnslurm.events.append(
+            "checkpoint", path=path.name, epoch=epoch, iteration=iteration, seconds=round(seconds, 4), reason=reason
+        )
+
+    def _log_progress(self, epoch: int, seconds: float, iterations: int) -> None:
+        """One line per epoch, readable in a SLURM .out file."""
+        values = self.logger.get_checkpoint()
+        loss = values.get("train_losses", [None])[-1] if values.get("train_losses") else None
+        dice = values.get("ema_fg_dice", [None])[-1] if values.get("ema_fg_dice") else None
+        remaining = self.num_epochs - epoch - 1
+        eta = time.strftime("%H:%M:%S", time.gmtime(max(0.0, remaining * seconds)))
+        logger.info(
+            "epoch %d/%d done: %.2f it/s, train loss %s, pseudo-Dice (EMA) %s, ETA %s",
+            epoch + 1, self.num_epochs, iterations / seconds if seconds > 0 else 0.0,
+            "n/a" if loss is None else f"{loss:.4f}", "n/a" if dice is None else f"{dice:.4f}", eta,
+        )
+
+
+def _disable_benchmarking(transform: Any) -> None:
+    """Walk batchgeneratorsv2's transform tree and switch off timing-based algorithm choices."""
+    if hasattr(transform, "benchmark"):
+        transform.benchmark = False
+    for child in getattr(transform, "transforms", None) or []:
+        _disable_benchmarking(child)
+    inner = getattr(transform, "transform", None)
+    if inner is not None:
+        _disable_benchmarking(inner)
+
+
+def preemptible_class(base: type) -> type:
+    """The user's trainer class with the mixin first; same name, so same output folder."""
+    return type(base.__name__, (PreemptibleTrainerMixin, base), {"__module__": base.__module__})

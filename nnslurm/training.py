@@ -1,0 +1,255 @@
+"""One training process: lock the run folder, pick the checkpoint, run nnU-Net's trainer, report.
+
+`run_training` returns a TrainingOutcome ("finished" or "stopped" with a durable checkpoint);
+what happens next (exit 75, requeue, nothing) is the caller's decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nnslurm import EXIT_RESUMABLE, rng
+from nnslurm.checkpoints import (
+    BackgroundWriter,
+    CheckpointInfo,
+    RunIdentity,
+    candidates,
+    check_belongs,
+    newest_valid,
+    read_checkpoint,
+    remove_stale_temp_files,
+)
+from nnslurm.config import TrainJob, TrainingOptions
+from nnslurm.errors import CheckpointError, NnslurmError
+from nnslurm.events import EventLog
+from nnslurm.lock import RunLock
+from nnslurm.nnunet import find_trainer_class, load_plans, output_folder
+from nnslurm.signals import StopMonitor, StopRequest
+from nnslurm.trainer import NEVER, LoopContext, ResumePoint, TrainingStopped, preemptible_class
+
+logger = logging.getLogger(__name__)
+
+DETERMINISTIC_DEFAULT_SEED = 12345
+
+
+class TrainingFailed(NnslurmError):
+    """The nnU-Net trainer raised; the run folder keeps its newest valid checkpoint."""
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    status: str  # "finished" or "stopped"
+    output_folder: Path
+    epoch: int  # position of the newest durable state: epoch to run next ...
+    iteration: int  # ... and iterations of it already done
+    stop_signal: str | None = None  # first stop signal received ("USR1", "TERM", ...)
+    signals: tuple[str, ...] = ()  # every stop signal received, in order
+    checkpoint: Path | None = None  # the checkpoint written at the stop
+    phase: str | None = None  # what the process was doing when it stopped
+
+
+def run_training(
+    job: TrainJob, on_abandon: Callable[[TrainingOutcome], None] | None = None
+) -> TrainingOutcome:
+    """Train (or resume) one nnU-Net run in this process.
+
+    `on_abandon` runs when a stop request found no iteration boundary before the deadline
+    (start-up, final validation); the process then exits with status 75 right after it.
+    """
+    run, options = job.run, job.options
+    plans, dataset_json = load_plans(run)
+    base_class = find_trainer_class(run.trainer)
+    folder = output_folder(run, base_class.__name__)
+    expected = RunIdentity(
+        dataset=plans["dataset_name"],
+        plans=plans["plans_name"],
+        configuration=run.configuration,
+        fold=str(run.fold_value),
+        trainer=base_class.__name__,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    with RunLock(folder):
+        events = EventLog(folder)
+        remove_stale_temp_files(folder)
+        chosen = choose_checkpoint(folder, options.resume_from, expected, options.overrides)
+        monitor = StopMonitor(
+            options.stop_signals,
+            options.stop_deadline_s,
+            lambda request, phase: _abandon(folder, events, request, phase, on_abandon),
+        )
+        with monitor:
+            return _train(job, plans, dataset_json, base_class, folder, chosen, monitor, events)
+
+
+def choose_checkpoint(
+    folder: Path, resume_from: str, expected: RunIdentity, overrides: dict[str, int]
+) -> CheckpointInfo | None:
+    """newest | latest | best | PATH -> the checkpoint to resume from (None: start fresh)."""
+    if resume_from in ("latest", "best"):
+        path = folder / f"checkpoint_{resume_from}.pth"
+        if not path.is_file():
+            raise CheckpointError(f"--resume-from {resume_from}: {path} does not exist.",
+                                  hint="use --resume-from newest to take whatever is newest.")
+        info = read_checkpoint(path)
+    elif resume_from == "newest":
+        info, _ = newest_valid(candidates(folder))
+    else:
+        path = Path(resume_from).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"--resume-from {resume_from}: no such file.",
+                                  hint="pass newest, latest, best or the path of a checkpoint_*.pth file.")
+        info = read_checkpoint(path)
+    if info is not None:
+        check_belongs(info, expected, overrides)
+    return info
+
+
+def _train(
+    job: TrainJob,
+    plans: dict[str, Any],
+    dataset_json: dict[str, Any],
+    base_class: type,
+    folder: Path,
+    chosen: CheckpointInfo | None,
+    monitor: StopMonitor,
+    events: EventLog,
+) -> TrainingOutcome:
+    run, options = job.run, job.options
+    _prepare_process(options)
+    trainer_plans = dict(plans, continue_training=chosen is not None)
+    trainer = preemptible_class(base_class)(
+        plans=trainer_plans,
+        configuration=run.configuration,
+        fold=run.fold_value,
+        dataset_json=dataset_json,
+        device=_device(options.device),
+    )
+    for name, value in options.overrides.items():
+        setattr(trainer, name, value)
+    trainer.save_every = options.save_every_epochs or NEVER
+    writer = BackgroundWriter()
+    trainer.nnslurm = LoopContext(
+        monitor=monitor,
+        writer=writer,
+        events=events,
+        overrides=options.overrides,
+        save_every_minutes=options.save_every_minutes,
+        deterministic=options.deterministic,
+    )
+    start = {"epoch": 0, "iteration": 0}
+    if chosen is not None:
+        trainer.load_checkpoint(str(chosen.path))
+        trainer.nnslurm.resume = ResumePoint(
+            epoch=chosen.epoch,
+            iteration=chosen.iteration,
+            rng_state=chosen.meta.get("rng"),
+            train_outputs=list(chosen.meta.get("train_outputs", [])),
+        )
+        start = {"epoch": chosen.epoch, "iteration": chosen.iteration}
+        events.append("resumed", checkpoint=chosen.path.name, finished=chosen.finished, **start)
+        logger.info("resuming from %s at epoch %d iteration %d", chosen.path, chosen.epoch, chosen.iteration)
+    events.append(
+        "started",
+        num_epochs=trainer.num_epochs,
+        iterations_per_epoch=trainer.num_iterations_per_epoch,
+        trainer=base_class.__name__,
+        deterministic=options.deterministic,
+        **start,
+    )
+    try:
+        if chosen is None or not chosen.finished:
+            try:
+                trainer.run_training()
+            except TrainingStopped as stop:
+                events.append("stopped", signal=stop.request.signal, epoch=stop.epoch, iteration=stop.iteration,
+                              checkpoint_seconds=round(stop.seconds, 4),
+                              signal_to_durable_s=round(_since(stop.request), 4))
+                return TrainingOutcome(
+                    status="stopped", output_folder=folder, epoch=stop.epoch, iteration=stop.iteration,
+                    stop_signal=stop.request.signal, signals=tuple(r.signal for r in monitor.received),
+                    checkpoint=stop.checkpoint, phase="training",
+                )
+        if options.final_validation and not (folder / "validation" / "summary.json").is_file():
+            monitor.phase = "final validation"
+            trainer.perform_actual_validation(False)
+        events.append("finished", epoch=trainer.num_epochs, iteration=0)
+        return TrainingOutcome(status="finished", output_folder=folder, epoch=trainer.num_epochs, iteration=0,
+                               signals=tuple(r.signal for r in monitor.received))
+    except NnslurmError as error:
+        events.append("failed", error=str(error))
+        raise
+    except Exception as error:
+        events.append("failed", error=f"{type(error).__name__}: {error}")
+        logger.exception("nnU-Net training failed")
+        raise TrainingFailed(
+            f"training of {folder} failed: {type(error).__name__}: {error}",
+            hint="the traceback above shows where; the newest valid checkpoint is kept, fix the cause "
+            "and run the same command again to resume.",
+        ) from error
+    finally:
+        writer.close()
+        if hasattr(trainer, "shutdown_dataloaders"):
+            trainer.shutdown_dataloaders()
+
+
+def _prepare_process(options: TrainingOptions) -> None:
+    seed = options.seed if options.seed is not None else (
+        DETERMINISTIC_DEFAULT_SEED if options.deterministic else None
+    )
+    if options.deterministic:
+        os.environ["nnUNet_n_proc_DA"] = "0"  # single-process augmentation: one RNG stream
+    if seed is not None:
+        rng.seed_everything(seed)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NnslurmError("--device cuda, but no CUDA device is visible to this process.",
+                           hint="check --gpus / CUDA_VISIBLE_DEVICES, or use --device cpu.")
+    if name == "cpu":
+        # nnU-Net would take every core of the node; take the cores this job was given.
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    return torch.device(name)
+
+
+def _since(request: StopRequest) -> float:
+    import time
+
+    return time.time() - request.received_at
+
+
+def _abandon(
+    folder: Path,
+    events: EventLog,
+    request: StopRequest,
+    phase: str,
+    on_abandon: Callable[[TrainingOutcome], None] | None,
+) -> None:
+    """Runs in the watchdog thread: no boundary came in time; what is on disk is resumable."""
+    logger.warning("SIG%s during %s: no iteration boundary within the deadline; exiting resumable "
+                   "(host %s)", request.signal, phase, socket.gethostname())
+    newest, _ = newest_valid(candidates(folder))
+    epoch, iteration = newest.position if newest else (0, 0)
+    events.append("stopped", signal=request.signal, phase=phase, reason="deadline", epoch=epoch,
+                  iteration=iteration)
+    outcome = TrainingOutcome(status="stopped", output_folder=folder, epoch=epoch, iteration=iteration,
+                              stop_signal=request.signal, phase=phase)
+    try:
+        if on_abandon is not None:
+            on_abandon(outcome)
+    finally:
+        for child in multiprocessing.active_children():
+            child.kill()
+        logging.shutdown()
+        os._exit(EXIT_RESUMABLE)

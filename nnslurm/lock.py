@@ -1,7 +1,9 @@
-"""One trainer per output folder: an flock on a file in the run folder, naming its holder.
+"""One trainer per output folder: a POSIX lock on a file in the run folder, naming its holder.
 
-The kernel releases an flock when its holder dies, so a lock left by a killed process is
-never stale; the file's content only serves the message for the second process.
+The kernel releases the lock when its holder dies, so a lock left by a killed process is never
+stale; the file's content only serves the message for the second process. POSIX (fcntl) locks,
+unlike flock, are not inherited by forked data-augmentation workers, which may outlive a
+SIGKILLed trainer for a moment, and they work on NFS.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
             os.close(fd)
             raise RunLockedError(
@@ -49,7 +51,7 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
+            os.close(self._fd)  # closing drops the lock
             self._fd = None
 
     def __enter__(self) -> RunLock:

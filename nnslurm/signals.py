@@ -44,7 +44,8 @@ class StopMonitor:
     ) -> None:
         self._signals = [parse_signal(name) for name in signals]
         self._deadline_s = deadline_s
-        self._on_deadline = on_deadline
+        # Replaced as start-up learns more (the run folder); called from the watchdog thread.
+        self.on_deadline = on_deadline
         self._owner_pid = os.getpid()
         self._previous: dict[signal.Signals, Any] = {}
         self._received: list[StopRequest] = []
@@ -74,6 +75,7 @@ class StopMonitor:
         self._acknowledged.set()
 
     def install(self) -> None:
+        """Install as early as possible: before this, a stop signal kills the process."""
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("stop-signal handlers can only be installed from the main thread")
         for sig in self._signals:
@@ -93,7 +95,7 @@ class StopMonitor:
             if request is None or self._acknowledged.is_set() or self.phase == "saving":
                 continue
             if time.time() - request.received_at >= self._deadline_s:
-                self._on_deadline(request, self.phase)
+                self.on_deadline(request, self.phase)
                 return
 
     def __enter__(self) -> StopMonitor:

@@ -62,6 +62,7 @@ class LoopContext:
     save_every_minutes: float | None
     deterministic: bool
     resume: ResumePoint | None = None
+    position: tuple[int, int] = (0, 0)  # (epoch, iteration) of the last iteration boundary
     last_save: float = field(default_factory=time.monotonic)
 
 
@@ -158,6 +159,7 @@ class PreemptibleTrainerMixin:
     # --- the loop's own steps --------------------------------------------------------------
     def _at_boundary(self, epoch: int, iteration: int, train_outputs: list[dict[str, Any]]) -> None:
         context = self.nnslurm
+        context.position = (epoch, iteration)
         if context.monitor.request is not None:
             self._stop(epoch, iteration, train_outputs, rng.capture())
         minutes = context.save_every_minutes

@@ -7,7 +7,6 @@ what happens next (exit 75, requeue, nothing) is the caller's decision.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import socket
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from nnslurm.errors import CheckpointError, NnslurmError
 from nnslurm.events import EventLog
 from nnslurm.lock import RunLock
 from nnslurm.nnunet import find_trainer_class, load_plans, output_folder
+from nnslurm.processes import children_die_with_this_process, kill_children
 from nnslurm.signals import StopMonitor, StopRequest
 from nnslurm.trainer import NEVER, LoopContext, ResumePoint, TrainingStopped, preemptible_class
 
@@ -58,13 +58,20 @@ class TrainingOutcome:
 
 
 def run_training(
-    job: TrainJob, on_abandon: Callable[[TrainingOutcome], None] | None = None
+    job: TrainJob,
+    on_abandon: Callable[[TrainingOutcome], None] | None = None,
+    monitor: StopMonitor | None = None,
 ) -> TrainingOutcome:
     """Train (or resume) one nnU-Net run in this process.
 
     `on_abandon` runs when a stop request found no iteration boundary before the deadline
     (start-up, final validation); the process then exits with status 75 right after it.
+    Pass an installed `monitor` to cover the start-up before this call (imports take seconds).
     """
+    if monitor is None:
+        monitor = new_monitor(job.options, on_abandon)
+        with monitor:
+            return run_training(job, on_abandon, monitor)
     run, options = job.run, job.options
     plans, dataset_json = load_plans(run)
     base_class = find_trainer_class(run.trainer)
@@ -80,14 +87,20 @@ def run_training(
     with RunLock(folder):
         events = EventLog(folder)
         remove_stale_temp_files(folder)
+        monitor.on_deadline = lambda request, phase: _abandon(folder, events, request, phase, on_abandon)
         chosen = choose_checkpoint(folder, options.resume_from, expected, options.overrides)
-        monitor = StopMonitor(
-            options.stop_signals,
-            options.stop_deadline_s,
-            lambda request, phase: _abandon(folder, events, request, phase, on_abandon),
-        )
-        with monitor:
-            return _train(job, plans, dataset_json, base_class, folder, chosen, monitor, events)
+        return _train(job, plans, dataset_json, base_class, folder, chosen, monitor, events)
+
+
+def new_monitor(
+    options: TrainingOptions, on_abandon: Callable[[TrainingOutcome], None] | None = None
+) -> StopMonitor:
+    """A stop monitor for start-up: before the run folder is known, abandoning writes nothing."""
+
+    def abandon_startup(request: StopRequest, phase: str) -> None:
+        _abandon(None, None, request, phase, on_abandon)
+
+    return StopMonitor(options.stop_signals, options.stop_deadline_s, abandon_startup)
 
 
 def choose_checkpoint(
@@ -202,6 +215,7 @@ def _train(
 
 
 def _prepare_process(options: TrainingOptions) -> None:
+    children_die_with_this_process()
     seed = options.seed if options.seed is not None else (
         DETERMINISTIC_DEFAULT_SEED if options.deterministic else None
     )
@@ -230,8 +244,8 @@ def _since(request: StopRequest) -> float:
 
 
 def _abandon(
-    folder: Path,
-    events: EventLog,
+    folder: Path | None,
+    events: EventLog | None,
     request: StopRequest,
     phase: str,
     on_abandon: Callable[[TrainingOutcome], None] | None,
@@ -239,17 +253,17 @@ def _abandon(
     """Runs in the watchdog thread: no boundary came in time; what is on disk is resumable."""
     logger.warning("SIG%s during %s: no iteration boundary within the deadline; exiting resumable "
                    "(host %s)", request.signal, phase, socket.gethostname())
-    newest, _ = newest_valid(candidates(folder))
+    newest = newest_valid(candidates(folder))[0] if folder is not None else None
     epoch, iteration = newest.position if newest else (0, 0)
-    events.append("stopped", signal=request.signal, phase=phase, reason="deadline", epoch=epoch,
-                  iteration=iteration)
-    outcome = TrainingOutcome(status="stopped", output_folder=folder, epoch=epoch, iteration=iteration,
+    if events is not None:
+        events.append("stopped", signal=request.signal, phase=phase, reason="deadline", epoch=epoch,
+                      iteration=iteration)
+    outcome = TrainingOutcome(status="stopped", output_folder=folder or Path("."), epoch=epoch, iteration=iteration,
                               stop_signal=request.signal, phase=phase)
     try:
         if on_abandon is not None:
             on_abandon(outcome)
     finally:
-        for child in multiprocessing.active_children():
-            child.kill()
+        kill_children()
         logging.shutdown()
         os._exit(EXIT_RESUMABLE)

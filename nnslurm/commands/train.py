@@ -7,9 +7,14 @@ import logging
 import os
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from nnslurm import EXIT_RESUMABLE
 from nnslurm.config import DEFAULT_STOP_SIGNALS, RunSpec, TrainingOptions, TrainJob, parse_signal_list
-from nnslurm.training import TrainingOutcome, run_training
+from nnslurm.signals import StopMonitor
+
+if TYPE_CHECKING:
+    from nnslurm.training import TrainingOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +130,20 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     job = training_job_from_args(args)
     in_slurm = bool(os.environ.get("SLURM_JOB_ID"))
-    outcome = run_training(job, on_abandon=_after_stop_hook(job) if in_slurm else None)
+    on_abandon = _after_stop_hook(job) if in_slurm else None
+    # Handlers first: importing torch and nnU-Net takes seconds, and a stop signal that arrives
+    # then must not kill the process (the deadline makes it exit 75 instead).
+    monitor = StopMonitor(job.options.stop_signals, job.options.stop_deadline_s, _exit_during_imports)
+    with monitor:
+        from nnslurm.training import new_monitor, run_training
+
+        monitor.on_deadline = new_monitor(job.options, on_abandon).on_deadline
+        outcome = run_training(job, on_abandon=on_abandon, monitor=monitor)
     return exit_status(outcome, job, in_slurm)
+
+
+def _exit_during_imports(request: object, phase: str) -> None:
+    os._exit(EXIT_RESUMABLE)
 
 
 def exit_status(outcome: TrainingOutcome, job: TrainJob, in_slurm: bool) -> int:

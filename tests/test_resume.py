@@ -1,0 +1,199 @@
+"""Real nnU-Net training on the synthetic dataset, stopped by real signals and resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events
+
+pytestmark = pytest.mark.nnunet
+
+SIGNAL_TRAINER = ["-tr", "signal_trainers:nnUNetTrainerSignals"]
+
+
+def train_until_finished(env: dict[str, str], args: list[str], max_starts: int = 8) -> list[int]:
+    """Start `nnslurm train` again after every exit 75, like a requeue; returns the exit codes."""
+    codes = []
+    for _ in range(max_starts):
+        result = nnslurm(["train", *args], env)
+        codes.append(result.returncode)
+        assert result.returncode in (0, 75), result.stderr[-4000:]
+        if result.returncode == 0:
+            return codes
+    pytest.fail(f"not finished after {max_starts} starts: {codes}")
+
+
+def final_weights(run_folder: Path) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(run_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    return checkpoint["network_weights"]
+
+
+def stops_and_resumes(run_folder: Path) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    events = read_events(run_folder)
+    stopped = [(e["epoch"], e["iteration"]) for e in events if e["event"] == "stopped"]
+    resumed = [(e["epoch"], e["iteration"]) for e in events if e["event"] == "resumed"]
+    return stopped, resumed
+
+
+def test_deterministic_stops_end_bitwise_identical(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    args = [*TINY_TRAINING, *SIGNAL_TRAINER, "--deterministic", "--no-final-validation"]
+    reference = NnunetEnv(nnunet_env.raw, nnunet_env.preprocessed, tmp_path / "reference")
+    assert train_until_finished(reference.env(), args) == [0]
+
+    # mid-epoch, the first iteration of an epoch, during validation, the last iteration
+    points = "0:2,1:0,v1:0,2:4"
+    env = nnunet_env.env(NNSLURM_TEST_SIGNALS=points, NNSLURM_TEST_SIGNAL_STATE=str(tmp_path / "fired"))
+    codes = train_until_finished(env, args)
+    assert codes == [75, 75, 75, 75, 0]
+
+    run_folder = nnunet_env.run_folder("nnUNetTrainerSignals")
+    stopped, resumed = stops_and_resumes(run_folder)
+    assert stopped == [(0, 3), (1, 1), (1, 5), (2, 5)]
+    assert resumed == stopped  # no iteration redone
+    expected = final_weights(reference.run_folder("nnUNetTrainerSignals"))
+    actual = final_weights(run_folder)
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+def test_normal_mode_with_workers_resumes_exact_position(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    env = nnunet_env.env(
+        nnUNet_n_proc_DA="2",
+        NNSLURM_TEST_SIGNALS="0:3,1:2",
+        NNSLURM_TEST_SIGNAL_STATE=str(tmp_path / "fired"),
+        NNSLURM_TEST_SIGNAL="TERM",
+        NNSLURM_TEST_MARKER=marker,
+    )
+    codes = train_until_finished(env, [*TINY_TRAINING, *SIGNAL_TRAINER, "--no-final-validation"])
+    assert codes == [75, 75, 0]
+    run_folder = nnunet_env.run_folder("nnUNetTrainerSignals")
+    stopped, resumed = stops_and_resumes(run_folder)
+    assert resumed == stopped == [(0, 4), (1, 3)]
+    assert (run_folder / "checkpoint_final.pth").is_file()
+    final = torch.load(run_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 3
+    assert not processes_with_marker(marker), "data-augmentation workers survived the stop"
+
+
+def processes_with_marker(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_signal_from_outside_during_training(nnunet_env: NnunetEnv) -> None:
+    """A real SIGUSR1 from another process, at whatever instant it lands, as SLURM sends it."""
+    env = nnunet_env.env()
+    args = ["train", *TINY_TRAINING, "--epochs", "4", "--no-final-validation"]
+    process = subprocess.Popen([sys.executable, "-m", "nnslurm", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_folder = nnunet_env.run_folder()
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_folder / "checkpoint_best.pth").exists():
+        time.sleep(0.05)
+    sent = time.time()
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 75, stderr[-3000:]
+    stop = [e for e in read_events(run_folder) if e["event"] == "stopped"][-1]
+    assert stop["signal"] == "USR1"
+    assert stop["time"] - sent < 10
+    assert train_until_finished(env, args[1:]) == [0]
+    stopped, resumed = stops_and_resumes(run_folder)
+    assert resumed == stopped
+
+
+def test_signal_during_final_validation_is_resumable(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    env = nnunet_env.env(NNSLURM_TEST_SIGNALS="final", NNSLURM_TEST_SIGNAL_STATE=str(tmp_path / "fired"))
+    args = [*TINY_TRAINING, *SIGNAL_TRAINER, "--stop-deadline", "1"]
+    started = time.time()
+    first = nnslurm(["train", *args], env)
+    assert first.returncode == 75, first.stderr[-3000:]
+    assert time.time() - started < 120
+    run_folder = nnunet_env.run_folder("nnUNetTrainerSignals")
+    assert (run_folder / "checkpoint_final.pth").is_file()
+    assert not (run_folder / "validation" / "summary.json").exists()
+    second = nnslurm(["train", *args], env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (run_folder / "validation" / "summary.json").is_file()
+    events = read_events(run_folder)
+    assert [e["event"] for e in events if e["event"] in ("stopped", "resumed", "finished")] == [
+        "stopped", "resumed", "finished"]
+    assert events[-1]["epoch"] == 3
+
+
+def test_sigkill_during_checkpoint_write_keeps_previous(nnunet_env: NnunetEnv) -> None:
+    """Kill -9 while a big checkpoint is being written: the old file stays loadable and is resumed."""
+    marker = uuid.uuid4().hex
+    env = nnunet_env.env(NNSLURM_TEST_PADDING_MB="300", NNSLURM_TEST_MARKER=marker)
+    args = [*TINY_TRAINING, "-tr", "signal_trainers:nnUNetTrainerBigState", "--epochs", "4",
+            "--no-final-validation"]
+    run_folder = nnunet_env.run_folder("nnUNetTrainerBigState")
+    process = subprocess.Popen([sys.executable, "-m", "nnslurm", "train", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # wait until a checkpoint exists, then until the next write is in flight
+    deadline = time.time() + 180
+    while time.time() < deadline and not (run_folder / "checkpoint_latest.pth").exists():
+        time.sleep(0.01)
+    while time.time() < deadline and not list(run_folder.glob(".*nnslurm-tmp-*")):
+        time.sleep(0.002)
+    assert list(run_folder.glob(".*nnslurm-tmp-*")), "never caught a write in flight"
+    process.kill()
+    process.wait(timeout=30)
+    time.sleep(0.5)
+    assert not processes_with_marker(marker), "workers outlived the SIGKILLed trainer"
+    for name in ("checkpoint_latest.pth", "checkpoint_best.pth"):
+        if (run_folder / name).exists():
+            torch.load(run_folder / name, map_location="cpu", weights_only=False)  # loads: not torn
+    result = nnslurm(["train", *args], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not list(run_folder.glob(".*nnslurm-tmp-*")), "temp file of the killed write left behind"
+    resumed = [e for e in read_events(run_folder) if e["event"] == "resumed"]
+    assert resumed and resumed[0]["epoch"] >= 1
+
+
+def test_second_trainer_in_same_folder_is_refused(nnunet_env: NnunetEnv) -> None:
+    env = nnunet_env.env()
+    args = ["train", *TINY_TRAINING, "--epochs", "50", "--no-final-validation"]
+    first = subprocess.Popen([sys.executable, "-m", "nnslurm", *args], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = nnunet_env.run_folder() / ".nnslurm.lock"
+        deadline = time.time() + 60
+        while time.time() < deadline and not (lock.exists() and lock.read_text()):
+            time.sleep(0.05)
+        second = nnslurm(args, env)
+        assert second.returncode == 1
+        assert "already being trained" in second.stderr and f"pid {first.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 75
+
+
+def test_resume_with_other_epoch_count_is_refused(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    env = nnunet_env.env(NNSLURM_TEST_SIGNALS="1:1", NNSLURM_TEST_SIGNAL_STATE=str(tmp_path / "fired"))
+    args = [*TINY_TRAINING, *SIGNAL_TRAINER, "--no-final-validation"]
+    assert nnslurm(["train", *args], env).returncode == 75
+    run_folder = nnunet_env.run_folder("nnUNetTrainerSignals")
+    before = {p.name: p.read_bytes() for p in run_folder.glob("checkpoint_*.pth")}
+    result = nnslurm(["train", *args, "--epochs", "7"], env)
+    assert result.returncode == 1
+    assert "num_epochs=3" in result.stderr and "num_epochs=7" in result.stderr
+    assert {p.name: p.read_bytes() for p in run_folder.glob("checkpoint_*.pth")} == before

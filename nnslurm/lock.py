@@ -51,6 +51,7 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # a folder at rest names no holder
             os.close(self._fd)  # closing drops the lock
             self._fd = None
 

@@ -125,7 +125,7 @@ def output_folder(run: RunSpec, trainer_class_name: str | None = None) -> Path:
     """$nnUNet_results/DatasetXXX_Name/Trainer__Plans__Config/fold_N, as nnU-Net names it."""
     trainer = trainer_class_name or run.trainer.rpartition(":")[2]
     name = dataset_name(run.dataset)
-    return env_folder("nnUNet_results", must_exist=False) / name / (
+    return env_folder("nnUNet_results") / name / (
         f"{trainer}__{run.plans}__{run.configuration}"
     ) / f"fold_{run.fold}"
 

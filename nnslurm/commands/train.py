@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from nnslurm import EXIT_RESUMABLE
 from nnslurm.config import DEFAULT_STOP_SIGNALS, RunSpec, TrainingOptions, TrainJob, parse_signal_list
+from nnslurm.errors import UsageError
 from nnslurm.signals import StopMonitor
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-final-validation", action="store_true",
                        help="skip nnU-Net's final validation on the fold's validation cases")
     group = parser.add_argument_group("stopping")
-    group.add_argument("--stop-signals", default=",".join(DEFAULT_STOP_SIGNALS), type=parse_signal_list,
+    group.add_argument("--stop-signals", default=",".join(DEFAULT_STOP_SIGNALS), type=_signal_list,
                        help="signals that mean: stop at the next iteration boundary, checkpoint, exit 75 "
                        "(default: %(default)s)")
     group.add_argument("--stop-deadline", type=float, default=20.0, metavar="SECONDS",
@@ -79,6 +80,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-requeues", type=int, default=20,
                        help="inside SLURM: requeue this job at most N times after walltime warnings "
                        "(default: %(default)s)")
+
+
+def _signal_list(text: str) -> tuple[str, ...]:
+    try:
+        return parse_signal_list(text)
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def training_options_from_args(args: argparse.Namespace) -> TrainingOptions:

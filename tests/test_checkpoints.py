@@ -1,0 +1,138 @@
+"""Checkpoint files: atomic writes, validation and the newest-valid rule, on real files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnslurm.checkpoints import (
+    META_KEY,
+    RunIdentity,
+    atomic_torch_save,
+    candidates,
+    check_belongs,
+    newest_valid,
+    read_checkpoint,
+    remove_stale_temp_files,
+    weights_checksum,
+)
+from nnslurm.errors import CheckpointError
+
+IDENTITY = RunIdentity("Dataset501_Synthetic", "nnUNetPlans", "3d_fullres", "0", "nnUNetTrainer")
+
+
+def checkpoint(epoch: int, iteration: int | None = None, fold: int = 0, trainer: str = "nnUNetTrainer",
+               finished: bool = False, overrides: dict[str, int] | None = None) -> dict:
+    """nnU-Net's keys; with `iteration` also nnslurm's entry (without: a file plain nnU-Net wrote)."""
+    weights = {"conv.weight": torch.full((4, 4), float(epoch))}
+    state = {
+        "network_weights": weights,
+        "optimizer_state": {},
+        "current_epoch": epoch,
+        "trainer_name": trainer,
+        "init_args": {"plans": {"dataset_name": "Dataset501_Synthetic", "plans_name": "nnUNetPlans"},
+                      "configuration": "3d_fullres", "fold": fold},
+    }
+    if iteration is not None:
+        state[META_KEY] = {"epoch": epoch, "iteration": iteration, "finished": finished,
+                           "overrides": overrides or {}, "weights_crc32": weights_checksum(weights)}
+    return state
+
+
+def test_atomic_save_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoint_latest.pth"
+    atomic_torch_save(checkpoint(1, 0), target)
+    atomic_torch_save(checkpoint(2, 0), target)
+    assert read_checkpoint(target).epoch == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pth"]
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+def test_disk_full_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "checkpoint_latest.pth"
+    atomic_torch_save(checkpoint(1, 0), target)
+    before = target.read_bytes()
+
+    def no_space(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(CheckpointError, match="No space left on device") as error:
+        atomic_torch_save(checkpoint(2, 0), target)
+    assert str(target) in str(error.value)
+    monkeypatch.undo()
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pth"]
+
+
+def test_newer_best_wins_over_older_latest(tmp_path: Path) -> None:
+    torch.save(checkpoint(40), tmp_path / "checkpoint_latest.pth")  # plain nnU-Net: epoch 40
+    torch.save(checkpoint(45, 0), tmp_path / "checkpoint_best.pth")
+    chosen, skipped = newest_valid(candidates(tmp_path))
+    assert chosen is not None and chosen.path.name == "checkpoint_best.pth" and not skipped
+
+
+def test_mid_epoch_latest_beats_best_of_same_epoch(tmp_path: Path) -> None:
+    torch.save(checkpoint(45, 0), tmp_path / "checkpoint_best.pth")
+    torch.save(checkpoint(45, 120), tmp_path / "checkpoint_latest.pth")
+    chosen, _ = newest_valid(candidates(tmp_path))
+    assert chosen is not None and chosen.position == (45, 120)
+
+
+def test_final_wins_on_equal_progress(tmp_path: Path) -> None:
+    torch.save(checkpoint(3, 0), tmp_path / "checkpoint_best.pth")
+    torch.save(checkpoint(3, 0, finished=True), tmp_path / "checkpoint_final.pth")
+    chosen, _ = newest_valid(candidates(tmp_path))
+    assert chosen is not None and chosen.finished and chosen.path.name == "checkpoint_final.pth"
+
+
+def test_truncated_newest_is_skipped_with_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    torch.save(checkpoint(10, 0), tmp_path / "checkpoint_best.pth")
+    torch.save(checkpoint(12, 7), tmp_path / "checkpoint_latest.pth")
+    data = (tmp_path / "checkpoint_latest.pth").read_bytes()
+    (tmp_path / "checkpoint_latest.pth").write_bytes(data[: len(data) // 2])
+    chosen, skipped = newest_valid(candidates(tmp_path))
+    assert chosen is not None and chosen.position == (10, 0)
+    assert [path.name for path, _ in skipped] == ["checkpoint_latest.pth"]
+    assert "checkpoint_latest.pth" in caplog.text
+
+
+def test_garbage_and_corrupt_weights_are_skipped(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint_final.pth").write_bytes(b"not a checkpoint at all")
+    corrupt = checkpoint(20, 3)
+    corrupt["network_weights"]["conv.weight"][0, 0] = 123.0  # bit rot after the checksum
+    torch.save(corrupt, tmp_path / "checkpoint_latest.pth")
+    torch.save(checkpoint(5, 0), tmp_path / "checkpoint_best.pth")
+    chosen, skipped = newest_valid(candidates(tmp_path))
+    assert chosen is not None and chosen.position == (5, 0)
+    reasons = dict((path.name, why) for path, why in skipped)
+    assert "checksum" in reasons["checkpoint_latest.pth"]
+    assert "does not load" in reasons["checkpoint_final.pth"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"fold": 1}, "fold '1'"), ({"trainer": "nnUNetTrainerDA5"}, "trainer 'nnUNetTrainerDA5'")],
+)
+def test_checkpoint_of_another_run_is_refused(tmp_path: Path, kwargs: dict, message: str) -> None:
+    torch.save(checkpoint(3, 0, **kwargs), tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="belongs to another run") as error:
+        check_belongs(read_checkpoint(tmp_path / "other.pth"), IDENTITY, {})
+    assert message in str(error.value)
+
+
+def test_other_epoch_settings_are_refused(tmp_path: Path) -> None:
+    torch.save(checkpoint(3, 0, overrides={"num_epochs": 10}), tmp_path / "c.pth")
+    with pytest.raises(CheckpointError, match="num_epochs=10"):
+        check_belongs(read_checkpoint(tmp_path / "c.pth"), IDENTITY, {"num_epochs": 20})
+
+
+def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
+    (tmp_path / ".checkpoint_latest.pth.nnslurm-tmp-123-abcd").write_bytes(b"half")
+    (tmp_path / "checkpoint_best.pth").write_bytes(b"kept")
+    removed = remove_stale_temp_files(tmp_path)
+    assert [p.name for p in removed] == [".checkpoint_latest.pth.nnslurm-tmp-123-abcd"]
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_best.pth"]

@@ -101,7 +101,7 @@ def weights_checksum(weights: Mapping[str, torch.Tensor]) -> int:
         tensor = weights[key].detach().cpu().contiguous()
         crc = zlib.crc32(key.encode(), crc)
         if tensor.numel():
-            crc = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)
+            crc = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy().data, crc)
     return crc
 
 
@@ -206,7 +206,11 @@ def read_checkpoint(path: Path, verify: bool = True) -> CheckpointInfo:
         checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     except Exception as error:
         raise CheckpointError(f"{path} does not load: {error}") from error
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint or "current_epoch" not in checkpoint:
+    if (
+        not isinstance(checkpoint, dict)
+        or "network_weights" not in checkpoint
+        or "current_epoch" not in checkpoint
+    ):
         raise CheckpointError(f"{path} is not an nnU-Net checkpoint (no network_weights/current_epoch).")
     meta = checkpoint.get(META_KEY) or {}
     if verify and "weights_crc32" in meta:
@@ -216,7 +220,7 @@ def read_checkpoint(path: Path, verify: bool = True) -> CheckpointInfo:
     finished = bool(meta.get("finished", path.name == "checkpoint_final.pth"))
     return CheckpointInfo(
         path=path,
-        epoch=int(meta.get("epoch", checkpoint["current_epoch"])),
+        epoch=int(meta.get("epoch", checkpoint["current_epoch"]) or 0),
         iteration=int(meta.get("iteration", 0)),
         finished=finished,
         identity=RunIdentity.of_checkpoint(checkpoint),

@@ -63,9 +63,9 @@ def dataset_name(dataset: str) -> str:
         searched.append(f"{variable}={value}")
         for entry in sorted(Path(value).iterdir()):
             match = _DATASET_NAME.match(entry.name)
-            if entry.is_dir() and match and int(match.group(1)) == wanted_id:
-                if exact_name is None or entry.name == exact_name:
-                    return entry.name
+            same_id = match is not None and int(match.group(1)) == wanted_id
+            if entry.is_dir() and same_id and exact_name in (None, entry.name):
+                return entry.name
     where = ", ".join(searched) if searched else "no nnUNet_* folder is set"
     raise NnunetSetupError(
         f"dataset {dataset!r} not found (searched {where}).",
@@ -125,9 +125,12 @@ def output_folder(run: RunSpec, trainer_class_name: str | None = None) -> Path:
     """$nnUNet_results/DatasetXXX_Name/Trainer__Plans__Config/fold_N, as nnU-Net names it."""
     trainer = trainer_class_name or run.trainer.rpartition(":")[2]
     name = dataset_name(run.dataset)
-    return env_folder("nnUNet_results") / name / (
-        f"{trainer}__{run.plans}__{run.configuration}"
-    ) / f"fold_{run.fold}"
+    return (
+        env_folder("nnUNet_results")
+        / name
+        / (f"{trainer}__{run.plans}__{run.configuration}")
+        / f"fold_{run.fold}"
+    )
 
 
 def find_trainer_class(name: str) -> type:
@@ -151,7 +154,8 @@ def find_trainer_class(name: str) -> type:
         return found
     base = importlib.import_module("nnunetv2.training.nnUNetTrainer.nnUNetTrainer")
     if name == "nnUNetTrainer":
-        return base.nnUNetTrainer  # type: ignore[no-any-return]
+        trainer: type = base.nnUNetTrainer
+        return trainer
     package = importlib.import_module("nnunetv2.training.nnUNetTrainer")
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         try:

@@ -100,13 +100,19 @@ def run_command(argv: Sequence[str], timeout: float = DEFAULT_TIMEOUT_S) -> subp
         result = _runner[-1](args, timeout)
     except FileNotFoundError as error:
         raise CommandError(
-            args, 127, "", f"{args[0]}: command not found ({error.strerror or error})",
+            args,
+            127,
+            "",
+            f"{args[0]}: command not found ({error.strerror or error})",
             hint=f"is SLURM installed here and `{args[0]}` on the PATH? Without SLURM use "
             "`--executor local`, or start the test cluster: scripts/slurm-dev-cluster up",
         ) from error
     except subprocess.TimeoutExpired as error:
         raise CommandError(
-            args, None, _text(error.stdout), _text(error.stderr),
+            args,
+            None,
+            _text(error.stdout),
+            _text(error.stderr),
             hint=f"slurmctld did not answer within {timeout:g} s; check `scontrol ping`.",
         ) from error
     if result.returncode != 0:
@@ -154,7 +160,7 @@ class SlurmEnvironment:
 
     @property
     def qualified_id(self) -> str | None:
-        """"ARRAY_TASK" for array tasks (what scontrol and sacct accept), else the job id."""
+        """ "ARRAY_TASK" for array tasks (what scontrol and sacct accept), else the job id."""
         if self.array_job_id and self.array_task_id:
             return f"{self.array_job_id}_{self.array_task_id}"
         return self.job_id
@@ -332,8 +338,12 @@ def decide(evidence: StopEvidence) -> StopDecision:
         return StopDecision(SIGNAL, False, f"SIG{sig} outside SLURM: nothing to requeue")
     if info is None:
         if sig is not None and sig != "TERM" and (warning is None or sig == warning):
-            return StopDecision(WALLTIME, True, f"SIG{sig} and scontrol unreadable: taking it for the walltime warning")
-        return StopDecision(SIGNAL, False, f"SIG{sig} and scontrol unreadable: not requeueing (could be scancel)")
+            return StopDecision(
+                WALLTIME, True, f"SIG{sig} and scontrol unreadable: taking it for the walltime warning"
+            )
+        return StopDecision(
+            SIGNAL, False, f"SIG{sig} and scontrol unreadable: not requeueing (could be scancel)"
+        )
     left = info.time_left(evidence.now)
     left_text = "unlimited" if left is None else describe(max(0.0, left))
     if info.restarts > env.restart_count:
@@ -341,13 +351,15 @@ def decide(evidence: StopEvidence) -> StopDecision:
         if evidence.accounting == "REQUEUED":
             source = "scontrol requeue from outside"
         return StopDecision(
-            REQUEUED, False,
+            REQUEUED,
+            False,
             f"SLURM already requeued the job ({source}): Restarts={info.restarts} > {env.restart_count}",
         )
     if info.preempt_time is not None:
         if info.state in ("RUNNING", "SUSPENDED", "COMPLETING"):
             return StopDecision(
-                PREEMPTION, False,
+                PREEMPTION,
+                False,
                 f"preempted at {info.preempt_time.isoformat()} (JobState={info.state}, {left_text} of grace "
                 "left): SLURM requeues the job when the grace time ends",
                 wait_for_scheduler=info.state != "COMPLETING",
@@ -360,9 +372,12 @@ def decide(evidence: StopEvidence) -> StopDecision:
         )
     is_warning = sig == warning if warning else sig != "TERM"
     if info.state == "RUNNING" and is_warning:
-        return StopDecision(WALLTIME, True, f"SIG{sig} with {left_text} left, JobState=RUNNING: walltime warning")
+        return StopDecision(
+            WALLTIME, True, f"SIG{sig} with {left_text} left, JobState=RUNNING: walltime warning"
+        )
     return StopDecision(
-        SIGNAL, False,
+        SIGNAL,
+        False,
         f"SIG{sig} with JobState={info.state}, no preemption, no requeue, {left_text} left: "
         "a signal sent by hand (kill, scancel --signal); not requeueing",
     )
@@ -377,7 +392,9 @@ def gather_evidence(signal_name: str | None, env: SlurmEnvironment | None = None
     try:
         info: JobInfo | None = job_info(job_id)
     except (CommandError, SchedulerError) as error:
-        logger.warning("job %s: cannot read the job's state (%s); deciding by the signal alone", job_id, error)
+        logger.warning(
+            "job %s: cannot read the job's state (%s); deciding by the signal alone", job_id, error
+        )
         info = None
     accounting = None
     if info is not None and info.restarts > env.restart_count:
@@ -388,8 +405,11 @@ def gather_evidence(signal_name: str | None, env: SlurmEnvironment | None = None
 def self_requeues(events: EventLog, job_id: str | None) -> int:
     """How often this job (id) has requeued itself, from the run's event log."""
     return sum(
-        1 for record in events.read()
-        if record.get("event") == "requeued" and record.get("by") == "nnslurm" and record.get("job_id") == job_id
+        1
+        for record in events.read()
+        if record.get("event") == "requeued"
+        and record.get("by") == "nnslurm"
+        and record.get("job_id") == job_id
     )
 
 
@@ -399,13 +419,18 @@ def apply_requeue_limit(
     if not decision.requeue_self or used < max_requeues:
         return decision
     return StopDecision(
-        LIMIT, False,
+        LIMIT,
+        False,
         f"{decision.reason}; but this job already requeued itself {used} time(s) (--max-requeues {max_requeues})",
     )
 
 
 def record_decision(
-    events: EventLog, decision: StopDecision, evidence: StopEvidence, outcome: TrainingOutcome, requeues_left: int
+    events: EventLog,
+    decision: StopDecision,
+    evidence: StopEvidence,
+    outcome: TrainingOutcome,
+    requeues_left: int,
 ) -> None:
     info = evidence.info
     left = info.time_left(evidence.now) if info else None
@@ -427,8 +452,14 @@ def record_decision(
     )
     logger.warning(
         "job %s on %s: stopped by SIG%s at epoch %d iteration %d -> %s: %s (self-requeues left: %d)",
-        evidence.env.event_job_id, socket.gethostname(), evidence.signal, outcome.epoch, outcome.iteration,
-        decision.kind, decision.reason, requeues_left,
+        evidence.env.event_job_id,
+        socket.gethostname(),
+        evidence.signal,
+        outcome.epoch,
+        outcome.iteration,
+        decision.kind,
+        decision.reason,
+        requeues_left,
     )
 
 
@@ -504,10 +535,11 @@ def after_stop(
         record_decision(events, decision, evidence, outcome, requeues_left)
         if decision.kind == LIMIT:
             raise limit_error(outcome, options.max_requeues, job_id)
-        if decision.requeue_self and env.qualified_id:
-            reason = "walltime" if decision.kind in (WALLTIME, TIMELIMIT) else decision.kind
-            events.append("requeued", job_id=job_id, reason=reason, by="nnslurm", requeues_left=requeues_left)
-            (requeue_job or requeue)(env.qualified_id)
+        target = env.qualified_id or job_id
+        if decision.requeue_self and target:
+            events.append("requeued", job_id=job_id, reason="walltime", by="nnslurm", requeues_left=requeues_left,
+                          restart_count=env.restart_count)
+            (requeue_job or requeue)(target)
         elif decision.wait_for_scheduler and env.qualified_id:
             finish_preemption(events, env, evidence, requeue_job or requeue)
         elif decision.kind == REQUEUED:
@@ -527,8 +559,12 @@ def finish_preemption(
     assert job_id is not None
     left = evidence.info.time_left() if evidence.info else None
     wait_s = max(0.0, left or 0.0) + REQUEUE_WAIT_MARGIN_S
-    logger.info("job %s on %s: checkpoint written; waiting up to %s for SLURM to requeue the preempted job",
-                job_id, socket.gethostname(), describe(wait_s))
+    logger.info(
+        "job %s on %s: checkpoint written; waiting up to %s for SLURM to requeue the preempted job",
+        job_id,
+        socket.gethostname(),
+        describe(wait_s),
+    )
     started = time.monotonic()
     info = wait_for_requeue(job_id, env.restart_count, wait_s)
     waited = round(time.monotonic() - started, 1)
@@ -537,12 +573,28 @@ def finish_preemption(
         logger.info("job %s: SLURM requeued it after %.1f s (Restarts=%d)", job_id, waited, info.restarts)
         return
     if info is not None and info.state not in ("RUNNING", "SUSPENDED"):
-        events.append("decision", job_id=env.event_job_id, kind=CANCEL, requeue_self=False, waited_s=waited,
-                      reason=f"preempted, then JobState={info.state} without a requeue (PreemptMode=CANCEL "
-                      "or scancel): not requeueing")
-        logger.warning("job %s: preempted and ended as %s without a requeue; resubmit to resume", job_id, info.state)
+        events.append(
+            "decision",
+            job_id=env.event_job_id,
+            kind=CANCEL,
+            requeue_self=False,
+            waited_s=waited,
+            reason=f"preempted, then JobState={info.state} without a requeue (PreemptMode=CANCEL "
+            "or scancel): not requeueing",
+        )
+        logger.warning(
+            "job %s: preempted and ended as %s without a requeue; resubmit to resume", job_id, info.state
+        )
         return
-    events.append("requeued", job_id=env.event_job_id, reason="preemption", by="nnslurm", waited_s=waited,
-                  note="SLURM had not requeued the preempted job by the end of its grace time")
-    logger.warning("job %s: SLURM did not requeue the preempted job within %.0f s; requeueing it", job_id, waited)
+    events.append(
+        "requeued",
+        job_id=env.event_job_id,
+        reason="preemption",
+        by="nnslurm",
+        waited_s=waited,
+        note="SLURM had not requeued the preempted job by the end of its grace time",
+    )
+    logger.warning(
+        "job %s: SLURM did not requeue the preempted job within %.0f s; requeueing it", job_id, waited
+    )
     requeue_job(job_id)

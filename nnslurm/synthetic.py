@@ -34,10 +34,14 @@ def make_synthetic_dataset(
         raise UsageError(f"dataset name {name!r} may only contain letters, digits, '-' and '_'.")
     raw = env_folder("nnUNet_raw", must_exist=False)
     dataset = f"Dataset{dataset_id:03d}_{name}"
-    clashes = [p.name for p in raw.glob(f"Dataset{dataset_id:03d}_*") if p.name != dataset] if raw.is_dir() else []
+    clashes = (
+        [p.name for p in raw.glob(f"Dataset{dataset_id:03d}_*") if p.name != dataset] if raw.is_dir() else []
+    )
     if clashes:
-        raise UsageError(f"dataset id {dataset_id} is already used by {clashes[0]} in {raw}.",
-                         hint="pick another --id; nnslurm never overwrites a dataset.")
+        raise UsageError(
+            f"dataset id {dataset_id} is already used by {clashes[0]} in {raw}.",
+            hint="pick another --id; nnslurm never overwrites a dataset.",
+        )
     folder = raw / dataset
     if not (folder / "dataset.json").is_file():
         _write_raw(folder, cases, size)
@@ -63,8 +67,10 @@ def _write_raw(folder: Path, cases: int, size: int) -> None:
         distance = np.sqrt(sum((grid[axis] - center[axis]) ** 2 for axis in range(3)))
         label = (distance <= radius).astype(np.uint8)
         image = generator.normal(0.0, 1.0, size=(size,) * 3).astype(np.float32) + 3.0 * label
-        for array, target in ((image, f"imagesTr/case_{case:03d}_0000.nii.gz"),
-                              (label, f"labelsTr/case_{case:03d}.nii.gz")):
+        for array, target in (
+            (image, f"imagesTr/case_{case:03d}_0000.nii.gz"),
+            (label, f"labelsTr/case_{case:03d}.nii.gz"),
+        ):
             itk = sitk.GetImageFromArray(array)
             itk.SetSpacing((1.0, 1.0, 1.0))
             sitk.WriteImage(itk, str(staging / target))
@@ -78,8 +84,9 @@ def _write_raw(folder: Path, cases: int, size: int) -> None:
     }
     (staging / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     staging.rename(folder)  # appears whole or not at all
-    logger.info("wrote %d synthetic cases of %d³ to %s in %.1f s", cases, size, folder,
-                time.perf_counter() - started)
+    logger.info(
+        "wrote %d synthetic cases of %d³ to %s in %.1f s", cases, size, folder, time.perf_counter() - started
+    )
 
 
 def _plan_and_preprocess(dataset_id: int) -> None:
@@ -100,7 +107,9 @@ def _plan_and_preprocess(dataset_id: int) -> None:
     finally:
         if saved is not None:
             os.environ["nnUNet_n_proc_DA"] = saved
-    logger.info("nnU-Net planned and preprocessed dataset %d in %.1f s", dataset_id, time.perf_counter() - started)
+    logger.info(
+        "nnU-Net planned and preprocessed dataset %d in %.1f s", dataset_id, time.perf_counter() - started
+    )
 
 
 def _write_tiny_plans(dataset: str) -> None:
@@ -111,5 +120,7 @@ def _write_tiny_plans(dataset: str) -> None:
     for configuration in plans["configurations"].values():
         arguments = configuration.get("architecture", {}).get("arch_kwargs", {})
         if "features_per_stage" in arguments:
-            arguments["features_per_stage"] = [min(4 * 2**i, 32) for i in range(len(arguments["features_per_stage"]))]
+            arguments["features_per_stage"] = [
+                min(4 * 2**i, 32) for i in range(len(arguments["features_per_stage"]))
+            ]
     (base / f"{TINY_PLANS}.json").write_text(json.dumps(plans, indent=2))

@@ -18,8 +18,14 @@ from typing import Any
 import torch
 
 from nnslurm import rng
-from nnslurm.checkpoints import FORMAT_VERSION, META_KEY, BackgroundWriter, atomic_torch_save, cpu_copy
-from nnslurm.checkpoints import weights_checksum
+from nnslurm.checkpoints import (
+    FORMAT_VERSION,
+    META_KEY,
+    BackgroundWriter,
+    atomic_torch_save,
+    cpu_copy,
+    weights_checksum,
+)
 from nnslurm.events import EventLog
 from nnslurm.signals import StopMonitor, StopRequest
 
@@ -150,7 +156,9 @@ class PreemptibleTrainerMixin:
                 self.on_validation_epoch_end(val_outputs)  # type: ignore[attr-defined]
             context.monitor.phase = "epoch end"
             self.on_epoch_end()  # type: ignore[attr-defined]
-            self._log_progress(epoch, time.monotonic() - epoch_started, self.num_iterations_per_epoch - start_iteration)
+            self._log_progress(
+                epoch, time.monotonic() - epoch_started, self.num_iterations_per_epoch - start_iteration
+            )
             train_outputs, start_iteration = [], 0
         context.monitor.phase = "saving"
         context.writer.wait()
@@ -165,7 +173,9 @@ class PreemptibleTrainerMixin:
         minutes = context.save_every_minutes
         if minutes is not None and time.monotonic() - context.last_save >= minutes * 60 and iteration > 0:
             state = self._snapshot(epoch, iteration, train_outputs, rng.capture())
-            self._save_in_background(state, Path(self.output_folder) / STOP_CHECKPOINT, epoch, iteration, "timed")
+            self._save_in_background(
+                state, Path(self.output_folder) / STOP_CHECKPOINT, epoch, iteration, "timed"
+            )
 
     def _stop(
         self, epoch: int, iteration: int, train_outputs: list[dict[str, Any]], rng_state: dict[str, Any]
@@ -180,7 +190,9 @@ class PreemptibleTrainerMixin:
         )
         logger.warning(
             "SIG%s received: stopping at epoch %d iteration %d and writing a checkpoint",
-            request.signal, epoch, iteration,
+            request.signal,
+            epoch,
+            iteration,
         )
         context.writer.wait()  # an older periodic save must not land after this one
         path = Path(self.output_folder) / STOP_CHECKPOINT
@@ -238,7 +250,9 @@ class PreemptibleTrainerMixin:
             },
         }
 
-    def _save_in_background(self, state: dict[str, Any], path: Path, epoch: int, iteration: int, reason: str) -> None:
+    def _save_in_background(
+        self, state: dict[str, Any], path: Path, epoch: int, iteration: int, reason: str
+    ) -> None:
         self.nnslurm.last_save = time.monotonic()
         self.nnslurm.writer.submit(
             state, path, lambda written, seconds: self._saved(written, seconds, epoch, iteration, reason)
@@ -247,7 +261,12 @@ class PreemptibleTrainerMixin:
     def _saved(self, path: Path, seconds: float, epoch: int, iteration: int, reason: str) -> None:
         self.nnslurm.last_save = time.monotonic()
         self.nnslurm.events.append(
-            "checkpoint", path=path.name, epoch=epoch, iteration=iteration, seconds=round(seconds, 4), reason=reason
+            "checkpoint",
+            path=path.name,
+            epoch=epoch,
+            iteration=iteration,
+            seconds=round(seconds, 4),
+            reason=reason,
         )
 
     def _log_progress(self, epoch: int, seconds: float, iterations: int) -> None:
@@ -259,8 +278,12 @@ class PreemptibleTrainerMixin:
         eta = time.strftime("%H:%M:%S", time.gmtime(max(0.0, remaining * seconds)))
         logger.info(
             "epoch %d/%d done: %.2f it/s, train loss %s, pseudo-Dice (EMA) %s, ETA %s",
-            epoch + 1, self.num_epochs, iterations / seconds if seconds > 0 else 0.0,
-            "n/a" if loss is None else f"{loss:.4f}", "n/a" if dice is None else f"{dice:.4f}", eta,
+            epoch + 1,
+            self.num_epochs,
+            iterations / seconds if seconds > 0 else 0.0,
+            "n/a" if loss is None else f"{loss:.4f}",
+            "n/a" if dice is None else f"{dice:.4f}",
+            eta,
         )
 
 

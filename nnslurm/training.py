@@ -27,7 +27,7 @@ from nnslurm.checkpoints import (
     read_checkpoint,
     remove_stale_temp_files,
 )
-from nnslurm.config import TrainJob, TrainingOptions
+from nnslurm.config import TrainingOptions, TrainJob
 from nnslurm.errors import CheckpointError, NnslurmError
 from nnslurm.events import EventLog
 from nnslurm.lock import RunLock
@@ -107,19 +107,24 @@ def choose_checkpoint(
     folder: Path, resume_from: str, expected: RunIdentity, overrides: dict[str, int]
 ) -> CheckpointInfo | None:
     """newest | latest | best | PATH -> the checkpoint to resume from (None: start fresh)."""
+    info: CheckpointInfo | None
     if resume_from in ("latest", "best"):
         path = folder / f"checkpoint_{resume_from}.pth"
         if not path.is_file():
-            raise CheckpointError(f"--resume-from {resume_from}: {path} does not exist.",
-                                  hint="use --resume-from newest to take whatever is newest.")
+            raise CheckpointError(
+                f"--resume-from {resume_from}: {path} does not exist.",
+                hint="use --resume-from newest to take whatever is newest.",
+            )
         info = read_checkpoint(path)
     elif resume_from == "newest":
         info, _ = newest_valid(candidates(folder))
     else:
         path = Path(resume_from).expanduser()
         if not path.is_file():
-            raise CheckpointError(f"--resume-from {resume_from}: no such file.",
-                                  hint="pass newest, latest, best or the path of a checkpoint_*.pth file.")
+            raise CheckpointError(
+                f"--resume-from {resume_from}: no such file.",
+                hint="pass newest, latest, best or the path of a checkpoint_*.pth file.",
+            )
         info = read_checkpoint(path)
     if info is not None:
         check_belongs(info, expected, overrides)
@@ -183,20 +188,35 @@ def _train(
             try:
                 trainer.run_training()
             except TrainingStopped as stop:
-                events.append("stopped", signal=stop.request.signal, epoch=stop.epoch, iteration=stop.iteration,
-                              checkpoint_seconds=round(stop.seconds, 4),
-                              signal_to_durable_s=round(_since(stop.request), 4))
+                events.append(
+                    "stopped",
+                    signal=stop.request.signal,
+                    epoch=stop.epoch,
+                    iteration=stop.iteration,
+                    checkpoint_seconds=round(stop.seconds, 4),
+                    signal_to_durable_s=round(_since(stop.request), 4),
+                )
                 return TrainingOutcome(
-                    status="stopped", output_folder=folder, epoch=stop.epoch, iteration=stop.iteration,
-                    stop_signal=stop.request.signal, signals=tuple(r.signal for r in monitor.received),
-                    checkpoint=stop.checkpoint, phase="training",
+                    status="stopped",
+                    output_folder=folder,
+                    epoch=stop.epoch,
+                    iteration=stop.iteration,
+                    stop_signal=stop.request.signal,
+                    signals=tuple(r.signal for r in monitor.received),
+                    checkpoint=stop.checkpoint,
+                    phase="training",
                 )
         if options.final_validation and not (folder / "validation" / "summary.json").is_file():
             monitor.phase = "final validation"
             trainer.perform_actual_validation(False)
         events.append("finished", epoch=trainer.num_epochs, iteration=0)
-        return TrainingOutcome(status="finished", output_folder=folder, epoch=trainer.num_epochs, iteration=0,
-                               signals=tuple(r.signal for r in monitor.received))
+        return TrainingOutcome(
+            status="finished",
+            output_folder=folder,
+            epoch=trainer.num_epochs,
+            iteration=0,
+            signals=tuple(r.signal for r in monitor.received),
+        )
     except NnslurmError as error:
         events.append("failed", error=str(error))
         raise
@@ -216,8 +236,10 @@ def _train(
 
 def _prepare_process(options: TrainingOptions) -> None:
     children_die_with_this_process()
-    seed = options.seed if options.seed is not None else (
-        DETERMINISTIC_DEFAULT_SEED if options.deterministic else None
+    seed = (
+        options.seed
+        if options.seed is not None
+        else (DETERMINISTIC_DEFAULT_SEED if options.deterministic else None)
     )
     if options.deterministic:
         os.environ["nnUNet_n_proc_DA"] = "0"  # single-process augmentation: one RNG stream
@@ -229,8 +251,10 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise NnslurmError("--device cuda, but no CUDA device is visible to this process.",
-                           hint="check --gpus / CUDA_VISIBLE_DEVICES, or use --device cpu.")
+        raise NnslurmError(
+            "--device cuda, but no CUDA device is visible to this process.",
+            hint="check --gpus / CUDA_VISIBLE_DEVICES, or use --device cpu.",
+        )
     if name == "cpu":
         # nnU-Net would take every core of the node; take the cores this job was given.
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
@@ -251,15 +275,26 @@ def _abandon(
     on_abandon: Callable[[TrainingOutcome], None] | None,
 ) -> None:
     """Runs in the watchdog thread: no boundary came in time; what is on disk is resumable."""
-    logger.warning("SIG%s during %s: no iteration boundary within the deadline; exiting resumable "
-                   "(host %s)", request.signal, phase, socket.gethostname())
+    logger.warning(
+        "SIG%s during %s: no iteration boundary within the deadline; exiting resumable (host %s)",
+        request.signal,
+        phase,
+        socket.gethostname(),
+    )
     newest = newest_valid(candidates(folder))[0] if folder is not None else None
     epoch, iteration = newest.position if newest else (0, 0)
     if events is not None:
-        events.append("stopped", signal=request.signal, phase=phase, reason="deadline", epoch=epoch,
-                      iteration=iteration)
-    outcome = TrainingOutcome(status="stopped", output_folder=folder or Path("."), epoch=epoch, iteration=iteration,
-                              stop_signal=request.signal, phase=phase)
+        events.append(
+            "stopped", signal=request.signal, phase=phase, reason="deadline", epoch=epoch, iteration=iteration
+        )
+    outcome = TrainingOutcome(
+        status="stopped",
+        output_folder=folder or Path("."),
+        epoch=epoch,
+        iteration=iteration,
+        stop_signal=request.signal,
+        phase=phase,
+    )
     try:
         if on_abandon is not None:
             on_abandon(outcome)

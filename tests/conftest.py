@@ -54,11 +54,20 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     base = tmp_path_factory.mktemp("nnunet")
     raw, preprocessed = base / "raw", base / "preprocessed"
     raw.mkdir()
-    env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(preprocessed),
-               nnUNet_results=str(base / "results"))
+    env = dict(
+        os.environ,
+        nnUNet_raw=str(raw),
+        nnUNet_preprocessed=str(preprocessed),
+        nnUNet_results=str(base / "results"),
+    )
     env.pop("nnUNet_n_proc_DA", None)
-    result = subprocess.run([sys.executable, "-m", "nnslurm", "synthetic-dataset", "--id", "501"],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "nnslurm", "synthetic-dataset", "--id", "501"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return raw, preprocessed
 
@@ -73,8 +82,9 @@ def nnunet_env(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> NnunetEn
 
 def nnslurm(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a fresh process, as a user (or an sbatch script) would."""
-    return subprocess.run([sys.executable, "-m", "nnslurm", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "nnslurm", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def read_events(run_folder: Path) -> list[dict]:

@@ -15,8 +15,11 @@ pytestmark = pytest.mark.nnunet
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def with_flag(args: list[str], flag: str, value: str) -> list[str]:
@@ -38,24 +41,51 @@ def trained(synthetic_dataset: tuple[Path, Path], tmp_path_factory: pytest.TempP
 CASES = [
     ("unknown dataset id", lambda a: with_flag(a, "-d", "777"), 1, ["dataset '777' not found", "HINT"]),
     ("dataset name", lambda a: with_flag(a, "-d", "Dataset501_Other"), 1, ["not found"]),
-    ("configuration not in plans", lambda a: [*a, "-c", "2d_huge"], 1,
-     ["configuration '2d_huge'", "it has: "]),
+    (
+        "configuration not in plans",
+        lambda a: [*a, "-c", "2d_huge"],
+        1,
+        ["configuration '2d_huge'", "it has: "],
+    ),
     ("fold out of range", lambda a: with_flag(a, "-f", "7"), 1, ["fold '7' is out of range", "0..4"]),
-    ("unknown trainer", lambda a: [*a, "-tr", "nnUNetTrainerDoesNotExist"], 1,
-     ["trainer class 'nnUNetTrainerDoesNotExist' not found"]),
-    ("unknown plans", lambda a: with_flag(a, "-p", "nnUNetResEncUNetMPlans"), 1,
-     ["plans 'nnUNetResEncUNetMPlans' not found", "nnUNetv2_plan_and_preprocess"]),
-    ("zero save interval", lambda a: [*a, "--save-every-epochs", "0"], 2, ["--save-every-epochs must be a positive number"]),
-    ("negative minutes", lambda a: [*a, "--save-every-minutes", "-5"], 2, ["--save-every-minutes must be positive"]),
+    (
+        "unknown trainer",
+        lambda a: [*a, "-tr", "nnUNetTrainerDoesNotExist"],
+        1,
+        ["trainer class 'nnUNetTrainerDoesNotExist' not found"],
+    ),
+    (
+        "unknown plans",
+        lambda a: with_flag(a, "-p", "nnUNetResEncUNetMPlans"),
+        1,
+        ["plans 'nnUNetResEncUNetMPlans' not found", "nnUNetv2_plan_and_preprocess"],
+    ),
+    (
+        "zero save interval",
+        lambda a: [*a, "--save-every-epochs", "0"],
+        2,
+        ["--save-every-epochs must be a positive number"],
+    ),
+    (
+        "negative minutes",
+        lambda a: [*a, "--save-every-minutes", "-5"],
+        2,
+        ["--save-every-minutes must be positive"],
+    ),
     ("unknown signal", lambda a: [*a, "--stop-signals", "USR1,BOGUS"], 2, ["unknown signal 'BOGUS'"]),
-    ("resume from missing file", lambda a: [*a, "--resume-from", "/nonexistent/checkpoint.pth"], 1,
-     ["no such file"]),
+    (
+        "resume from missing file",
+        lambda a: [*a, "--resume-from", "/nonexistent/checkpoint.pth"],
+        1,
+        ["no such file"],
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "change", "code", "messages"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_refused_and_changes_nothing(trained: NnunetEnv, name: str, change, code: int,
-                                                   messages: list[str]) -> None:
+def test_bad_input_is_refused_and_changes_nothing(
+    trained: NnunetEnv, name: str, change, code: int, messages: list[str]
+) -> None:
     before = snapshot(trained.results)
     result = nnslurm(["train", *change(list(TINY_TRAINING))], trained.env())
     assert result.returncode == code, result.stderr[-2000:]

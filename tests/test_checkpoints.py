@@ -24,8 +24,14 @@ from nnslurm.errors import CheckpointError
 IDENTITY = RunIdentity("Dataset501_Synthetic", "nnUNetPlans", "3d_fullres", "0", "nnUNetTrainer")
 
 
-def checkpoint(epoch: int, iteration: int | None = None, fold: int = 0, trainer: str = "nnUNetTrainer",
-               finished: bool = False, overrides: dict[str, int] | None = None) -> dict:
+def checkpoint(
+    epoch: int,
+    iteration: int | None = None,
+    fold: int = 0,
+    trainer: str = "nnUNetTrainer",
+    finished: bool = False,
+    overrides: dict[str, int] | None = None,
+) -> dict:
     """nnU-Net's keys; with `iteration` also nnslurm's entry (without: a file plain nnU-Net wrote)."""
     weights = {"conv.weight": torch.full((4, 4), float(epoch))}
     state = {
@@ -33,12 +39,20 @@ def checkpoint(epoch: int, iteration: int | None = None, fold: int = 0, trainer:
         "optimizer_state": {},
         "current_epoch": epoch,
         "trainer_name": trainer,
-        "init_args": {"plans": {"dataset_name": "Dataset501_Synthetic", "plans_name": "nnUNetPlans"},
-                      "configuration": "3d_fullres", "fold": fold},
+        "init_args": {
+            "plans": {"dataset_name": "Dataset501_Synthetic", "plans_name": "nnUNetPlans"},
+            "configuration": "3d_fullres",
+            "fold": fold,
+        },
     }
     if iteration is not None:
-        state[META_KEY] = {"epoch": epoch, "iteration": iteration, "finished": finished,
-                           "overrides": overrides or {}, "weights_crc32": weights_checksum(weights)}
+        state[META_KEY] = {
+            "epoch": epoch,
+            "iteration": iteration,
+            "finished": finished,
+            "overrides": overrides or {},
+            "weights_crc32": weights_checksum(weights),
+        }
     return state
 
 

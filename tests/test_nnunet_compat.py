@@ -33,15 +33,21 @@ print("PLAIN_DONE")
 
 def test_plain_nnunet_continue_accepts_a_mid_epoch_stop(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
     env = nnunet_env.env(NNSLURM_TEST_SIGNALS="1:2", NNSLURM_TEST_SIGNAL_STATE=str(tmp_path / "fired"))
-    stopped = nnslurm(["train", *TINY_TRAINING, "-tr", "signal_trainers:nnUNetTrainerSignals",
-                       "--no-final-validation"], env)
+    stopped = nnslurm(
+        ["train", *TINY_TRAINING, "-tr", "signal_trainers:nnUNetTrainerSignals", "--no-final-validation"], env
+    )
     assert stopped.returncode == 75, stopped.stderr[-3000:]
     # Same files under nnU-Net's own trainer name, as a user would have them.
     source = nnunet_env.run_folder("nnUNetTrainerSignals")
     target = nnunet_env.run_folder("nnUNetTrainer")
     shutil.copytree(source.parent, target.parent)
-    result = subprocess.run([sys.executable, "-c", PLAIN_CONTINUE], env=nnunet_env.env(),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", PLAIN_CONTINUE],
+        env=nnunet_env.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "RESUMED_AT_EPOCH 1" in result.stdout  # the interrupted epoch is redone from its start
     assert "PLAIN_DONE" in result.stdout
@@ -53,8 +59,13 @@ def test_plain_val_and_predict_on_a_finished_run(nnunet_env: NnunetEnv, tmp_path
     finished = nnslurm(["train", *TINY_TRAINING, "--no-final-validation"], env)
     assert finished.returncode == 0, finished.stderr[-3000:]
 
-    val = subprocess.run([str(BIN / "nnUNetv2_train"), "501", "3d_fullres", "0", "-p", TINY_PLANS, "--val",
-                          "-device", "cpu"], env=env, capture_output=True, text=True, timeout=600)
+    val = subprocess.run(
+        [str(BIN / "nnUNetv2_train"), "501", "3d_fullres", "0", "-p", TINY_PLANS, "--val", "-device", "cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert val.returncode == 0, val.stderr[-3000:]
     assert (nnunet_env.run_folder() / "validation" / "summary.json").is_file()
 
@@ -62,9 +73,34 @@ def test_plain_val_and_predict_on_a_finished_run(nnunet_env: NnunetEnv, tmp_path
     inputs.mkdir()
     shutil.copy(nnunet_env.raw / "Dataset501_Synthetic" / "imagesTr" / "case_000_0000.nii.gz", inputs)
     predict = subprocess.run(
-        [str(BIN / "nnUNetv2_predict"), "-i", str(inputs), "-o", str(tmp_path / "out"), "-d", "501",
-         "-c", "3d_fullres", "-p", TINY_PLANS, "-f", "0", "-chk", "checkpoint_final.pth", "-device", "cpu",
-         "-npp", "1", "-nps", "1", "--disable_progress_bar"],
-        env=env, capture_output=True, text=True, timeout=600)
+        [
+            str(BIN / "nnUNetv2_predict"),
+            "-i",
+            str(inputs),
+            "-o",
+            str(tmp_path / "out"),
+            "-d",
+            "501",
+            "-c",
+            "3d_fullres",
+            "-p",
+            TINY_PLANS,
+            "-f",
+            "0",
+            "-chk",
+            "checkpoint_final.pth",
+            "-device",
+            "cpu",
+            "-npp",
+            "1",
+            "-nps",
+            "1",
+            "--disable_progress_bar",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert predict.returncode == 0, predict.stderr[-3000:]
     assert (tmp_path / "out" / "case_000.nii.gz").is_file()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -101,8 +100,13 @@ def test_signal_from_outside_during_training(nnunet_env: NnunetEnv) -> None:
     """A real SIGUSR1 from another process, at whatever instant it lands, as SLURM sends it."""
     env = nnunet_env.env()
     args = ["train", *TINY_TRAINING, "--epochs", "4", "--no-final-validation"]
-    process = subprocess.Popen([sys.executable, "-m", "nnslurm", *args], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nnslurm", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run_folder = nnunet_env.run_folder()
     deadline = time.time() + 120
     while time.time() < deadline and not (run_folder / "checkpoint_best.pth").exists():
@@ -134,7 +138,10 @@ def test_signal_during_final_validation_is_resumable(nnunet_env: NnunetEnv, tmp_
     assert (run_folder / "validation" / "summary.json").is_file()
     events = read_events(run_folder)
     assert [e["event"] for e in events if e["event"] in ("stopped", "resumed", "finished")] == [
-        "stopped", "resumed", "finished"]
+        "stopped",
+        "resumed",
+        "finished",
+    ]
     assert events[-1]["epoch"] == 3
 
 
@@ -142,11 +149,21 @@ def test_sigkill_during_checkpoint_write_keeps_previous(nnunet_env: NnunetEnv) -
     """Kill -9 while a big checkpoint is being written: the old file stays loadable and is resumed."""
     marker = uuid.uuid4().hex
     env = nnunet_env.env(NNSLURM_TEST_PADDING_MB="300", NNSLURM_TEST_MARKER=marker)
-    args = [*TINY_TRAINING, "-tr", "signal_trainers:nnUNetTrainerBigState", "--epochs", "4",
-            "--no-final-validation"]
+    args = [
+        *TINY_TRAINING,
+        "-tr",
+        "signal_trainers:nnUNetTrainerBigState",
+        "--epochs",
+        "4",
+        "--no-final-validation",
+    ]
     run_folder = nnunet_env.run_folder("nnUNetTrainerBigState")
-    process = subprocess.Popen([sys.executable, "-m", "nnslurm", "train", *args], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nnslurm", "train", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     # wait until a checkpoint exists, then until the next write is in flight
     deadline = time.time() + 180
     while time.time() < deadline and not (run_folder / "checkpoint_latest.pth").exists():
@@ -171,8 +188,12 @@ def test_sigkill_during_checkpoint_write_keeps_previous(nnunet_env: NnunetEnv) -
 def test_second_trainer_in_same_folder_is_refused(nnunet_env: NnunetEnv) -> None:
     env = nnunet_env.env()
     args = ["train", *TINY_TRAINING, "--epochs", "50", "--no-final-validation"]
-    first = subprocess.Popen([sys.executable, "-m", "nnslurm", *args], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "nnslurm", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         lock = nnunet_env.run_folder() / ".nnslurm.lock"
         deadline = time.time() + 60

@@ -21,13 +21,17 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--id", type=int, default=501, help="dataset id (default: %(default)s)")
     parser.add_argument("--name", default="Synthetic", help="dataset name (default: %(default)s)")
-    parser.add_argument("--cases", type=int, default=8, help="number of training cases (default: %(default)s)")
+    parser.add_argument(
+        "--cases", type=int, default=8, help="number of training cases (default: %(default)s)"
+    )
     parser.add_argument("--size", type=int, default=32, help="edge length in voxels (default: %(default)s)")
     parser.add_argument("--no-preprocess", action="store_true", help="only write the raw dataset")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    name = make_synthetic_dataset(args.id, args.name, args.cases, args.size, preprocess=not args.no_preprocess)
+    name = make_synthetic_dataset(
+        args.id, args.name, args.cases, args.size, preprocess=not args.no_preprocess
+    )
     print(f"{name} is ready" + ("" if args.no_preprocess else f" (plans: nnUNetPlans, {TINY_PLANS})"))
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import queue
 import threading
 import time
@@ -200,10 +201,33 @@ class CheckpointInfo:
         return (self.epoch, self.iteration, int(self.finished), NAME_RANK.get(self.path.name, 0))
 
 
+def _allowed_globals() -> list[Any]:
+    """What nnU-Net's checkpoints (and nnslurm's additions) pickle besides tensors: numpy values."""
+    import numpy as np
+    from numpy._core import multiarray
+
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    return [np.dtype, np.ndarray, multiarray.scalar, multiarray._reconstruct, *dtypes]
+
+
+def safe_load(path: Path) -> Any:
+    """torch.load that refuses pickled code: a file in the results folder must not run anything."""
+    with torch.serialization.safe_globals(_allowed_globals()):
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+
+
 def read_checkpoint(path: Path, verify: bool = True) -> CheckpointInfo:
     """Load a checkpoint lazily (mmap) and check it; raises CheckpointError when unusable."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        checkpoint = safe_load(path)
+    except pickle.UnpicklingError as error:
+        if "global" not in str(error).lower():
+            raise CheckpointError(f"{path} does not load: {error}") from error
+        first_line = str(error).strip().splitlines()[-1]
+        raise CheckpointError(
+            f"{path} holds Python objects that a checkpoint does not need; refusing to load it, as it "
+            f"could run arbitrary code ({first_line[:200]})."
+        ) from error
     except Exception as error:
         raise CheckpointError(f"{path} does not load: {error}") from error
     if (

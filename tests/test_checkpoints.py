@@ -150,3 +150,21 @@ def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
     removed = remove_stale_temp_files(tmp_path)
     assert [p.name for p in removed] == [".checkpoint_latest.pth.nnslurm-tmp-123-abcd"]
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_best.pth"]
+
+
+class RunsCode:
+    def __reduce__(self) -> tuple:
+        return (os.system, ("touch /tmp/nnslurm-test-pwned",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    state = checkpoint(99, 0)
+    state["init_args"]["payload"] = RunsCode()
+    torch.save(state, tmp_path / "checkpoint_latest.pth")
+    torch.save(checkpoint(3, 0), tmp_path / "checkpoint_best.pth")
+    with pytest.raises(CheckpointError, match="could run arbitrary code"):
+        read_checkpoint(tmp_path / "checkpoint_latest.pth")
+    chosen, skipped = newest_valid(candidates(tmp_path))
+    assert chosen is not None and chosen.position == (3, 0)
+    assert [path.name for path, _ in skipped] == ["checkpoint_latest.pth"]
+    assert not Path("/tmp/nnslurm-test-pwned").exists()

@@ -45,6 +45,7 @@ def stops_and_resumes(run_folder: Path) -> tuple[list[tuple[int, int]], list[tup
 def test_deterministic_stops_end_bitwise_identical(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
     args = [*TINY_TRAINING, *SIGNAL_TRAINER, "--deterministic", "--no-final-validation"]
     reference = NnunetEnv(nnunet_env.raw, nnunet_env.preprocessed, tmp_path / "reference")
+    reference.results.mkdir()
     assert train_until_finished(reference.env(), args) == [0]
 
     # mid-epoch, the first iteration of an epoch, during validation, the last iteration

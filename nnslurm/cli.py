@@ -59,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NnslurmError as error:
         logger.error("%s", error)
         return error.exit_code
+    except OSError as error:  # the filesystem said no: name the file, not a traceback
+        where = f" ({error.filename})" if error.filename else ""
+        logger.error("%s%s", error.strerror or error, where)
+        return 1
     except KeyboardInterrupt:
         logger.error("interrupted")
         return 130

@@ -39,13 +39,16 @@ class EventLog:
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         record = {"event": event, "time": time.time(), **_job_fields(), **fields}
         line = (json.dumps(record, default=str, sort_keys=False) + "\n").encode()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as error:  # a full or read-only disk must not turn into a second failure
+            logger.warning("could not append %r to %s: %s", event, self.path, error)
         return record
 
     def read(self) -> list[dict[str, Any]]:

@@ -56,7 +56,8 @@ class RunLock:
             self._fd = None
 
     def __enter__(self) -> RunLock:
-        self.acquire()
+        if self._fd is None:
+            self.acquire()
         return self
 
     def __exit__(

@@ -83,8 +83,17 @@ def run_training(
         fold=str(run.fold_value),
         trainer=base_class.__name__,
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    with RunLock(folder):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(folder)
+        lock.acquire()
+    except OSError as error:
+        raise NnslurmError(
+            f"cannot write to the run folder {folder}: {error.strerror or error}",
+            hint="nnU-Net needs $nnUNet_results to be writable by this job; check the filesystem "
+            "(read-only? full?) and the permissions.",
+        ) from error
+    with lock:
         events = EventLog(folder)
         remove_stale_temp_files(folder)
         monitor.on_deadline = lambda request, phase: _abandon(folder, events, request, phase, on_abandon)

@@ -1,0 +1,165 @@
+"""Faults and signal storms on real processes with real signals: nothing lost, nothing silent."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events
+from test_resume import processes_with_marker, stops_and_resumes, train_until_finished
+
+pytestmark = pytest.mark.nnunet
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs / read-only bind")
+
+
+def start(env: dict[str, str], args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "nnslurm", "train", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, timeout: float = 120, step: float = 0.01) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(step)
+    pytest.fail("condition not reached in time")
+
+
+def loadable(run_folder: Path) -> list[str]:
+    names = []
+    for path in sorted(run_folder.glob("checkpoint_*.pth")):
+        torch.load(path, map_location="cpu", weights_only=False)
+        names.append(path.name)
+    return names
+
+
+def test_sigkill_at_random_instants(nnunet_env: NnunetEnv) -> None:
+    """Kill -9 three times at random instants (seeded) while checkpoints are written every epoch."""
+    chooser = random.Random(20261130)
+    env = nnunet_env.env(NNSLURM_TEST_PADDING_MB="40")
+    args = [*TINY_TRAINING, "-tr", "signal_trainers:nnUNetTrainerBigState", "--epochs", "6",
+            "--no-final-validation"]
+    run_folder = nnunet_env.run_folder("nnUNetTrainerBigState")
+    for _ in range(3):
+        process = start(env, args)
+        wait_for(lambda: (run_folder / "checkpoint_latest.pth").exists() or process.poll() is not None)
+        time.sleep(chooser.uniform(0.0, 2.0))
+        process.kill()
+        process.wait(timeout=30)
+        assert loadable(run_folder), "no loadable checkpoint after a SIGKILL"
+    assert train_until_finished(env, args) == [0]
+    assert not list(run_folder.glob(".*nnslurm-tmp-*"))
+    final = torch.load(run_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 6
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "gap"),
+    [(signal.SIGUSR1, signal.SIGUSR1, 0.01), (signal.SIGUSR1, signal.SIGTERM, 0.05)],
+    ids=["warning twice", "warning then TERM"],
+)
+def test_signal_storm_ends_resumable(nnunet_env: NnunetEnv, first: int, second: int, gap: float) -> None:
+    env = nnunet_env.env()
+    args = [*TINY_TRAINING, "--epochs", "4", "--no-final-validation"]
+    run_folder = nnunet_env.run_folder()
+    process = start(env, args)
+    wait_for(lambda: (run_folder / "checkpoint_best.pth").exists())
+    process.send_signal(first)
+    time.sleep(gap)
+    process.send_signal(second)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 75, stderr[-3000:]
+    stopped = [e for e in read_events(run_folder) if e["event"] == "stopped"]
+    assert len(stopped) == 1
+    assert train_until_finished(env, args) == [0]
+    stops, resumes = stops_and_resumes(run_folder)
+    assert stops == resumes
+
+
+def test_term_during_checkpoint_write(nnunet_env: NnunetEnv) -> None:
+    marker = os.urandom(8).hex()
+    env = nnunet_env.env(NNSLURM_TEST_PADDING_MB="300", NNSLURM_TEST_MARKER=marker)
+    args = [*TINY_TRAINING, "-tr", "signal_trainers:nnUNetTrainerBigState", "--no-final-validation"]
+    run_folder = nnunet_env.run_folder("nnUNetTrainerBigState")
+    process = start(env, args)
+    wait_for(lambda: bool(list(run_folder.glob(".*nnslurm-tmp-*"))), step=0.002)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr[-3000:]
+    assert not processes_with_marker(marker)
+    assert "checkpoint_latest.pth" in loadable(run_folder)
+    assert train_until_finished(env, args) == [0]
+    stops, resumes = stops_and_resumes(run_folder)
+    assert stops == resumes
+
+
+def test_signal_during_startup(nnunet_env: NnunetEnv) -> None:
+    """USR1 while nnU-Net imports and builds the trainer: no boundary yet, still a clean exit 75."""
+    env = nnunet_env.env()
+    args = [*TINY_TRAINING, "--no-final-validation"]
+    process = start(env, args)
+    time.sleep(2.0)  # handlers are in place; torch and nnU-Net are still importing
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr[-3000:]
+    assert train_until_finished(env, args) == [0]
+    assert (nnunet_env.run_folder() / "checkpoint_final.pth").is_file()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@needs_root
+def test_disk_full_during_save_fails_clearly_and_keeps_previous(nnunet_env: NnunetEnv, small_disk: Path) -> None:
+    """A real full filesystem: the first checkpoints fit, a later one does not."""
+    env = nnunet_env.env(nnUNet_results=str(small_disk), NNSLURM_TEST_PADDING_MB="5")
+    args = [*TINY_TRAINING, "-tr", "signal_trainers:nnUNetTrainerBigState", "--epochs", "50",
+            "--no-final-validation"]
+    run_folder = small_disk / "Dataset501_Synthetic" / "nnUNetTrainerBigState__nnslurmTinyPlans__3d_fullres"
+    run_folder = run_folder / "fold_0"
+    # fill the disk once the first checkpoint exists, leaving too little for the next one
+    process = start(env, args)
+    wait_for(lambda: (run_folder / "checkpoint_latest.pth").exists())
+    filler = small_disk / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=100"], capture_output=True)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr[-3000:]
+    assert "No space left on device" in stderr and "checkpoint" in stderr
+    assert "Traceback" not in stderr.split("ERROR nnslurm")[-1]
+    assert "checkpoint_latest.pth" in loadable(run_folder)
+    assert not list(run_folder.glob(".*nnslurm-tmp-*"))
+    failed = [e for e in read_events(run_folder) if e["event"] == "failed"]
+    assert failed and "No space left on device" in failed[-1]["error"]
+
+
+@needs_root
+def test_read_only_results_folder(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    subprocess.run(["mount", "--bind", str(nnunet_env.results), str(read_only)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(read_only)], check=True)
+        result = nnslurm(["train", *TINY_TRAINING], nnunet_env.env(nnUNet_results=str(read_only)))
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
+    assert result.returncode == 1
+    assert "cannot write to the run folder" in result.stderr and "Read-only file system" in result.stderr
+    assert "Traceback" not in result.stderr

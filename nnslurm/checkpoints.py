@@ -47,6 +47,7 @@ def atomic_torch_save(state: Mapping[str, Any], path: Path) -> float:
     """Write `state` so that a kill at any instant leaves the old file or the new one, never a torn one.
 
     Temp file in the same folder, flush + fsync, os.replace, fsync the folder. Returns seconds taken.
+    The file gets the mode nnU-Net's own torch.save would give it (0666 minus the umask).
     """
     started = time.perf_counter()
     temp = path.parent / f".{path.name}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -55,7 +56,6 @@ def atomic_torch_save(state: Mapping[str, Any], path: Path) -> float:
             torch.save(state, stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temp, 0o644)
         os.replace(temp, path)
         fsync_folder(path.parent)
     except BaseException as error:

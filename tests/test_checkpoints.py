@@ -62,7 +62,9 @@ def test_atomic_save_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> N
     atomic_torch_save(checkpoint(2, 0), target)
     assert read_checkpoint(target).epoch == 2
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pth"]
-    assert oct(target.stat().st_mode & 0o777) == "0o644"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # as readable as nnU-Net's own files
 
 
 def test_disk_full_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -58,6 +58,8 @@ def test_plain_val_and_predict_on_a_finished_run(nnunet_env: NnunetEnv, tmp_path
     env = nnunet_env.env()
     finished = nnslurm(["train", *TINY_TRAINING, "--no-final-validation"], env)
     assert finished.returncode == 0, finished.stderr[-3000:]
+    created = [p for p in nnunet_env.run_folder().iterdir() if p.is_file()]
+    assert created and not [p.name for p in created if p.stat().st_mode & 0o002], "world-writable files"
 
     val = subprocess.run(
         [str(BIN / "nnUNetv2_train"), "501", "3d_fullres", "0", "-p", TINY_PLANS, "--val", "-device", "cpu"],

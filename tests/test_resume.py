@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -219,3 +220,25 @@ def test_resume_with_other_epoch_count_is_refused(nnunet_env: NnunetEnv, tmp_pat
     assert result.returncode == 1
     assert "num_epochs=3" in result.stderr and "num_epochs=7" in result.stderr
     assert {p.name: p.read_bytes() for p in run_folder.glob("checkpoint_*.pth")} == before
+
+
+def test_signal_to_every_process_spares_the_workers(nnunet_env: NnunetEnv) -> None:
+    """SLURM signals every process of a step: workers must neither die of it nor act on it."""
+    marker = uuid.uuid4().hex
+    env = nnunet_env.env(nnUNet_n_proc_DA="2", NNSLURM_TEST_MARKER=marker)
+    args = ["train", *TINY_TRAINING, "--epochs", "4", "--no-final-validation"]
+    process = subprocess.Popen([sys.executable, "-m", "nnslurm", *args], env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_folder = nnunet_env.run_folder()
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_folder / "checkpoint_best.pth").exists():
+        time.sleep(0.05)
+    workers = [pid for pid in processes_with_marker(marker) if pid != process.pid]
+    assert len(workers) >= 2, "expected data-augmentation worker processes"
+    os.killpg(process.pid, signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 75, stderr[-3000:]
+    stops = [e for e in read_events(run_folder) if e["event"] in ("signal", "stopped")]
+    assert [e["event"] for e in stops] == ["signal", "stopped"]  # acted on once, by the trainer
+    time.sleep(0.5)
+    assert not processes_with_marker(marker)

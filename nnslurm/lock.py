@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -17,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 
 from nnslurm.errors import RunLockedError
+
+logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".nnslurm.lock"
 
@@ -39,6 +42,14 @@ class RunLock:
                 hint="wait for it to finish or stop it (scancel / nnslurm cancel); two trainers in one "
                 "folder would overwrite each other's checkpoints.",
             ) from None
+        previous = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        if previous:
+            # The holder ended without releasing (killed): the kernel dropped its lock already.
+            logger.warning(
+                "stale lock in %s: %s ended without releasing it; taking over",
+                self.path.parent,
+                describe(previous),
+            )
         holder_info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),

@@ -182,6 +182,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous(nnunet_env: NnunetEnv) -
             torch.load(run_folder / name, map_location="cpu", weights_only=False)  # loads: not torn
     result = nnslurm(["train", *args], env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"stale lock in {run_folder}: pid {process.pid}" in result.stderr
     assert not list(run_folder.glob(".*nnslurm-tmp-*")), "temp file of the killed write left behind"
     resumed = [e for e in read_events(run_folder) if e["event"] == "resumed"]
     assert resumed and resumed[0]["epoch"] >= 1
@@ -227,8 +228,14 @@ def test_signal_to_every_process_spares_the_workers(nnunet_env: NnunetEnv) -> No
     marker = uuid.uuid4().hex
     env = nnunet_env.env(nnUNet_n_proc_DA="2", NNSLURM_TEST_MARKER=marker)
     args = ["train", *TINY_TRAINING, "--epochs", "4", "--no-final-validation"]
-    process = subprocess.Popen([sys.executable, "-m", "nnslurm", *args], env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nnslurm", *args],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run_folder = nnunet_env.run_folder()
     deadline = time.time() + 120
     while time.time() < deadline and not (run_folder / "checkpoint_best.pth").exists():

@@ -19,8 +19,9 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
+import numpy as np
 import torch
 
 from nnslurm.errors import CheckpointError
@@ -53,7 +54,7 @@ def atomic_torch_save(state: Mapping[str, Any], path: Path) -> float:
     temp = path.parent / f".{path.name}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         with open(temp, "wb") as stream:
-            torch.save(state, stream)
+            torch.save(state, cast(IO[bytes], _WriteBehind(stream)))
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp, path)
@@ -70,6 +71,37 @@ def atomic_torch_save(state: Mapping[str, Any], path: Path) -> float:
     return time.perf_counter() - started
 
 
+class _WriteBehind:
+    """A file for torch.save that starts the disk write of every 16 MB as soon as it is written.
+
+    Without it the page cache holds the whole checkpoint until fsync, which then waits for all of
+    it; with it the disk works while torch.save serialises the rest (the fsync still makes it
+    durable). POSIX_FADV_DONTNEED starts writeback of dirty pages and leaves them cached until clean.
+    """
+
+    CHUNK = 16 << 20
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._started = 0  # bytes whose writeback was started
+        self._written = 0
+        self._advise = getattr(os, "posix_fadvise", None)  # not on macOS: plain writes
+
+    def write(self, data: Any) -> int:
+        written: int = self._stream.write(data)
+        self._written += written
+        if self._advise is not None and self._written - self._started >= self.CHUNK:
+            self._stream.flush()
+            self._advise(
+                self._stream.fileno(), self._started, self._written - self._started, os.POSIX_FADV_DONTNEED
+            )
+            self._started = self._written
+        return written
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
 def remove_stale_temp_files(folder: Path) -> list[Path]:
     """Temp files of writes that were killed; only call while holding the run lock."""
     removed = []
@@ -83,16 +115,155 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
 
 
 def cpu_copy(obj: Any) -> Any:
-    """A deep copy with every tensor copied to the host: what the training loop pays for a snapshot."""
+    """A deep copy with every tensor copied to the host; tensors that share a storage still share one."""
+    return HostCopies().copy(obj)
+
+
+class HostCopies:
+    """Copies a state off the training tensors into host memory that is reused between snapshots.
+
+    A snapshot must not change while it is written, and training goes on changing the weights, so
+    the loop copies; what it pays is one memcpy per distinct storage:
+    - tensors that share a storage stay shared (nnU-Net's state_dict names each encoder weight up
+      to four times): copied once, written once by torch.save, as in nnU-Net's own files;
+    - host buffers are reused once their snapshot is written (`release`), so a snapshot faults no
+      fresh pages; CPU bytes are copied by numpy (one thread: no OpenMP barrier on a busy node);
+    - CUDA storages go to pinned buffers, copied asynchronously with one synchronisation;
+    - with background=True the CPU bytes are copied by a helper thread while the loop goes on
+      (nnU-Net plots progress after its epoch-end saves): `wait` before anything changes them.
+    """
+
+    KEPT_PER_SIZE = 2  # free buffers kept per size: a best and a latest snapshot of one epoch end
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[int, bool], list[torch.UntypedStorage]] = {}
+        self._lent: dict[int, tuple[int, bool]] = {}  # data_ptr -> (nbytes, pinned) of lent buffers
+        self._copying: list[threading.Thread] = []  # background copies not known to be done
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def copy(self, obj: Any, background: bool = False) -> Any:
+        """`obj` with every tensor replaced by a host copy (dicts, lists, tuples rebuilt).
+
+        background=True: CPU bytes are copied by a thread; the copy is complete after `wait`.
+        """
+        memo: dict[tuple[int, str], torch.UntypedStorage] = {}
+        pending: list[tuple[torch.UntypedStorage, torch.UntypedStorage]] = []
+        copied = self._copy(obj, memo, pending)
+        if any(device.startswith("cuda") for _, device in memo):
+            torch.cuda.synchronize()  # the asynchronous device-to-host copies have landed
+        if background and pending:
+            thread = threading.Thread(
+                target=self._copy_bytes, args=(pending,), name="nnslurm-snapshot-copy", daemon=True
+            )
+            thread.start()
+            with self._lock:
+                self._copying.append(thread)
+        else:
+            for target, source in pending:
+                _copy_bytes(target, source)
+        return copied
+
+    def wait(self) -> None:
+        """Until every background copy is complete; raises what a copy raised. Cheap when none runs."""
+        if not self._copying:
+            return
+        with self._lock:
+            threads = list(self._copying)
+        for thread in threads:
+            thread.join()
+        with self._lock:
+            self._copying = [thread for thread in self._copying if thread.is_alive()]
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _copy_bytes(self, pending: list[tuple[torch.UntypedStorage, torch.UntypedStorage]]) -> None:
+        try:
+            for target, source in pending:
+                _copy_bytes(target, source)
+        except BaseException as error:  # raised by `wait`
+            self._error = error
+
+    def release(self, obj: Any) -> None:
+        """`obj` (a copy) is written: its buffers may be reused by the next snapshot."""
+        storages: dict[int, torch.UntypedStorage] = {}
+        _collect_storages(obj, storages)
+        with self._lock:
+            for pointer, storage in storages.items():
+                key = self._lent.pop(pointer, None)
+                if key is not None and len(self._free.setdefault(key, [])) < self.KEPT_PER_SIZE:
+                    self._free[key].append(storage)
+
+    def _copy(self, obj: Any, memo: dict[tuple[int, str], torch.UntypedStorage], pending: list) -> Any:
+        if isinstance(obj, torch.Tensor):
+            return self._copy_tensor(obj, memo, pending)
+        if isinstance(obj, dict):
+            return {key: self._copy(value, memo, pending) for key, value in obj.items()}
+        if isinstance(obj, list):
+            return [self._copy(value, memo, pending) for value in obj]
+        if isinstance(obj, tuple):
+            return tuple(self._copy(value, memo, pending) for value in obj)
+        return obj
+
+    def _copy_tensor(
+        self, tensor: torch.Tensor, memo: dict[tuple[int, str], torch.UntypedStorage], pending: list
+    ) -> Any:
+        if (
+            tensor.layout != torch.strided
+            or tensor.is_quantized
+            or tensor.is_conj()
+            or tensor.is_neg()
+            or tensor.device.type not in ("cpu", "cuda")
+        ):
+            return tensor.detach().to("cpu", copy=True)
+        source = tensor.untyped_storage()
+        key = (source.data_ptr(), str(source.device))
+        target = memo.get(key)
+        if target is None:
+            target = self._take(source.nbytes(), pinned=source.device.type == "cuda")
+            if source.device.type == "cpu":
+                pending.append((target, source))  # copied by the caller or a thread (`copy`)
+            else:
+                _copy_bytes(target, source)
+            memo[key] = target
+        copy = torch.empty(0, dtype=tensor.dtype)
+        return copy.set_(target, tensor.storage_offset(), tensor.size(), tensor.stride())
+
+    def _take(self, nbytes: int, pinned: bool) -> torch.UntypedStorage:
+        if nbytes == 0:
+            return torch.UntypedStorage(0)
+        with self._lock:
+            free = self._free.get((nbytes, pinned))
+            storage = free.pop() if free else None
+        if storage is None:
+            storage = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned).untyped_storage()
+        with self._lock:
+            self._lent[storage.data_ptr()] = (nbytes, pinned)
+        return storage
+
+
+def _bytes_of(storage: torch.UntypedStorage) -> torch.Tensor:
+    return torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
+
+
+def _copy_bytes(target: torch.UntypedStorage, source: torch.UntypedStorage) -> None:
+    if source.device.type == "cpu":
+        np.copyto(_bytes_of(target).numpy(), _bytes_of(source).numpy())
+    else:
+        _bytes_of(target).copy_(_bytes_of(source), non_blocking=True)
+
+
+def _collect_storages(obj: Any, found: dict[int, torch.UntypedStorage]) -> None:
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {key: cpu_copy(value) for key, value in obj.items()}
-    if isinstance(obj, list):
-        return [cpu_copy(value) for value in obj]
-    if isinstance(obj, tuple):
-        return tuple(cpu_copy(value) for value in obj)
-    return obj
+        storage = obj.untyped_storage()
+        found.setdefault(storage.data_ptr(), storage)
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            _collect_storages(value, found)
+    elif isinstance(obj, list | tuple):
+        for value in obj:
+            _collect_storages(value, found)
 
 
 def weights_checksum(weights: Mapping[str, torch.Tensor]) -> int:
@@ -106,20 +277,46 @@ def weights_checksum(weights: Mapping[str, torch.Tensor]) -> int:
     return crc
 
 
+def write_checkpoint(state: dict[str, Any], path: Path) -> float:
+    """Complete a snapshot (its weights checksum, left to the writer) and write it atomically.
+
+    The checksum is computed here, not when the loop takes the snapshot: the snapshot is a private
+    copy, so the writer thread can checksum it while training goes on. Returns seconds taken.
+    """
+    started = time.perf_counter()
+    meta = state.get(META_KEY)
+    if isinstance(meta, dict) and "weights_crc32" in meta and meta["weights_crc32"] is None:
+        meta["weights_crc32"] = weights_checksum(state["network_weights"])
+    atomic_torch_save(state, path)
+    return time.perf_counter() - started
+
+
 class BackgroundWriter:
-    """Writes checkpoints in a thread, one at a time, newest last; errors surface on the next call."""
+    """Writes checkpoints in a thread, one at a time, newest last; errors surface on the next call.
+
+    `copies` makes the snapshots it writes; their host buffers are reused once written.
+    """
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[Mapping[str, Any], Path, Callable[[Path, float], None]] | None] = (
+        self.copies = HostCopies()
+        self._queue: queue.Queue[tuple[dict[str, Any], Path, Callable[[Path, float], None]] | None] = (
             queue.Queue()
         )
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="nnslurm-checkpoint-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, state: Mapping[str, Any], path: Path, on_done: Callable[[Path, float], None]) -> None:
+    def submit(self, state: dict[str, Any], path: Path, on_done: Callable[[Path, float], None]) -> None:
         self._raise_pending()
         self._queue.put((state, path, on_done))
+
+    def write_now(self, state: dict[str, Any], path: Path) -> float:
+        """Write in this thread, after every submitted write (call `wait` before the snapshot)."""
+        self.wait()
+        try:
+            return write_checkpoint(state, path)
+        finally:
+            self.copies.release(state)
 
     def wait(self) -> None:
         """Block until every submitted write is durable (or failed)."""
@@ -142,7 +339,11 @@ class BackgroundWriter:
                 if item is None:
                     return
                 state, path, on_done = item
-                seconds = atomic_torch_save(state, path)
+                try:
+                    self.copies.wait()  # a snapshot taken with background=True is complete
+                    seconds = write_checkpoint(state, path)
+                finally:
+                    self.copies.release(state)
                 on_done(path, seconds)
             except BaseException as error:  # kept and re-raised in the training thread
                 self._error = error

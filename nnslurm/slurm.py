@@ -9,15 +9,21 @@ checkpoint is written, never by guessing. Measured on Slurm 22.05.8 (single node
 partition low: PreemptMode=REQUEUE GraceTime=20, cred_expire=5), with a probe that queried
 scontrol/squeue/sacct at the moment each signal arrived:
 
-| trigger                          | signal (srun step / `exec` batch with B:)  | scontrol at that moment                                  |
-|----------------------------------|--------------------------------------------|----------------------------------------------------------|
-| walltime warning --signal=USR1@30| USR1, 45-49 s before the limit             | JobState=RUNNING, PreemptTime=None, Restarts unchanged   |
-| walltime reached, no warning     | TERM 12-14 s after the limit, KILL +10 s   | JobState=COMPLETING Reason=TimeLimit; sacct TIMEOUT      |
-| preemption, no user signal       | step: TERM at once / B:exec batch: nothing | RUNNING, PreemptTime=<now>, EndTime=PreemptTime+Grace    |
-| preemption, preempt_send_user_sig| USR1 at once (step and B: batch alike)     | RUNNING, PreemptTime=<now>, EndTime=PreemptTime+Grace    |
-| ... at the end of GraceTime      | TERM to everything, KILL after KillWait    | COMPLETING, Restarts+1 already; sacct PREEMPTED          |
-| scancel                          | TERM to everything                         | COMPLETING, Reason=None, Restarts unchanged, ExitCode 0:15; sacct CANCELLED |
-| scontrol requeue (outside)       | TERM to everything                         | COMPLETING, Restarts+1 already; sacct REQUEUED           |
+- walltime warning, --signal=USR1@30: USR1 arrived 45-49 s before the limit (srun step, or the
+  batch shell with B:). scontrol: JobState=RUNNING, PreemptTime=None, Restarts unchanged.
+- time limit reached without a warning: TERM 12-14 s after the limit, KILL 10 s later.
+  scontrol: JobState=COMPLETING Reason=TimeLimit; sacct TIMEOUT.
+- preemption without preempt_send_user_signal: srun step tasks get TERM at once; an `exec`-ed
+  batch process (--signal=B:...) gets nothing until the grace time ends.
+  scontrol: JobState=RUNNING, PreemptTime=<now>, EndTime=PreemptTime+GraceTime.
+- preemption with preempt_send_user_signal: the job's --signal (USR1) at once, to the step or,
+  with B:, to the batch shell. scontrol: as above (RUNNING, PreemptTime set).
+- end of the grace time: TERM to every process, KILL after KillWait.
+  scontrol: JobState=COMPLETING, Restarts already +1; sacct PREEMPTED.
+- scancel: TERM to every process. scontrol: JobState=COMPLETING, Reason=None, Restarts
+  unchanged, ExitCode=0:15; sacct CANCELLED.
+- scontrol requeue from outside: TERM to every process. scontrol: JobState=COMPLETING,
+  Restarts already +1; sacct REQUEUED.
 
 Consequences, all measured:
 - A preempted job whose batch script ends before GraceTime is over is NOT requeued: it ends
@@ -355,15 +361,14 @@ def decide(evidence: StopEvidence) -> StopDecision:
             False,
             f"SLURM already requeued the job ({source}): Restarts={info.restarts} > {env.restart_count}",
         )
-    if info.preempt_time is not None:
-        if info.state in ("RUNNING", "SUSPENDED", "COMPLETING"):
-            return StopDecision(
-                PREEMPTION,
-                False,
-                f"preempted at {info.preempt_time.isoformat()} (JobState={info.state}, {left_text} of grace "
-                "left): SLURM requeues the job when the grace time ends",
-                wait_for_scheduler=info.state != "COMPLETING",
-            )
+    if info.preempt_time is not None and info.state in ("RUNNING", "SUSPENDED", "COMPLETING"):
+        return StopDecision(
+            PREEMPTION,
+            False,
+            f"preempted at {info.preempt_time.isoformat()} (JobState={info.state}, {left_text} of grace "
+            "left): SLURM requeues the job when the grace time ends",
+            wait_for_scheduler=info.state != "COMPLETING",
+        )
     if info.state in ("COMPLETING", "TIMEOUT") and info.reason == "TimeLimit":
         return StopDecision(TIMELIMIT, True, f"time limit reached (JobState={info.state} Reason=TimeLimit)")
     if info.state in ("CANCELLED", "COMPLETING", "COMPLETED", "FAILED"):
@@ -403,12 +408,13 @@ def gather_evidence(signal_name: str | None, env: SlurmEnvironment | None = None
 
 
 def self_requeues(events: EventLog, job_id: str | None) -> int:
-    """How often this job (id) has requeued itself, from the run's event log."""
+    """How often this job (id) has requeued itself for walltime, from the run's event log."""
     return sum(
         1
         for record in events.read()
         if record.get("event") == "requeued"
         and record.get("by") == "nnslurm"
+        and record.get("reason") == "walltime"
         and record.get("job_id") == job_id
     )
 
@@ -421,7 +427,8 @@ def apply_requeue_limit(
     return StopDecision(
         LIMIT,
         False,
-        f"{decision.reason}; but this job already requeued itself {used} time(s) (--max-requeues {max_requeues})",
+        f"{decision.reason}; but this job already requeued itself {used} time(s) "
+        f"(--max-requeues {max_requeues})",
     )
 
 
@@ -491,10 +498,12 @@ def wait_for_requeue(
     restart_count: int,
     seconds: float,
     poll_s: float = 1.0,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> JobInfo | None:
     """Poll scontrol until the job is no longer running this incarnation (requeued, cancelled)."""
+    clock = clock or time.monotonic
+    sleep = sleep or time.sleep
     until = clock() + seconds
     last: JobInfo | None = None
     while True:
@@ -537,9 +546,21 @@ def after_stop(
             raise limit_error(outcome, options.max_requeues, job_id)
         target = env.qualified_id or job_id
         if decision.requeue_self and target:
-            events.append("requeued", job_id=job_id, reason="walltime", by="nnslurm", requeues_left=requeues_left,
-                          restart_count=env.restart_count)
-            (requeue_job or requeue)(target)
+            events.append(
+                "requeued",
+                job_id=job_id,
+                reason="walltime",
+                by="nnslurm",
+                requeues_left=requeues_left,
+                restart_count=env.restart_count,
+            )
+            try:
+                (requeue_job or requeue)(target)
+            except Exception as error:
+                events.append(
+                    "decision", job_id=job_id, kind="requeue-failed", requeue_self=False, error=str(error)
+                )
+                raise
         elif decision.wait_for_scheduler and env.qualified_id:
             finish_preemption(events, env, evidence, requeue_job or requeue)
         elif decision.kind == REQUEUED:

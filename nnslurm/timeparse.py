@@ -86,7 +86,7 @@ def slurm_minutes(seconds: int) -> int:
 
 def describe(seconds: float) -> str:
     """A short human duration: 45 s, 12 min 30 s, 2 h 05 min, 3 d 04 h."""
-    total = int(round(seconds))
+    total = round(seconds)
     if total < 60:
         return f"{total} s"
     if total < 3600:

@@ -18,14 +18,7 @@ from typing import Any
 import torch
 
 from nnslurm import rng
-from nnslurm.checkpoints import (
-    FORMAT_VERSION,
-    META_KEY,
-    BackgroundWriter,
-    atomic_torch_save,
-    cpu_copy,
-    weights_checksum,
-)
+from nnslurm.checkpoints import FORMAT_VERSION, META_KEY, BackgroundWriter
 from nnslurm.events import EventLog
 from nnslurm.signals import StopMonitor, StopRequest
 
@@ -112,14 +105,21 @@ class PreemptibleTrainerMixin:
         path = Path(filename)
         epoch = self.current_epoch + 1  # nnU-Net saves before incrementing current_epoch
         finished = path.name == "checkpoint_final.pth"
-        state = self._snapshot(epoch, 0, [], rng.capture(), finished=finished)
         if finished:
-            self.nnslurm.writer.wait()
-            seconds = atomic_torch_save(state, path)
+            self.nnslurm.writer.wait()  # before the snapshot: its buffers are free again
+            state = self._snapshot(epoch, 0, [], rng.capture(), finished=True)
+            seconds = self.nnslurm.writer.write_now(state, path)
             self._saved(path, seconds, epoch, 0, reason="final")
         else:
+            # Copied in the background while nnU-Net's epoch end goes on (plotting); on_epoch_end
+            # and every iteration boundary wait for the copy before the weights can change.
+            state = self._snapshot(epoch, 0, [], rng.capture(), background=True)
             reason = "best" if path.name == "checkpoint_best.pth" else "periodic"
             self._save_in_background(state, path, epoch, 0, reason)
+
+    def on_epoch_end(self) -> None:
+        super().on_epoch_end()  # type: ignore[misc]
+        self.nnslurm.writer.copies.wait()  # the epoch-end snapshots are complete
 
     def run_training(self) -> None:
         context = self.nnslurm
@@ -155,7 +155,7 @@ class PreemptibleTrainerMixin:
                     val_outputs.append(self.validation_step(next(self.dataloader_val)))  # type: ignore[attr-defined]
                 self.on_validation_epoch_end(val_outputs)  # type: ignore[attr-defined]
             context.monitor.phase = "epoch end"
-            self.on_epoch_end()  # type: ignore[attr-defined]
+            self.on_epoch_end()
             self._log_progress(
                 epoch, time.monotonic() - epoch_started, self.num_iterations_per_epoch - start_iteration
             )
@@ -168,6 +168,7 @@ class PreemptibleTrainerMixin:
     def _at_boundary(self, epoch: int, iteration: int, train_outputs: list[dict[str, Any]]) -> None:
         context = self.nnslurm
         context.position = (epoch, iteration)
+        context.writer.copies.wait()  # no snapshot is still being copied when train_step changes weights
         if context.monitor.request is not None:
             self._stop(epoch, iteration, train_outputs, rng.capture())
         minutes = context.save_every_minutes
@@ -197,7 +198,7 @@ class PreemptibleTrainerMixin:
         context.writer.wait()  # an older periodic save must not land after this one
         path = Path(self.output_folder) / STOP_CHECKPOINT
         state = self._snapshot(epoch, iteration, train_outputs, rng_state)
-        seconds = atomic_torch_save(state, path)
+        seconds = context.writer.write_now(state, path)
         self._saved(path, seconds, epoch, iteration, reason="stop")
         self.shutdown_dataloaders()
         raise TrainingStopped(request, epoch, iteration, path, seconds)
@@ -216,11 +217,24 @@ class PreemptibleTrainerMixin:
         train_outputs: list[dict[str, Any]],
         rng_state: dict[str, Any],
         finished: bool = False,
+        background: bool = False,
     ) -> dict[str, Any]:
-        """nnU-Net's checkpoint keys at position (epoch, iteration), copied off the device."""
+        """nnU-Net's checkpoint keys at position (epoch, iteration), copied off the device.
+
+        The loop pays for the copy only (background=True: not even that, see HostCopies); the weights
+        checksum is left to the writer (write_checkpoint).
+        """
         module = self.network.module if self.is_ddp else self.network
         module = getattr(module, "_orig_mod", module)  # torch.compile wrapper
-        weights = cpu_copy(module.state_dict())
+        copied = self.nnslurm.writer.copies.copy(
+            {
+                "weights": module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": rng_state,
+                "train_outputs": train_outputs,
+            },
+            background=background,
+        )
         # The logger's lists hold one entry per finished epoch; entries of the epoch in progress
         # are dropped so that nnU-Net (and we) log them again when the epoch is redone/continued.
         logging_state = {
@@ -228,8 +242,8 @@ class PreemptibleTrainerMixin:
             for key, values in self.logger.get_checkpoint().items()
         }
         return {
-            "network_weights": weights,
-            "optimizer_state": cpu_copy(self.optimizer.state_dict()),
+            "network_weights": copied["weights"],
+            "optimizer_state": copied["optimizer"],
             "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             "logging": logging_state,
             "_best_ema": self._best_ema,
@@ -243,9 +257,9 @@ class PreemptibleTrainerMixin:
                 "iteration": iteration,
                 "finished": finished,
                 "overrides": dict(self.nnslurm.overrides),
-                "rng": cpu_copy(rng_state),
-                "train_outputs": cpu_copy(train_outputs),
-                "weights_crc32": weights_checksum(weights),
+                "rng": copied["rng"],
+                "train_outputs": copied["train_outputs"],
+                "weights_crc32": None,  # filled in by the writer (checkpoints.write_checkpoint)
                 "saved_at": time.time(),
             },
         }

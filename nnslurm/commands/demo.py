@@ -1,0 +1,178 @@
+"""`nnslurm demo`: watch a run stop before its time limit, checkpoint, requeue and finish.
+
+Without SLURM it uses submitit's local executor, which enforces --time on this machine; on a
+SLURM login node `--executor slurm` shows the same on the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from nnslurm.config import RunSpec
+from nnslurm.events import EventLog
+from nnslurm.nnunet import FOLDER_VARIABLES, output_folder
+from nnslurm.synthetic import TINY_PLANS, make_synthetic_dataset
+
+logger = logging.getLogger(__name__)
+
+DATASET_ID, DATASET_NAME = 501, "Synthetic"
+DEMO_TRAINER = f"{__name__}:nnUNetTrainerDemo"
+MIN_ITERATION_S = 0.15  # so the run outlasts one start on any machine: the demo always shows a stop
+SUBFOLDERS = {"nnUNet_raw": "raw", "nnUNet_preprocessed": "preprocessed", "nnUNet_results": "results"}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="a short training that is stopped by its time limit, requeued and resumed (no SLURM needed)",
+        description="Build a tiny synthetic nnU-Net dataset (once), then `nnslurm submit` a training whose "
+        "--time is shorter than the training: it gets the warning signal, stops at an iteration boundary, "
+        "writes a checkpoint, requeues itself and resumes, until it finishes. Prints the story at the end. "
+        "nnUNet_raw/_preprocessed/_results default to folders under --data-dir.",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("demo-data"),
+        help="where the demo's nnU-Net folders go when nnUNet_* are unset (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--executor",
+        default="local",
+        choices=("local", "slurm", "auto"),
+        help="where to run (default: %(default)s, this machine)",
+    )
+    parser.add_argument("--time", default="0:25", help="time limit per start (default: %(default)s = 25 s)")
+    parser.add_argument(
+        "--signal-delay", default="8", help="warning this many seconds before (default: %(default)s)"
+    )
+    parser.add_argument("--epochs", type=int, default=3, help="epochs (default: %(default)s)")
+    parser.add_argument("--iterations-per-epoch", type=int, default=40, help="(default: %(default)s)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnslurm.cli import build_parser
+    from nnslurm.commands import submit
+
+    started = time.time()
+    data_dir = args.data_dir.expanduser().absolute()
+    for variable in FOLDER_VARIABLES:
+        if not os.environ.get(variable):
+            os.environ[variable] = str(data_dir / SUBFOLDERS[variable])
+            Path(os.environ[variable]).mkdir(parents=True, exist_ok=True)
+        print(f"{variable}={os.environ[variable]}")
+    os.environ.setdefault("nnUNet_def_n_proc", "1")  # tiny validation: one process is fastest
+    os.environ.setdefault("nnUNet_n_proc_DA", "0")  # and single-process augmentation on a laptop
+
+    plans = (
+        Path(os.environ["nnUNet_preprocessed"])
+        / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
+        / f"{TINY_PLANS}.json"
+    )
+    if not plans.is_file():
+        print("building the synthetic dataset Dataset501_Synthetic (once, about 20 s) ...", flush=True)
+        make_synthetic_dataset(DATASET_ID, DATASET_NAME, cases=8, size=32, preprocess=True)
+    run_spec = RunSpec(
+        dataset=str(DATASET_ID), configuration="3d_fullres", fold="0", trainer=DEMO_TRAINER, plans=TINY_PLANS
+    )
+    folder = output_folder(run_spec)
+    if folder.exists():  # the demo's own run of the synthetic dataset: start it over
+        shutil.rmtree(folder)
+
+    log_dir = Path(os.environ["nnUNet_results"]) / ".nnslurm" / "demo"
+    argv = [
+        "submit",
+        "-d",
+        str(DATASET_ID),
+        "-f",
+        "0",
+        "-p",
+        TINY_PLANS,
+        "-tr",
+        DEMO_TRAINER,
+        "--device",
+        "cpu",
+    ]
+    argv += ["--epochs", str(args.epochs), "--iterations-per-epoch", str(args.iterations_per_epoch)]
+    argv += ["--val-iterations-per-epoch", "2", "--no-final-validation", "--save-every-epochs", "1"]
+    argv += ["--executor", args.executor, "--time", args.time, "--signal-delay", str(args.signal_delay)]
+    argv += ["--log-dir", str(log_dir), "--wait"]
+    print(f"\n$ nnslurm {' '.join(argv)}\n", flush=True)
+    status = submit.run(build_parser().parse_args(argv))
+    print_story(folder, started)
+    if status != 0:
+        print("the run did not finish: on a busy machine each start does little; try --time 1:00")
+    return status
+
+
+def print_story(folder: Path, started: float) -> None:
+    """The run's event log as a timeline, and what each interruption cost."""
+    records = EventLog(folder).read()
+    if not records:
+        print(f"no events in {folder}")
+        return
+    t0 = records[0]["time"]
+    print("\nwhat happened (from nnslurm_events.jsonl):")
+    shown = (
+        "submitted",
+        "started",
+        "resumed",
+        "signal",
+        "stopped",
+        "decision",
+        "requeued",
+        "finished",
+        "failed",
+    )
+    for record in records:
+        kind = record["event"]
+        if kind not in shown or (kind == "started" and record.get("epoch", 0) + record.get("iteration", 0)):
+            continue
+        where = f"epoch {record['epoch']} iteration {record['iteration']}" if "epoch" in record else ""
+        extra = record.get("kind") or record.get("signal") or record.get("checkpoint") or ""
+        if kind == "requeued":
+            extra = f"by {record.get('by')} ({record.get('reason')})"
+        print(f"  {record['time'] - t0:6.1f} s  {kind:<9} {where:<24} {extra}")
+    stops = [r for r in records if r["event"] == "stopped"]
+    resumes = [r for r in records if r["event"] == "resumed"]
+    per_epoch = next((r.get("iterations_per_epoch") for r in records if r["event"] == "started"), 0) or 0
+    redone = [
+        (s["epoch"] * per_epoch + s["iteration"]) - (r["epoch"] * per_epoch + r["iteration"])
+        for s, r in zip(stops, resumes, strict=False)
+    ]
+    final = folder / "checkpoint_final.pth"
+    print(f"\n{len(stops)} stop(s), {len(resumes)} resume(s), iterations redone per stop: {redone or '-'}")
+    print(f"final checkpoint: {final if final.is_file() else 'not written'}")
+    print(f"demo took {time.time() - started:.0f} s")
+
+
+def __getattr__(name: str) -> Any:
+    """`-tr nnslurm.commands.demo:nnUNetTrainerDemo`, built on first use (nnU-Net imports take seconds)."""
+    if name == "nnUNetTrainerDemo":
+        return _demo_trainer()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _demo_trainer() -> type:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    class nnUNetTrainerDemo(nnUNetTrainer):
+        """nnU-Net's trainer, at least MIN_ITERATION_S per iteration: the demo's run outlasts a start."""
+
+        def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+            began = time.perf_counter()
+            result: dict[str, Any] = super().train_step(batch)
+            time.sleep(max(0.0, MIN_ITERATION_S - (time.perf_counter() - began)))
+            return result
+
+    nnUNetTrainerDemo.__module__ = __name__
+    return nnUNetTrainerDemo

@@ -1,0 +1,256 @@
+"""`nnslurm template NAME`: a plain sbatch script (no submitit) filled in with your values.
+
+The templates (slurm_templates/, packaged as nnslurm/templates/) are working scripts with marked
+blocks; rendering replaces the blocks, quoting every value for the shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from nnslurm.cluster import ClusterSettings
+from nnslurm.commands.submit import add_cluster_arguments, cluster_settings, parse_folds
+from nnslurm.commands.train import add_training_arguments
+from nnslurm.errors import UsageError
+from nnslurm.timeparse import format_time
+
+TEMPLATES = {
+    "train": "nnslurm-train.sbatch",
+    "folds-array": "nnslurm-folds-array.sbatch",
+}
+BEGIN, END = "# --- ", "# --- end of"
+BLOCKS = ("sbatch options", "setup", "the run")
+
+
+def template_text(name: str) -> str:
+    """The template as shipped (package data), by short name or file name."""
+    file_name = TEMPLATES.get(name, name)
+    if file_name not in TEMPLATES.values():
+        raise UsageError(f"no template {name!r}.", hint=f"choose one of: {', '.join(TEMPLATES)}.")
+    return resources.files("nnslurm").joinpath("templates", file_name).read_text()
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "template",
+        help="print a plain sbatch script (no submitit) for one run or a fold array",
+        description="Render one of nnslurm's sbatch templates with your values: `--signal=B:SIG@DELAY`, "
+        "`--requeue`, `--open-mode=append` and `exec nnslurm train ...`, so the job stops at an iteration "
+        "boundary on the walltime warning, checkpoints, requeues itself and resumes. Submit the result "
+        "with sbatch. Templates: " + ", ".join(f"{k} ({v})" for k, v in TEMPLATES.items()) + ".",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", choices=sorted(TEMPLATES), help="which template")
+    parser.add_argument("-o", "--output", type=Path, help="write the script here (default: stdout)")
+    parser.add_argument("--raw", action="store_true", help="print the template as shipped, unrendered")
+    group = parser.add_argument_group("what to train (nnUNetv2_train's names)")
+    group.add_argument("-d", "--dataset", help="dataset id or name (required unless --raw)")
+    group.add_argument(
+        "-c", "--configuration", default="3d_fullres", help="configuration (default: %(default)s)"
+    )
+    group.add_argument(
+        "-f", "--fold", action="append", help="train: one fold (default 0); folds-array: folds, lists, ranges"
+    )
+    group.add_argument("--cross-validation", action="store_true", help="folds-array: folds 0..4")
+    group.add_argument(
+        "-tr", "--trainer", default="nnUNetTrainer", help="trainer class (default: %(default)s)"
+    )
+    group.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
+    add_training_arguments(parser)
+    add_cluster_arguments(parser)
+    group = parser.add_argument_group("script")
+    group.add_argument("--job-name", help="sbatch --job-name (default: nnslurm-DATASET-CONFIG[-fFOLD])")
+    group.add_argument(
+        "--log-dir", type=Path, help="folder of the job's output file (default: where you sbatch)"
+    )
+    group.add_argument(
+        "--command",
+        help="how the job runs nnslurm (default: this Python: "
+        f"{shlex.quote(sys.executable)} -m nnslurm); e.g. 'nnslurm' when it is on the job's PATH",
+    )
+    parser.set_defaults(handler=run)
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """The values a template is filled with."""
+
+    name: str  # "train" or "folds-array"
+    cluster: ClusterSettings  # #SBATCH options, setup lines, the signal
+    job_name: str  # --job-name
+    folds: tuple[str, ...]  # train: one; folds-array: one per task
+    train_args: tuple[str, ...]  # `nnslurm train` arguments except the fold
+    command: tuple[str, ...]  # how to run nnslurm in the job
+    output: str  # --output pattern
+    environment: tuple[tuple[str, str], ...]  # nnUNet_* variables exported in the setup block
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.raw:
+        text = template_text(args.name)
+    else:
+        text = render(template_text(args.name), rendering_from_args(args))
+    if args.output:
+        args.output.write_text(text)
+        args.output.chmod(0o755)
+        print(f"wrote {args.output}; submit it with: sbatch {shlex.quote(str(args.output))}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def rendering_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Rendering:
+    import os
+
+    if not args.dataset:
+        raise UsageError(
+            "--dataset is required to render a template.", hint="or pass --raw for the template."
+        )
+    if args.name == "train":
+        folds = parse_folds(args.fold or ["0"], args.cross_validation)
+        if len(folds) != 1:
+            raise UsageError(
+                "the train template runs one fold.", hint="use `nnslurm template folds-array` for several."
+            )
+    else:
+        folds = parse_folds(args.fold, args.cross_validation)
+    cluster = cluster_settings(args)
+    if cluster.signal_name not in args.stop_signals:
+        raise UsageError(
+            f"--signal {cluster.signal_name} is not one of --stop-signals {','.join(args.stop_signals)}.",
+            hint=f"add {cluster.signal_name} to --stop-signals or choose another --signal.",
+        )
+    env = dict(os.environ) if environ is None else environ
+    default_name = f"nnslurm-{args.dataset}-{args.configuration}" + (
+        f"-f{folds[0]}" if args.name == "train" else ""
+    )
+    pattern = "nnslurm-%x-%j.out" if args.name == "train" else "nnslurm-%x-%A_%a.out"
+    log_dir = args.log_dir or (Path(cluster.log_dir) if cluster.log_dir else None)
+    run_args = ["-d", str(args.dataset), "-c", args.configuration, "-tr", args.trainer, "-p", args.plans]
+    return Rendering(
+        name=args.name,
+        cluster=cluster,
+        job_name=args.job_name or default_name,
+        folds=tuple(folds),
+        train_args=tuple(run_args + training_flags(args)),
+        command=tuple(shlex.split(args.command)) if args.command else (sys.executable, "-m", "nnslurm"),
+        output=str(log_dir / pattern) if log_dir else pattern,
+        environment=tuple(sorted((k, v) for k, v in env.items() if k.startswith("nnUNet_"))),
+    )
+
+
+def training_flags(args: argparse.Namespace) -> list[str]:
+    """The `nnslurm train` flags whose values differ from their defaults, as command-line words."""
+    reference = argparse.ArgumentParser(add_help=False)
+    add_training_arguments(reference)
+    words: list[str] = []
+    for action in reference._actions:
+        if not action.option_strings:
+            continue
+        flag = max(action.option_strings, key=len)
+        value = getattr(args, action.dest, action.default)
+        default = action.default
+        if isinstance(default, str) and callable(action.type):
+            default = action.type(default)
+        if action.dest == "max_requeues":
+            words += [flag, str(value)]  # always spelled out: it matters in a requeueing script
+            continue
+        if value == default or value is None:
+            continue
+        if action.nargs == 0:
+            words.append(flag)
+        elif isinstance(value, (tuple, list)):
+            words += [flag, ",".join(str(item) for item in value)]
+        else:
+            words += [flag, str(value)]
+    return words
+
+
+def render(template: str, values: Rendering) -> str:
+    """Replace the template's marked blocks; everything else stays as shipped."""
+    blocks = {
+        "sbatch options": sbatch_lines(values),
+        "setup": setup_lines(values),
+        "the run": run_lines(values),
+    }
+    out: list[str] = []
+    replacing: str | None = None
+    seen = set()
+    for line in template.splitlines():
+        if replacing is not None:
+            if line.startswith(END):
+                out.append(line)
+                replacing = None
+            continue
+        out.append(line)
+        if line.startswith(BEGIN) and not line.startswith(END):
+            block = next((name for name in BLOCKS if line[len(BEGIN) :].startswith(name)), None)
+            if block is not None:
+                out.extend(blocks[block])
+                seen.add(block)
+                replacing = block
+    missing = set(BLOCKS) - seen
+    if missing or replacing is not None:
+        raise UsageError(
+            f"the template lacks the marked block(s) {', '.join(sorted(missing))} or an end marker."
+        )
+    return "\n".join(out) + "\n"
+
+
+def _sbatch(key: str, value: str | None = None) -> str:
+    if value is None:
+        return f"#SBATCH --{key}"
+    if "\n" in value:
+        raise UsageError(f"sbatch option --{key} contains a line break.")
+    return f"#SBATCH --{key}={shlex.quote(value)}"
+
+
+def sbatch_lines(values: Rendering) -> list[str]:
+    cluster = values.cluster
+    lines = [_sbatch("job-name", values.job_name)]
+    if values.name == "folds-array":
+        lines.append(_sbatch("array", f"0-{len(values.folds) - 1}"))
+    lines += [
+        _sbatch("time", format_time(cluster.time_s)),
+        _sbatch("signal", f"B:{cluster.signal_name}@{cluster.signal_delay_s}"),
+        _sbatch("requeue"),
+        _sbatch("open-mode", "append"),
+        _sbatch("output", values.output),
+    ]
+    optional = (
+        ("partition", cluster.partition),
+        ("account", cluster.account),
+        ("qos", cluster.qos),
+        ("gpus-per-node", str(cluster.gpus) if cluster.gpus else None),
+        ("cpus-per-task", str(cluster.cpus_per_task) if cluster.cpus_per_task else None),
+        ("mem", cluster.mem),
+        ("constraint", cluster.constraint),
+    )
+    lines += [_sbatch(key, value) for key, value in optional if value is not None]
+    lines += [_sbatch(key, value) for key, value in cluster.sbatch_args]
+    return lines
+
+
+def setup_lines(values: Rendering) -> list[str]:
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in values.environment]
+    lines += list(values.cluster.setup)
+    return lines
+
+
+def run_lines(values: Rendering) -> list[str]:
+    lines = [
+        f"NNSLURM=({shlex.join(values.command)})",
+        f"export NNSLURM_WARNING_SIGNAL={values.cluster.signal_name}  # the signal of --signal above",
+    ]
+    if values.name == "folds-array":
+        lines.append(f"FOLDS=({' '.join(shlex.quote(fold) for fold in values.folds)})")
+        lines.append(f"NNSLURM_TRAIN_ARGS=({shlex.join(values.train_args)})")
+    else:
+        lines.append(f"NNSLURM_TRAIN_ARGS=({shlex.join([*values.train_args, '-f', values.folds[0]])})")
+    return lines

@@ -1,0 +1,363 @@
+"""Submitting TrainingJobs through submitit: executor choice, the sbatch script, arrays, waiting.
+
+Nothing here changes submitit's class attributes: the warning signal and `--requeue` go into the
+sbatch script through `additional_parameters`, and the job learns the signal from two variables
+exported by the script's setup lines (SLURM) or set in the environment for the duration of the
+submission only (the local controller inherits it then).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.slurm.slurm import _make_sbatch_string
+
+from nnslurm.cluster import ClusterSettings
+from nnslurm.config import TrainJob
+from nnslurm.errors import NnslurmError, NnunetSetupError, UsageError
+from nnslurm.events import EventLog
+from nnslurm.job import LOCAL_MAX_REQUEUES, TrainingJob
+from nnslurm.slurm import WARNING_SIGNAL_ENV
+from nnslurm.timeparse import slurm_minutes
+
+logger = logging.getLogger(__name__)
+
+EXECUTORS = ("auto", "slurm", "local")
+PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"  # submitit.core.job_environment._PREEMPT_SIG_ENV
+FINISHED, FAILED, CANCELLED, RUNNING = "finished", "failed", "cancelled", "running"
+
+
+def choose_executor(requested: str) -> str:
+    """auto -> slurm when `sbatch` is on the PATH, else local."""
+    if requested not in EXECUTORS:
+        raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, got {requested!r}.")
+    if requested == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    return requested
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What `nnslurm submit` sends: one job, or one array task per run."""
+
+    jobs: tuple[TrainJob, ...]  # one per run (fold x configuration); more than one: a job array
+    cluster: ClusterSettings  # partition, time, signal, ...
+    executor: str  # "slurm" or "local"
+    log_dir: Path  # submitit's folder; each job's files go to log_dir/<job id>/
+    job_name: str  # --job-name
+
+    def __post_init__(self) -> None:
+        if not self.jobs:
+            raise UsageError("nothing to submit: give at least one --fold.")
+        if self.executor not in ("slurm", "local"):
+            raise ValueError(f"executor {self.executor!r}")
+
+    @property
+    def folder(self) -> Path:
+        """submitit's folder pattern: one sub-folder per job id (%j)."""
+        return self.log_dir / "%j"
+
+    @property
+    def max_requeues(self) -> int:
+        return max(job.options.max_requeues for job in self.jobs)
+
+
+def default_log_dir(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    results = env.get("nnUNet_results")
+    if not results:
+        raise NnunetSetupError(
+            "nnUNet_results is not set, so there is no default folder for the job logs.",
+            hint="export nnUNet_results=/path/to/results (the job needs it anyway), or pass --log-dir.",
+        )
+    return Path(results) / ".nnslurm" / "submitit"
+
+
+def default_job_name(jobs: Sequence[TrainJob]) -> str:
+    first = jobs[0].run
+    configurations = sorted({job.run.configuration for job in jobs})
+    name = f"nnslurm-{first.dataset}-{'+'.join(configurations)}"
+    if len(jobs) == 1:
+        name += f"-f{first.fold}"
+    return name
+
+
+# --- the sbatch script --------------------------------------------------------------------------
+
+
+def job_environment_lines(cluster: ClusterSettings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Exports at the top of the job: the warning signal for submitit and nnslurm, nnU-Net's folders."""
+    env = os.environ if environ is None else environ
+    lines = [
+        f"export {PREEMPT_SIGNAL_ENV}={cluster.signal_name}",
+        f"export {WARNING_SIGNAL_ENV}={cluster.signal_name}",
+    ]
+    for name in sorted(key for key in env if key.startswith("nnUNet_")):
+        lines.append(f"export {name}={shlex.quote(env[name])}")
+    return lines
+
+
+def slurm_parameters(submission: Submission, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments of SlurmExecutor.update_parameters (submitit's names)."""
+    cluster = submission.cluster
+    params: dict[str, Any] = {
+        "job_name": submission.job_name,
+        "time": slurm_minutes(cluster.time_s),  # submitit times its own timeouts in minutes
+        "signal_delay_s": cluster.signal_delay_s,
+        "setup": job_environment_lines(cluster, environ) + list(cluster.setup),
+    }
+    optional = {
+        "partition": cluster.partition,
+        "account": cluster.account,
+        "qos": cluster.qos,
+        "gpus_per_node": cluster.gpus or None,
+        "cpus_per_task": cluster.cpus_per_task,
+        "mem": cluster.mem,
+        "constraint": cluster.constraint,
+    }
+    params.update({key: value for key, value in optional.items() if value is not None})
+    additional: dict[str, Any] = {
+        "signal": f"{cluster.signal_name}@{cluster.signal_delay_s}",  # to the srun step: no B:
+        "requeue": True,  # clusters may default to JobRequeue=0
+    }
+    for key, value in cluster.sbatch_args:
+        additional[key] = True if value is None else value
+    params["additional_parameters"] = additional
+    return params
+
+
+def submitit_command(folder: Path, python: str | None = None) -> str:
+    """What submitit's SlurmExecutor runs in the job (its `_submitit_command_str`)."""
+    return " ".join(
+        [python or shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))]
+    )
+
+
+def render_sbatch(
+    submission: Submission, environ: Mapping[str, str] | None = None, python: str | None = None
+) -> str:
+    """The sbatch script submitit will write for this submission (also without SLURM installed)."""
+    params = slurm_parameters(submission, environ)
+    map_count = len(submission.jobs) if len(submission.jobs) > 1 else None
+    command = submitit_command(submission.folder, python)
+    return _make_sbatch_string(command=command, folder=submission.folder, map_count=map_count, **params)
+
+
+# --- submitting ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a submission only."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def make_executor(submission: Submission) -> submitit.Executor:
+    if submission.executor == "slurm":
+        if shutil.which("sbatch") is None or shutil.which("srun") is None:
+            raise UsageError(
+                "--executor slurm, but sbatch/srun are not on the PATH.",
+                hint="run on a SLURM login node, use --executor local, or --dry-run to see the script.",
+            )
+        slurm_executor = submitit.SlurmExecutor(
+            folder=submission.folder, max_num_timeout=submission.max_requeues
+        )
+        slurm_executor.update_parameters(**slurm_parameters(submission))
+        return slurm_executor
+    local_executor = submitit.LocalExecutor(
+        folder=submission.folder, max_num_timeout=min(submission.max_requeues, LOCAL_MAX_REQUEUES)
+    )
+    cluster = submission.cluster
+    if cluster.setup:
+        logger.info("local executor: the setup lines are for SLURM jobs and are not run here")
+    local_executor.update_parameters(
+        timeout_min=cluster.time_s / 60,
+        signal_delay_s=cluster.signal_delay_s,
+        gpus_per_node=cluster.gpus or 0,
+    )
+    return local_executor
+
+
+def submit(submission: Submission) -> list[submitit.Job[Any]]:
+    """Submit every run (an array when more than one) and record "submitted" in each run's log."""
+    executor = make_executor(submission)
+    callables = [TrainingJob(job) for job in submission.jobs]
+    signal_name = submission.cluster.signal_name
+    with environment({PREEMPT_SIGNAL_ENV: signal_name, WARNING_SIGNAL_ENV: signal_name}):
+        jobs = [executor.submit(callables[0])] if len(callables) == 1 else executor.submit_array(callables)
+    for index, (job, train_job) in enumerate(zip(jobs, submission.jobs, strict=True)):
+        folder = run_folder(train_job)
+        if folder is None:
+            continue
+        EventLog(folder).append(
+            "submitted",
+            job_id=event_job_id(job, submission.executor),
+            executor=submission.executor,
+            array_index=index if len(jobs) > 1 else None,
+            log_folder=str(job.paths.folder),
+            time_limit_s=submission.cluster.time_s,
+            signal=f"{signal_name}@{submission.cluster.signal_delay_s}",
+            max_requeues=train_job.options.max_requeues,
+        )
+    return jobs
+
+
+def event_job_id(job: submitit.Job[Any], executor: str) -> str:
+    """The id the job's own events carry (nnslurm.events: "local-<pid>" for the local executor)."""
+    return f"local-{job.job_id}" if executor == "local" else str(job.job_id)
+
+
+def run_folder(job: TrainJob) -> Path | None:
+    from nnslurm.nnunet import output_folder
+
+    try:
+        return output_folder(job.run)
+    except NnslurmError as error:
+        logger.debug("no run folder for %s: %s", job.run, error)
+        return None
+
+
+def check_runs(jobs: Sequence[TrainJob]) -> None:
+    """Fail before submitting what would fail in the job: dataset, plans, configuration, fold."""
+    from nnslurm.nnunet import load_plans
+
+    for job in jobs:
+        load_plans(job.run)
+
+
+# --- waiting ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobReport:
+    job_id: str
+    train_job: TrainJob
+    state: str  # finished | failed | cancelled | running
+    detail: str  # the scheduler state, or the error's last line
+    epoch: int | None
+    iteration: int | None
+    num_epochs: int | None
+    stops: int  # stop events in the run's log
+    requeues: int  # requeued events in the run's log
+
+
+def progress(train_job: TrainJob) -> dict[str, Any]:
+    """Position and interruptions from the run's event log."""
+    folder = run_folder(train_job)
+    records = EventLog(folder).read() if folder else []
+    summary: dict[str, Any] = {
+        "epoch": None,
+        "iteration": None,
+        "num_epochs": None,
+        "stops": 0,
+        "requeues": 0,
+    }
+    for record in records:
+        kind = record.get("event")
+        if kind == "started":
+            summary["num_epochs"] = record.get("num_epochs")
+        if "epoch" in record and kind in (
+            "started",
+            "resumed",
+            "checkpoint",
+            "stopped",
+            "finished",
+            "signal",
+        ):
+            summary["epoch"], summary["iteration"] = record.get("epoch"), record.get("iteration")
+        summary["stops"] += kind == "stopped"
+        summary["requeues"] += kind == "requeued"
+    summary["last"] = records[-1].get("event") if records else None
+    return summary
+
+
+def job_state(job: submitit.Job[Any]) -> tuple[str, str]:
+    """(finished|failed|cancelled|running, detail) without blocking."""
+    if not job.done(force_check=True):
+        return RUNNING, str(job.state)
+    if job.paths.result_pickle.exists():
+        error = job.exception()
+        if error is None:
+            return FINISHED, "COMPLETED"
+        lines = [line for line in str(error).splitlines() if line.strip() and not line.startswith("---")]
+        message = next((line for line in reversed(lines) if "Error" in line or "HINT" in line), lines[-1])
+        return FAILED, message.strip()
+    state = str(job.state)
+    if state.startswith("CANCELLED") or state == "INTERRUPTED":
+        return CANCELLED, state
+    return FAILED, f"{state}, ended without a result: see {job.paths.stderr}"
+
+
+def wait(
+    jobs: Sequence[submitit.Job[Any]],
+    submission: Submission,
+    poll_s: float = 5.0,
+    echo: Callable[[str], None] = print,
+    clock: Callable[[], float] = time.time,
+) -> list[JobReport]:
+    """Block until every job ended; echo a line whenever a job's state or position changes."""
+    shown: dict[str, str] = {}
+    started = clock()
+    pending = list(zip(jobs, submission.jobs, strict=True))
+    reports: dict[str, JobReport] = {}
+    while pending:
+        still = []
+        for job, train_job in pending:
+            state, detail = job_state(job)
+            info = progress(train_job)
+            report = JobReport(
+                job_id=str(job.job_id),
+                train_job=train_job,
+                state=state,
+                detail=detail,
+                epoch=info["epoch"],
+                iteration=info["iteration"],
+                num_epochs=info["num_epochs"],
+                stops=info["stops"],
+                requeues=info["requeues"],
+            )
+            line = describe_report(report)
+            if shown.get(report.job_id) != line:
+                shown[report.job_id] = line
+                echo(f"[{clock() - started:6.0f} s] {line}")
+            if state == RUNNING:
+                still.append((job, train_job))
+            else:
+                reports[report.job_id] = report
+        pending = still
+        if pending:
+            time.sleep(poll_s)
+    return [reports[str(job.job_id)] for job in jobs]
+
+
+def describe_report(report: JobReport) -> str:
+    run = report.train_job.run
+    where = ""
+    if report.epoch is not None:
+        total = f"/{report.num_epochs}" if report.num_epochs else ""
+        where = f", epoch {report.epoch}{total} iteration {report.iteration}"
+    story = (
+        f", {report.stops} stop(s), {report.requeues} requeue(s)" if report.stops or report.requeues else ""
+    )
+    name = f"job {report.job_id} ({run.configuration} fold {run.fold})"
+    return f"{name}: {report.state} [{report.detail}]{where}{story}"

@@ -1,0 +1,360 @@
+"""The acceptance suite on a real SLURM: walltime, preemption, requeue from outside, scancel, the
+requeue cap and an array, through `nnslurm submit` (submitit) and the sbatch templates, with the
+real nnU-Net tiny training. Each asserts what a user cares about: the final checkpoint, the epoch
+reached, at most one iteration redone per interruption, the event log's story, and the state that
+`--wait` / `job.result()` report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+from conftest import TINY_PLANS, NnunetEnv, nnslurm
+
+from .tools import Background, Cluster, check_story, events, kinds, wait_for, wait_for_event
+
+EPOCHS, ITERATIONS = 3, 30  # ~10 s of training on 1 CPU: interrupted once after epoch 0
+# Walltime scenarios: >= 0.25 s per iteration (paced trainer), so 90 iterations outlast the ~20 s of
+# training a 1-minute start has before its warning, on any machine.
+LONG_EPOCHS, LONG_ITERATIONS = 3, 30
+PACED = ["-tr", "slurm.paced_trainer:nnUNetTrainerPaced"]
+RUN = [
+    "-d",
+    "501",
+    "-f",
+    "0",
+    "-p",
+    TINY_PLANS,
+    "--val-iterations-per-epoch",
+    "2",
+    "--device",
+    "cpu",
+    "--no-final-validation",
+    "--save-every-minutes",
+    "60",
+]
+
+
+def training(epochs: int, iterations: int) -> list[str]:
+    return [*RUN, "--epochs", str(epochs), "--iterations-per-epoch", str(iterations)]
+
+
+def job_env(nnunet_env: NnunetEnv) -> dict[str, str]:
+    # Single-process augmentation: two cores, and the node is shared by two jobs in some tests.
+    return nnunet_env.env(nnUNet_n_proc_DA="0", NNSLURM_TEST_MIN_ITERATION_S="0.25")
+
+
+def submit_args(log_dir: Path, *extra: str) -> list[str]:
+    return ["submit", "--executor", "slurm", "--log-dir", str(log_dir), "--wait", *extra]
+
+
+def report(name: str, started: float, **facts: object) -> None:
+    """One line per scenario in the test output (-s or the captured log): what was measured."""
+    details = " ".join(f"{key}={value}" for key, value in facts.items())
+    print(f"\n[nnslurm scenario] {name}: wall {time.time() - started:.0f} s {details}", file=sys.stderr)
+
+
+def signal_lead_times(run_folder: Path) -> list[float]:
+    return [d["time_left_s"] for d in kinds(run_folder, "decision") if d.get("time_left_s") is not None]
+
+
+# --- 1. walltime ---------------------------------------------------------------------------------
+
+
+def test_walltime_requeue_through_submit(
+    idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path
+) -> None:
+    started = time.time()
+    run_folder = nnunet_env.run_folder("nnUNetTrainerPaced")
+    args = submit_args(
+        tmp_path / "logs",
+        *training(LONG_EPOCHS, LONG_ITERATIONS),
+        *PACED,
+        "--time",
+        "1",
+        "--signal-delay",
+        "20",
+    )
+    waiting = Background.start(args, job_env(nnunet_env), tmp_path / "submit.out")
+    job_id = wait_for_event(run_folder, "submitted", 60)["job_id"]
+    idle_cluster.own.add(job_id)
+    wait_for(lambda: _release_when_requeued(idle_cluster, job_id, waiting), 400, "the job to end")
+    code, output = waiting.finish(60)
+    assert code == 0, output
+    assert f"job {job_id} (3d_fullres fold 0): finished [COMPLETED]" in output
+    story = check_story(run_folder, LONG_ITERATIONS, LONG_EPOCHS)
+    decisions = kinds(run_folder, "decision")
+    assert story["stops"] >= 1 and {d["kind"] for d in decisions} == {"walltime"}
+    requeued = kinds(run_folder, "requeued")
+    assert [r["by"] for r in requeued] == ["nnslurm"] * story["stops"]
+    # SLURM's own count agrees with the event log: one requeue per stop.
+    assert idle_cluster.states(job_id).count("REQUEUED") == story["stops"]
+    assert kinds(run_folder, "finished")[0].get("restart_count") == story["stops"]
+    report(
+        "walltime/submit",
+        started,
+        stops=story["stops"],
+        redone=story["redone"],
+        signal_lead_s=signal_lead_times(run_folder),
+    )
+
+
+def _release_when_requeued(cluster: Cluster, job_id: str, waiting: Background) -> bool:
+    cluster.release(job_id)  # no-op unless the job waits for its BeginTime after a requeue
+    return waiting.process.poll() is not None
+
+
+def test_walltime_requeue_through_template(
+    idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path
+) -> None:
+    started = time.time()
+    run_folder = nnunet_env.run_folder("nnUNetTrainerPaced")
+    env = job_env(nnunet_env)
+    script = tmp_path / "train.sbatch"
+    rendered = nnslurm(
+        [
+            "template",
+            "train",
+            *training(LONG_EPOCHS, LONG_ITERATIONS),
+            *PACED,
+            "--time",
+            "1",
+            "--signal-delay",
+            "20",
+            "--log-dir",
+            str(tmp_path),
+            "--setup",
+            f"export PYTHONPATH={env['PYTHONPATH']}",
+            "-o",
+            str(script),
+        ],
+        env,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    job_id = idle_cluster.sbatch(script, cwd=tmp_path)
+    assert idle_cluster.wait_done(job_id, 400) == "COMPLETED"
+    story = check_story(run_folder, LONG_ITERATIONS, LONG_EPOCHS)
+    assert story["stops"] >= 1
+    assert {d["kind"] for d in kinds(run_folder, "decision")} == {"walltime"}
+    assert idle_cluster.states(job_id).count("REQUEUED") == story["stops"]
+    assert [r["signal"] for r in kinds(run_folder, "stopped")] == ["USR1"] * story[
+        "stops"
+    ]  # B: reached Python
+    report(
+        "walltime/template",
+        started,
+        stops=story["stops"],
+        redone=story["redone"],
+        signal_lead_s=signal_lead_times(run_folder),
+    )
+
+
+# --- 2. preemption -------------------------------------------------------------------------------
+
+
+def _preempt_once(cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path, expected_signal: str) -> None:
+    started = time.time()
+    run_folder = nnunet_env.run_folder()
+    args = submit_args(
+        tmp_path / "logs", *training(EPOCHS, ITERATIONS), "--time", "10", "--cpus-per-task", str(cluster.cpus)
+    )
+    waiting = Background.start(args, job_env(nnunet_env), tmp_path / "submit.out")
+    job_id = wait_for_event(run_folder, "submitted", 60)["job_id"]
+    cluster.own.add(job_id)
+    wait_for_event(run_folder, "checkpoint", 120, reason="periodic")  # training, past epoch 0
+    preempted_at = time.time()
+    cluster.preempt()
+    stop = wait_for_event(run_folder, "stopped", 60)
+    signal_after = stop["time"] - preempted_at
+    code, output = waiting.finish(300)
+    assert code == 0, output
+    story = check_story(run_folder, ITERATIONS, EPOCHS)
+    assert story["stops"] == 1
+    (decision,) = kinds(run_folder, "decision")
+    assert decision["kind"] == "preemption" and decision["requeue_self"] is False
+    assert decision["signal"] == expected_signal and decision["preempt_time"]
+    (requeued,) = kinds(run_folder, "requeued")
+    assert (requeued["by"], requeued["reason"]) == ("slurm", "preemption")  # nnslurm did not requeue
+    # SLURM requeued it exactly once: one PREEMPTED record, the last start has SLURM_RESTART_COUNT=1.
+    assert cluster.states(job_id) == ["PREEMPTED", "COMPLETED"]
+    assert kinds(run_folder, "resumed")[0]["restart_count"] == 1
+    report(
+        f"preemption/submit ({expected_signal})",
+        started,
+        redone=story["redone"],
+        stop_after_preemption_s=round(signal_after, 1),
+        waited_for_requeue_s=requeued.get("waited_s"),
+    )
+
+
+def test_preemption_without_user_signal(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    _preempt_once(idle_cluster, nnunet_env, tmp_path, expected_signal="TERM")
+
+
+@pytest.mark.usefixtures("user_signal_preemption")
+def test_preemption_with_user_signal(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    _preempt_once(idle_cluster, nnunet_env, tmp_path, expected_signal="USR1")
+
+
+def test_preemption_through_template(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    """B: + exec, no user signal: nothing arrives until the grace time ends, then TERM with the job
+    already requeued (Restarts+1); KillWait is the time left to checkpoint."""
+    started = time.time()
+    run_folder = nnunet_env.run_folder()
+    script = tmp_path / "train.sbatch"
+    rendered = nnslurm(
+        [
+            "template",
+            "train",
+            *training(EPOCHS, ITERATIONS),
+            "--time",
+            "10",
+            "--cpus-per-task",
+            str(idle_cluster.cpus),
+            "--log-dir",
+            str(tmp_path),
+            "-o",
+            str(script),
+        ],
+        job_env(nnunet_env),
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    job_id = idle_cluster.sbatch(script, cwd=tmp_path)
+    wait_for_event(run_folder, "checkpoint", 120, reason="periodic")
+    idle_cluster.preempt()
+    assert idle_cluster.wait_done(job_id, 300) == "COMPLETED"
+    story = check_story(run_folder, ITERATIONS, EPOCHS)
+    assert story["stops"] == 1
+    (decision,) = kinds(run_folder, "decision")
+    assert decision["kind"] in ("requeued", "preemption") and decision["requeue_self"] is False
+    assert idle_cluster.states(job_id) == ["PREEMPTED", "COMPLETED"]
+    report("preemption/template", started, redone=story["redone"], decision=decision["kind"])
+
+
+# --- 3. scontrol requeue from outside ------------------------------------------------------------
+
+
+def test_requeue_from_outside(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    started = time.time()
+    run_folder = nnunet_env.run_folder()
+    args = submit_args(tmp_path / "logs", *training(EPOCHS, ITERATIONS), "--time", "10")
+    waiting = Background.start(args, job_env(nnunet_env), tmp_path / "submit.out")
+    job_id = wait_for_event(run_folder, "submitted", 60)["job_id"]
+    idle_cluster.own.add(job_id)
+    wait_for_event(run_folder, "checkpoint", 120, reason="periodic")
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
+    wait_for(lambda: _release_when_requeued(idle_cluster, job_id, waiting), 300, "the job to end")
+    code, output = waiting.finish(60)
+    assert code == 0, output
+    story = check_story(run_folder, ITERATIONS, EPOCHS)
+    (decision,) = kinds(run_folder, "decision")
+    assert (decision["kind"], decision["requeue_self"], decision["signal"]) == ("requeued", False, "TERM")
+    assert idle_cluster.states(job_id) == ["REQUEUED", "COMPLETED"]  # one requeue: the one from outside
+    report("requeue from outside", started, redone=story["redone"])
+
+
+# --- 4. scancel ----------------------------------------------------------------------------------
+
+
+def test_scancel_stays_cancelled_and_resumable(
+    idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path
+) -> None:
+    started = time.time()
+    run_folder = nnunet_env.run_folder()
+    env = job_env(nnunet_env)
+    args = submit_args(tmp_path / "logs", *training(EPOCHS, ITERATIONS), "--time", "10")
+    waiting = Background.start(args, env, tmp_path / "submit.out")
+    job_id = wait_for_event(run_folder, "submitted", 60)["job_id"]
+    idle_cluster.own.add(job_id)
+    wait_for_event(run_folder, "checkpoint", 120, reason="periodic")
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    code, output = waiting.finish(120)
+    assert code == 1, output
+    assert f"job {job_id} (3d_fullres fold 0): cancelled [CANCELLED" in output
+    time.sleep(10)  # a wrongly requeued job would be back by now (cred_expire=5)
+    assert idle_cluster.states(job_id) == ["CANCELLED"]
+    (decision,) = kinds(run_folder, "decision")
+    assert (decision["kind"], decision["requeue_self"]) == ("cancel", False)
+    assert not kinds(run_folder, "requeued")
+    stop = kinds(run_folder, "stopped")[0]
+    job = submitit.SlurmJob(folder=tmp_path / "logs" / "%j", job_id=job_id)
+    assert job.state.startswith("CANCELLED")
+    assert isinstance(job.exception(), submitit.core.utils.UncompletedJobError)  # no result: it never ended
+    # Resumable later, where it stopped: plain `nnslurm train` on this machine finishes it.
+    resumed = nnslurm(["train", *training(EPOCHS, ITERATIONS)], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    story = check_story(run_folder, ITERATIONS, EPOCHS)
+    assert kinds(run_folder, "resumed")[0]["epoch"] == stop["epoch"]
+    report("scancel", started, redone=story["redone"], stopped_at=(stop["epoch"], stop["iteration"]))
+
+
+# --- 5. the requeue cap --------------------------------------------------------------------------
+
+
+def test_requeue_cap(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    started = time.time()
+    run_folder = nnunet_env.run_folder("nnUNetTrainerPaced")
+    args = submit_args(
+        tmp_path / "logs",
+        *training(8, LONG_ITERATIONS),
+        *PACED,
+        "--time",
+        "1",
+        "--signal-delay",
+        "20",
+        "--max-requeues",
+        "1",
+    )
+    waiting = Background.start(args, job_env(nnunet_env), tmp_path / "submit.out")
+    job_id = wait_for_event(run_folder, "submitted", 60)["job_id"]
+    idle_cluster.own.add(job_id)
+    wait_for(lambda: _release_when_requeued(idle_cluster, job_id, waiting), 300, "the job to end")
+    code, output = waiting.finish(60)
+    assert code == 1, output
+    assert "failed [" in output
+    decisions = [d["kind"] for d in kinds(run_folder, "decision")]
+    assert decisions == ["walltime", "requeue-limit"]
+    assert idle_cluster.states(job_id) == ["REQUEUED", "FAILED"]
+    job = submitit.SlurmJob(folder=tmp_path / "logs" / "%j", job_id=job_id)
+    error = job.exception()
+    assert error is not None and "RequeueLimitReached" in str(error) and "--max-requeues" in str(error)
+    last_stop = kinds(run_folder, "stopped")[-1]
+    assert (run_folder / "checkpoint_latest.pth").is_file()  # resumable: the stop's checkpoint
+    assert events(run_folder)[-1]["event"] in ("decision", "failed")
+    report("requeue cap", started, stopped_at=(last_stop["epoch"], last_stop["iteration"]))
+
+
+# --- 6. an array of folds, one task preempted ----------------------------------------------------
+
+
+def test_array_with_one_task_preempted(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    started = time.time()
+    folders = [nnunet_env.run_folder(fold=fold) for fold in ("0", "1")]
+    run = [arg for arg in training(EPOCHS, ITERATIONS) if arg not in ("-f", "0")]
+    cpus = max(1, idle_cluster.cpus // 2)  # two tasks fill the node
+    args = submit_args(tmp_path / "logs", *run, "--fold", "0-1", "--time", "10", "--cpus-per-task", str(cpus))
+    waiting = Background.start(args, job_env(nnunet_env), tmp_path / "submit.out")
+    ids = [wait_for_event(folder, "submitted", 60)["job_id"] for folder in folders]
+    assert ids[0].endswith("_0") and ids[1].endswith("_1") and ids[0].split("_")[0] == ids[1].split("_")[0]
+    idle_cluster.own.update(ids)
+    for folder in folders:
+        wait_for_event(folder, "checkpoint", 180, reason="periodic")
+    idle_cluster.preempt(cpus=cpus)
+    code, output = waiting.finish(400)
+    assert code == 0, output
+    preempted = []
+    for folder, job_id in zip(folders, ids, strict=True):
+        story = check_story(folder, ITERATIONS, EPOCHS)
+        decisions = [d["kind"] for d in kinds(folder, "decision")]
+        states = idle_cluster.states(job_id)
+        if decisions:
+            assert decisions == ["preemption"] and states == ["PREEMPTED", "COMPLETED"], (decisions, states)
+            preempted.append(job_id)
+        else:
+            assert story["stops"] == 0 and states == ["COMPLETED"]
+    assert len(preempted) == 1, preempted
+    report("array, one task preempted", started, preempted=preempted[0])

@@ -1,0 +1,213 @@
+"""Driving the real cluster from tests: submit, preempt, requeue, cancel, and read what happened."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nnslurm import slurm
+
+T = TypeVar("T")
+DONE_STATES = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "BOOT_FAIL",
+    "DEADLINE",
+)
+
+
+def sh(argv: list[str], timeout: float = 30) -> str:
+    return slurm.run_command(argv, timeout).stdout
+
+
+@dataclass
+class Cluster:
+    cpus: int  # CPUs of the (single) node: a job asking for all of them can be preempted by any other
+    own: set[str] = field(default_factory=set)  # job ids the current test submitted
+
+    @classmethod
+    def discover(cls) -> Cluster:
+        cpus = int(sh(["sinfo", "-h", "-o", "%c"]).split()[0].rstrip("+"))
+        return cls(cpus=cpus)
+
+    def queue(self) -> list[str]:
+        return sh(["squeue", "-h", "-o", "%i"]).split()
+
+    def wait_idle(self, timeout: float) -> None:
+        """Other people's jobs on a shared dev cluster would delay ours; give them a moment."""
+        deadline = time.time() + timeout
+        while self.queue() and time.time() < deadline:
+            time.sleep(2)
+
+    def cancel_own(self, since: float) -> None:
+        queued = set(self.queue())
+        for job_id in sorted(self.own):
+            if job_id.split("_")[0] in {q.split("_")[0] for q in queued}:
+                subprocess.run(["scancel", job_id], capture_output=True, timeout=30, check=False)
+        self.own.clear()
+
+    def preempt(self, cpus: int = 1, seconds: int = 2) -> str:
+        """A `high` job that needs CPUs of the node: SLURM preempts a `low` job for it."""
+        job_id = sh(
+            [
+                "sbatch",
+                "--parsable",
+                "-p",
+                "high",
+                "-c",
+                str(cpus),
+                "-J",
+                "nnslurm-preemptor",
+                "-o",
+                "/dev/null",
+                "--time=2",
+                "--wrap",
+                f"sleep {seconds}",
+            ]
+        ).strip()
+        self.own.add(job_id)
+        return job_id
+
+    def sbatch(self, script: Path, cwd: Path) -> str:
+        result = subprocess.run(
+            ["sbatch", "--parsable", str(script)],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        job_id = result.stdout.strip().split(";")[0]
+        self.own.add(job_id)
+        return job_id
+
+    def release(self, job_id: str) -> None:
+        """A requeued job waits (BeginTime) until cred_expire after it ended; as root, start it now."""
+        subprocess.run(
+            ["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+
+    def states(self, job_id: str) -> list[str]:
+        """Every accounting record of the job, oldest first (one per start: REQUEUED, PREEMPTED, ...)."""
+        out = sh(["sacct", "-n", "-P", "-X", "-D", "-o", "JobID,State", "-j", job_id])
+        return [line.split("|")[1].split()[0] for line in out.splitlines() if "|" in line]
+
+    def wait_done(self, job_id: str, timeout: float, release_requeued: bool = True) -> str:
+        def finished() -> str | None:
+            states = self.states(job_id)
+            if release_requeued:
+                self.release(job_id)
+            return states[-1] if states and states[-1] in DONE_STATES else None
+
+        return wait_for(finished, timeout, f"job {job_id} to end")
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 1.0) -> T:
+    deadline = time.time() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def events(run_folder: Path) -> list[dict[str, Any]]:
+    path = run_folder / "nnslurm_events.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def kinds(run_folder: Path, kind: str) -> list[dict[str, Any]]:
+    return [record for record in events(run_folder) if record["event"] == kind]
+
+
+def wait_for_event(
+    run_folder: Path, kind: str, timeout: float, count: int = 1, **match: Any
+) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        hits = [r for r in kinds(run_folder, kind) if all(r.get(k) == v for k, v in match.items())]
+        return hits[count - 1] if len(hits) >= count else None
+
+    return wait_for(found, timeout, f"event {kind!r} #{count} {match or ''} in {run_folder}", interval=0.5)
+
+
+RUNNING: list[subprocess.Popen[str]] = []  # background submits, stopped when their test ends
+
+
+def stop_background() -> None:
+    while RUNNING:
+        process = RUNNING.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+@dataclass
+class Background:
+    """`nnslurm submit ... --wait` running while the test preempts, requeues or cancels its job."""
+
+    process: subprocess.Popen[str]
+    out: Path
+
+    @classmethod
+    def start(cls, args: list[str], env: dict[str, str], out: Path) -> Background:
+        handle = out.open("w")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nnslurm", *args],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        RUNNING.append(process)
+        return cls(process, out)
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as error:
+            self.process.kill()
+            raise AssertionError(
+                f"nnslurm submit --wait did not return in {timeout:.0f} s:\n{self.out.read_text()}"
+            ) from error
+        return code, self.out.read_text()
+
+
+def position(record: dict[str, Any], iterations_per_epoch: int) -> int:
+    return int(record["epoch"]) * iterations_per_epoch + int(record["iteration"])
+
+
+def check_story(run_folder: Path, iterations_per_epoch: int, epochs: int) -> dict[str, Any]:
+    """Final checkpoint, epochs reached, every stop resumed where it stopped (≤ 1 iteration redone)."""
+    log = events(run_folder)
+    names = [record["event"] for record in log]
+    assert (run_folder / "checkpoint_final.pth").is_file(), names
+    assert names[-1] == "finished", names
+    assert log[-1]["epoch"] == epochs
+    stops = [r for r in log if r["event"] == "stopped"]
+    resumes = [r for r in log if r["event"] == "resumed"]
+    assert len(resumes) >= len(stops), names
+    redone = []
+    for stop in stops:
+        after = [r for r in resumes if r["time"] > stop["time"]]
+        assert after, f"stop at {stop} never resumed: {names}"
+        lost = position(stop, iterations_per_epoch) - position(after[0], iterations_per_epoch)
+        redone.append(lost)
+        assert 0 <= lost <= 1, f"resumed {lost} iterations before the stop: {stop} -> {after[0]}"
+    return {"stops": len(stops), "redone": redone, "events": names}

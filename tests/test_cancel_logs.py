@@ -1,0 +1,324 @@
+"""`nnslurm cancel` and `nnslurm logs`: a real local-executor job cancelled and resumed, scancel at the
+subprocess seam, and (marked slurm) the whole story on the real single-node cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events
+from test_status import FakeCluster, started, write_log
+
+from nnslurm import cli, runs, slurm
+from nnslurm.commands.cancel import _user
+
+T = TypeVar("T")
+USER = _user()
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str) -> T:
+    deadline = time.time() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.25)
+
+
+def event(folder: Path, kind: str) -> dict | None:
+    path = folder / "nnslurm_events.jsonl"
+    found = [e for e in read_events(folder) if e["event"] == kind] if path.is_file() else []
+    return found[-1] if found else None
+
+
+def status_of(env: dict[str, str]) -> dict:
+    result = nnslurm(["status", "--json"], env)
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads(result.stdout)["runs"]
+    return run
+
+
+@pytest.mark.nnunet
+def test_cancel_a_local_executor_job_then_resume(
+    nnunet_env: NnunetEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = nnunet_env.env(nnUNet_n_proc_DA="0")
+    monkeypatch.setenv("nnUNet_results", str(nnunet_env.results))
+    args = [*TINY_TRAINING, "--epochs", "5", "--iterations-per-epoch", "3", "--no-final-validation"]
+    # Not through pipes: submitit's local controller inherits them and holds them open until the job ends.
+    with open(tmp_path / "submit.out", "w") as out:
+        code = subprocess.run(
+            [sys.executable, "-m", "nnslurm", "submit", "--executor", "local", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        ).returncode
+    assert code == 0, (tmp_path / "submit.out").read_text()
+    folder = nnunet_env.run_folder()
+    wait_for(lambda: event(folder, "checkpoint"), 120, "the first checkpoint")
+    job_id = event(folder, "submitted")["job_id"]  # type: ignore[index]
+    training_pid = event(folder, "started")["pid"]  # type: ignore[index]
+
+    assert cli.main(["cancel", str(folder)]) == 0  # in this process: no start-up delay
+    said = capsys.readouterr().out
+    assert f"SIGTERM to pid {training_pid}" in said and "resumable" in said
+    decision = wait_for(lambda: event(folder, "decision"), 120, "the job to stop")
+    wait_for(lambda: not runs.process_alive(training_pid), 60, "the training process to exit")
+    request = event(folder, "cancel_requested")
+    assert request is not None
+    assert (request["job_id"], request["by"], request["target_pid"]) == (job_id, USER, training_pid)
+
+    run = status_in_process(capsys)
+    assert (run["state"], run["detail"], run["executor"]) == ("cancelled", f"cancelled by {USER}", "local")
+    assert run["interruptions"]["cancel"] == 1 and run["interruptions_total"] == 1
+    assert (run["epoch"], run["iteration"]) == (decision["epoch"], decision["iteration"])
+    assert run["epoch"] < 5
+
+    assert cli.main(["logs", str(folder)]) == 0
+    logs = capsys.readouterr().out
+    bare = job_id.removeprefix("local-")
+    assert f"{bare}_0_log.out <==" in logs and f"{bare}_0_log.err <==" in logs
+    assert "SIGTERM received: stopping at epoch" in logs
+    assert "Epoch 0" in logs  # nnU-Net's own lines, on stdout
+    assert cli.main(["logs", bare, "-f", "--interval", "0.2"]) == 0  # returns at once: cancelled
+    assert capsys.readouterr().out == logs
+
+    resumed = nnslurm(["train", *args], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = status_in_process(capsys)
+    assert (run["state"], run["epoch"], run["starts"]) == ("finished", 5, 2)
+    assert run["interruptions"]["cancel"] == 1 and run["iterations_redone"] == 0
+    assert cli.main(["cancel", str(folder)]) == 1  # finished: nothing to cancel
+
+
+def status_in_process(capsys: pytest.CaptureFixture[str]) -> dict:
+    capsys.readouterr()
+    assert cli.main(["status", "--json", "--no-scheduler"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    return run
+
+
+# --- scancel at the subprocess seam ----------------------------------------------------------------
+
+
+def folder_of(results: Path, fold: int) -> Path:
+    return results / "Dataset501_Synthetic" / "nnUNetTrainer__nnUNetPlans__3d_fullres" / f"fold_{fold}"
+
+
+@pytest.fixture
+def slurm_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    results = tmp_path / "results"
+    submitted = {"event": "submitted", "executor": "slurm", "log_folder": str(tmp_path / "logs")}
+    write_log(folder_of(results, 0), [{**submitted, "time": -60, "job_id": "4242"}, *started("4242", -50)])
+    for task in (1, 2):  # one array, two tasks
+        job = f"555_{task}"
+        write_log(folder_of(results, task), [{**submitted, "time": -60, "job_id": job}, *started(job, -50)])
+    monkeypatch.setenv("nnUNet_results", str(results))
+    return results
+
+
+def test_cancel_runs_scancel_and_records_who(slurm_results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = folder_of(slurm_results, 0)
+    cluster = FakeCluster(squeue="4242|RUNNING|None\n")
+    with slurm.use_runner(cluster):
+        assert cli.main(["cancel", str(folder)]) == 0
+        assert cluster.calls == [["scancel", "4242"]]
+        record = read_events(folder)[-1]
+        assert record["event"] == "cancel_requested"
+        assert (record["job_id"], record["by"], record["method"]) == ("4242", USER, "scancel")
+        assert "cancelled SLURM job 4242" in capsys.readouterr().out
+        assert cli.main(["status", "--json"]) == 0  # still RUNNING: it is checkpointing
+    run = next(r for r in json.loads(capsys.readouterr().out)["runs"] if r["job_id"] == "4242")
+    assert run["state"] == "cancelled" and "stopping (SLURM: RUNNING)" in run["detail"]
+    with slurm.use_runner(FakeCluster(squeue="", sacct="4242|CANCELLED by 0\n")):
+        assert cli.main(["status", "--json"]) == 0
+    run = next(r for r in json.loads(capsys.readouterr().out)["runs"] if r["job_id"] == "4242")
+    assert (run["state"], run["detail"]) == ("cancelled", f"cancelled by {USER}")
+
+
+def test_cancel_an_array_by_its_id(slurm_results: Path) -> None:
+    cluster = FakeCluster(squeue="")
+    with slurm.use_runner(cluster):
+        assert cli.main(["cancel", "555"]) == 0
+    assert cluster.calls == [["scancel", "555"]]  # one scancel for the whole array
+    for task in (1, 2):
+        record = read_events(folder_of(slurm_results, task))[-1]
+        assert (record["event"], record["job_id"]) == ("cancel_requested", "555")
+
+
+def test_a_failed_scancel_records_nothing(slurm_results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = folder_of(slurm_results, 0)
+    before = read_events(folder)
+
+    def refuse(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(
+            argv, 1, "", "scancel: error: Kill job error on job id 4242: denied"
+        )
+
+    with slurm.use_runner(refuse):
+        assert cli.main(["cancel", "4242"]) == 1
+    assert read_events(folder) == before
+
+
+def test_nothing_to_cancel(tmp_path: Path) -> None:
+    finished = write_log(
+        folder_of(tmp_path, 0),
+        [
+            *started(None, -100),
+            {"event": "finished", "time": -10, "epoch": 10, "iteration": 0},
+        ],
+    )
+    assert cli.main(["cancel", str(finished)]) == 1
+    here = {"host": socket.gethostname()}  # a plain `nnslurm train` on this host whose process is gone
+    gone = write_log(
+        folder_of(tmp_path, 1), [{**record, **here} for record in started(None, -100, pid=2**22 + 7)]
+    )
+    assert runs.run_status(gone).state == "killed"
+    assert cli.main(["cancel", str(gone)]) == 1
+    assert read_events(gone)[-1]["event"] == "started"
+
+
+# --- logs ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def logged_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    results = tmp_path / "results"
+    logs = tmp_path / "logs" / "31"
+    logs.mkdir(parents=True)
+    (logs / "31_0_log.out").write_text("start 1\nstart 2 (requeued)\n")
+    (logs / "31_0_log.err").write_text("epoch 1/3 done: 2.00 it/s\n")
+    submitted = {
+        "event": "submitted",
+        "time": -60,
+        "job_id": "local-31",
+        "executor": "local",
+        "log_folder": str(logs),
+    }
+    folder = write_log(folder_of(results, 0), [submitted, *started("local-31", -50)])
+    monkeypatch.setenv("nnUNet_results", str(results))
+    return folder, logs
+
+
+def test_logs_prints_every_file_of_every_job(
+    logged_run: tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
+    folder, logs = logged_run
+    for target in (str(folder), "31", "local-31"):
+        assert cli.main(["logs", target]) == 0
+        assert capsys.readouterr().out == (
+            f"==> {logs / '31_0_log.out'} <==\nstart 1\nstart 2 (requeued)\n"
+            f"==> {logs / '31_0_log.err'} <==\nepoch 1/3 done: 2.00 it/s\n"
+        )
+
+
+def test_logs_finds_the_default_folder_and_says_when_there_is_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    results = tmp_path / "results"
+    monkeypatch.setenv("nnUNet_results", str(results))
+    folder = write_log(folder_of(results, 0), started("88", -50))  # e.g. submitted from another machine
+    default = results / ".nnslurm" / "submitit" / "88"
+    default.mkdir(parents=True)
+    (default / "88_0_log.out").write_text("hello from 88\n")
+    assert cli.main(["logs", str(folder)]) == 0
+    assert "hello from 88" in capsys.readouterr().out
+    plain = write_log(folder_of(results, 1), started(None, -50))
+    assert cli.main(["logs", str(plain)]) == 1
+
+
+def test_logs_follow_until_the_run_ends(logged_run: tuple[Path, Path]) -> None:
+    folder, logs = logged_run
+    env = dict(os.environ)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nnslurm", "logs", str(folder), "-f", "--interval", "0.2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.0)
+    assert process.poll() is None  # the run is running (on node7): keep following
+    with open(logs / "31_0_log.out", "a") as stream:
+        stream.write("start 3 (requeued again)\n")
+    time.sleep(1.0)
+    with open(folder / "nnslurm_events.jsonl", "a") as stream:
+        stream.write(
+            json.dumps(
+                {
+                    "event": "finished",
+                    "time": time.time(),
+                    "host": "node7",
+                    "pid": 100,
+                    "job_id": "local-31",
+                    "epoch": 10,
+                    "iteration": 0,
+                }
+            )
+            + "\n"
+        )
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert out.endswith(f"==> {logs / '31_0_log.out'} <==\nstart 3 (requeued again)\n")
+
+
+# --- the real cluster ------------------------------------------------------------------------------
+
+
+@pytest.mark.slurm
+@pytest.mark.nnunet
+def test_status_cancel_logs_report_on_real_slurm(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    """A real sbatch job: running in status, cancelled with scancel, its log and its picture."""
+    if not slurm.available():
+        message = "no SLURM cluster reachable: start it with `scripts/slurm-dev-cluster up`"
+        if os.environ.get("NNSLURM_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    env = nnunet_env.env(nnUNet_n_proc_DA="0")
+    wait_for(lambda: not slurm.run_command(["squeue", "-h", "-o", "%i"]).stdout.strip(), 300, "an idle node")
+    args = [*TINY_TRAINING, "--epochs", "6", "--iterations-per-epoch", "20", "--no-final-validation"]
+    submitted = nnslurm(
+        ["submit", "--executor", "slurm", "--log-dir", str(tmp_path / "logs"), "--time", "10", *args], env
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    folder = nnunet_env.run_folder()
+    job_id = str(event(folder, "submitted")["job_id"])  # type: ignore[index]
+    try:
+        wait_for(lambda: event(folder, "checkpoint"), 180, "the first epoch")
+        run = status_of(env)
+        assert (run["state"], run["job_id"], run["executor"], run["scheduler_state"]) == (
+            "running",
+            job_id,
+            "slurm",
+            "RUNNING",
+        )
+
+        cancelled = nnslurm(["cancel", job_id], env)
+        assert cancelled.returncode == 0, cancelled.stderr
+        decision = wait_for(lambda: event(folder, "decision"), 120, "the job's stop decision")
+        assert decision["kind"] == "cancel"
+        wait_for(lambda: runs.query_scheduler([job_id]).get(job_id), 60, "sacct")  # type: ignore[union-attr]
+        wait_for(lambda: status_of(env)["scheduler_state"] == "CANCELLED", 60, "the job to end as CANCELLED")
+        run = status_of(env)
+        assert (run["state"], run["detail"]) == ("cancelled", f"cancelled by {USER}")
+        assert run["interruptions"]["cancel"] == 1
+        assert (run["epoch"], run["iteration"]) == (decision["epoch"], decision["iteration"])
+
+        logs = nnslurm(["logs", str(folder)], env)
+        assert logs.returncode == 0 and "SIGTERM received: stopping at epoch" in logs.stdout
+        report = nnslurm(["report", job_id, "-o", str(tmp_path / "t.png")], env)
+        assert report.returncode == 0 and (tmp_path / "t.png").is_file()
+        assert "cancel     job " + job_id in report.stdout
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=30, check=False)

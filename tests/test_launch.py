@@ -1,0 +1,259 @@
+"""What `nnslurm submit` and `nnslurm template` produce, without a cluster: golden sbatch scripts,
+folds and arrays, executor choice, dry runs. NNSLURM_UPDATE_GOLDEN=1 rewrites the golden files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nnslurm import cli, launch
+from nnslurm.cluster import ClusterSettings, resolve
+from nnslurm.commands.submit import parse_folds
+from nnslurm.commands.template import TEMPLATES, template_text
+from nnslurm.config import RunSpec, TrainingOptions, TrainJob
+from nnslurm.errors import UsageError
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parents[1]
+ENVIRON = {
+    "nnUNet_raw": "/data/raw",
+    "nnUNet_preprocessed": "/data/preprocessed",
+    "nnUNet_results": "/data/nn results",
+}
+PYTHON = "/opt/venv/bin/python"
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("NNSLURM_UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.is_file(), f"{path} is missing: run with NNSLURM_UPDATE_GOLDEN=1 once and review it"
+    assert text == path.read_text(), f"{name} changed; if intended, rerun with NNSLURM_UPDATE_GOLDEN=1"
+
+
+def train_jobs(
+    folds: list[str], configuration: str = "3d_fullres", **options: object
+) -> tuple[TrainJob, ...]:
+    return tuple(
+        TrainJob(RunSpec("501", configuration, fold), TrainingOptions(**options))  # type: ignore[arg-type]
+        for fold in folds
+    )
+
+
+def submission(jobs: tuple[TrainJob, ...], cluster: ClusterSettings, name: str) -> launch.Submission:
+    return launch.Submission(jobs, cluster, "slurm", Path("/scratch/nnslurm"), name)
+
+
+def test_golden_single_job() -> None:
+    cluster = ClusterSettings(partition="gpu", time_s=86400, gpus=1, cpus_per_task=8, mem="64G")
+    text = launch.render_sbatch(
+        submission(train_jobs(["0"]), cluster, "nnslurm-501-3d_fullres-f0"), ENVIRON, PYTHON
+    )
+    check_golden("submit-single.sbatch", text)
+    # What the walltime/preemption handling relies on:
+    assert "#SBATCH --signal=USR1@120\n" in text  # to the srun step (the job runs under srun)
+    assert "#SBATCH --requeue\n" in text
+    assert "#SBATCH --open-mode=append\n" in text
+    assert "export SUBMITIT_PREEMPT_SIGNAL=USR1\n" in text and "export NNSLURM_WARNING_SIGNAL=USR1\n" in text
+    assert "export nnUNet_results='/data/nn results'\n" in text
+
+
+def test_golden_array_of_folds() -> None:
+    cluster = ClusterSettings(partition="gpu", time_s=4 * 3600, signal="USR2", signal_delay_s=300, qos="long")
+    jobs = train_jobs(["0", "1", "2", "3", "4"])
+    text = launch.render_sbatch(submission(jobs, cluster, "nnslurm-501-3d_fullres"), ENVIRON, PYTHON)
+    check_golden("submit-array.sbatch", text)
+    assert "#SBATCH --array=0-4%5\n" in text
+    assert "#SBATCH --signal=USR2@300\n" in text and "export SUBMITIT_PREEMPT_SIGNAL=USR2\n" in text
+
+
+def test_golden_profile(tmp_path: Path) -> None:
+    profile = tmp_path / "nnslurm.toml"
+    profile.write_text(
+        '[profiles.cluster]\npartition = "a100"\naccount = "lab"\ntime = "2-00:00:00"\ngpus = 1\n'
+        'mem = "64G"\nconstraint = "a100-80g"\n'
+        'setup = ["module load cuda/12.1", "source $HOME/venvs/nnunet/bin/activate"]\n'
+        'sbatch_args = { mail-type = "END,FAIL", exclusive = true }\n'
+    )
+    cluster, _ = resolve("cluster", {"cpus_per_task": 16}, [profile])
+    jobs = train_jobs(["0", "1"], "2d") + train_jobs(["0", "1"], "3d_fullres")
+    text = launch.render_sbatch(submission(jobs, cluster, "nnslurm-501-2d+3d_fullres"), ENVIRON, PYTHON)
+    check_golden("submit-profile.sbatch", text)
+    assert "#SBATCH --account=lab\n" in text and "#SBATCH --exclusive\n" in text
+    assert "#SBATCH --time=2880\n" in text  # minutes, as submitit writes it
+    assert text.index("export nnUNet_raw") < text.index("module load cuda/12.1")  # user setup may override
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_golden_templates(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key in list(os.environ):
+        if key.startswith("nnUNet_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("nnUNet_results", "/data/nn results")
+    monkeypatch.chdir(Path(__file__).parent)  # no ./nnslurm.toml here
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
+    folds = ["--fold", "0"] if name == "train" else ["--cross-validation"]
+    status = cli.main(
+        [
+            "template",
+            name,
+            "-d",
+            "501",
+            *folds,
+            "-p",
+            "nnslurmTinyPlans",
+            "--epochs",
+            "3",
+            "--no-final-validation",
+            "--time",
+            "0:50",
+            "--signal-delay",
+            "10",
+            "--partition",
+            "low",
+            "--setup",
+            "module load x",
+            "--sbatch-arg",
+            "comment=nnslurm test",
+            "--command",
+            "nnslurm",
+            "--max-requeues",
+            "3",
+        ]
+    )
+    assert status == 0
+    text = capsys.readouterr().out
+    check_golden(f"template-{name}.sbatch", text)
+    assert "#SBATCH --signal=B:USR1@10\n" in text and "#SBATCH --requeue\n" in text
+    assert 'exec "${NNSLURM[@]}" train' in text
+
+
+def test_templates_are_shipped_in_the_package_and_match_slurm_templates() -> None:
+    for file_name in TEMPLATES.values():
+        shipped = template_text(file_name)
+        assert (REPO / "slurm_templates" / file_name).read_text() == shipped, (
+            f"slurm_templates/{file_name} and nnslurm/templates/{file_name} differ: copy one onto the other"
+        )
+        for needed in (
+            "#SBATCH --signal=B:USR1@120",
+            "#SBATCH --requeue",
+            "#SBATCH --open-mode=append",
+            "exec ",
+        ):
+            assert needed in shipped
+
+
+def test_unknown_template() -> None:
+    with pytest.raises(UsageError, match="choose one of"):
+        template_text("nope")
+
+
+@pytest.mark.parametrize(
+    ("values", "cross", "folds"),
+    [
+        (["0"], False, ["0"]),
+        (["0", "2"], False, ["0", "2"]),
+        (["0,2"], False, ["0", "2"]),
+        (["1-3"], False, ["1", "2", "3"]),
+        (["all"], False, ["all"]),  # nnU-Net's fold "all": one model on every case
+        (None, True, ["0", "1", "2", "3", "4"]),
+        (["4"], True, ["4", "0", "1", "2", "3"]),
+    ],
+)
+def test_folds(values: list[str] | None, cross: bool, folds: list[str]) -> None:
+    assert parse_folds(values, cross) == folds
+
+
+@pytest.mark.parametrize("values", [["x"], ["3-1"], None])
+def test_bad_folds(values: list[str] | None) -> None:
+    with pytest.raises(UsageError):
+        parse_folds(values, False)
+
+
+def test_executor_choice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert launch.choose_executor("auto") == "local"
+    (tmp_path / "sbatch").write_text("#!/bin/sh\n")
+    (tmp_path / "sbatch").chmod(0o755)
+    assert launch.choose_executor("auto") == "slurm"
+    assert launch.choose_executor("local") == "local"
+
+
+def test_slurm_executor_without_slurm_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    sub = submission(train_jobs(["0"]), ClusterSettings(), "x")
+    with pytest.raises(UsageError, match="sbatch/srun are not on the PATH"):
+        launch.make_executor(sub)
+
+
+def test_dry_run_without_slurm(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", os.path.dirname(shutil.which("python3") or "/usr/bin/python3"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    status = cli.main(
+        [
+            "submit",
+            "-d",
+            "501",
+            "--fold",
+            "0-1",
+            "-c",
+            "2d",
+            "-c",
+            "3d_fullres",
+            "--time",
+            "1:00:00",
+            "--dry-run",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "nothing is submitted" in out
+    assert "#SBATCH --array=0-3%4" in out  # 2 configurations x 2 folds: one array
+    assert "array task 3: dataset 501, 3d_fullres, fold 1" in out
+    assert "WARNING: this submission would fail" in out  # no dataset here, and it says so
+    assert not (tmp_path / "results" / ".nnslurm").exists()  # nothing written
+
+
+def test_signal_must_be_a_stop_signal(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    status = cli.main(
+        ["submit", "-d", "501", "-f", "0", "--signal", "USR2", "--stop-signals", "USR1,TERM", "--dry-run"]
+    )
+    assert status == 2
+
+
+def test_time_must_exceed_signal_delay_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    assert (
+        cli.main(["submit", "-d", "501", "-f", "0", "--time", "1", "--signal-delay", "120", "--dry-run"]) == 2
+    )
+
+
+def test_default_job_name_and_log_dir() -> None:
+    assert launch.default_job_name(train_jobs(["0"])) == "nnslurm-501-3d_fullres-f0"
+    assert launch.default_job_name(train_jobs(["0", "1"])) == "nnslurm-501-3d_fullres"
+    assert launch.default_log_dir({"nnUNet_results": "/r"}) == Path("/r/.nnslurm/submitit")
+    with pytest.raises(Exception, match="--log-dir"):
+        launch.default_log_dir({})
+
+
+def test_submission_environment_is_temporary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)
+    with launch.environment({"SUBMITIT_PREEMPT_SIGNAL": "USR1"}):
+        assert os.environ["SUBMITIT_PREEMPT_SIGNAL"] == "USR1"
+    assert "SUBMITIT_PREEMPT_SIGNAL" not in os.environ

@@ -1,0 +1,80 @@
+"""`nnslurm submit --executor local`: submitit's local executor honours --time, so a run longer
+than one start is stopped, checkpointed, requeued (exit 144, restarted by the local controller)
+and resumed, with real nnU-Net training and no SLURM."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY_PLANS, NnunetEnv, nnslurm, read_events
+
+pytestmark = pytest.mark.nnunet
+
+PACED = "slurm.paced_trainer:nnUNetTrainerPaced"
+# >= 0.5 s per iteration (paced): 60 iterations outlast the 25 s a start has before its warning, anywhere
+EPOCHS, ITERATIONS = 3, 20
+
+
+def test_local_executor_stops_requeues_and_finishes(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    started = time.time()
+    env = nnunet_env.env(nnUNet_n_proc_DA="0", NNSLURM_TEST_MIN_ITERATION_S="0.5")
+    result = nnslurm(
+        [
+            "submit",
+            "--executor",
+            "local",
+            "-d",
+            "501",
+            "-f",
+            "0",
+            "-p",
+            TINY_PLANS,
+            "-tr",
+            PACED,
+            "--epochs",
+            str(EPOCHS),
+            "--iterations-per-epoch",
+            str(ITERATIONS),
+            "--val-iterations-per-epoch",
+            "2",
+            "--device",
+            "cpu",
+            "--no-final-validation",
+            "--time",
+            "0:40",
+            "--signal-delay",
+            "15",
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--wait",
+        ],
+        env,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "finished [COMPLETED]" in result.stdout or "finished [FINISHED]" in result.stdout, result.stdout
+
+    run_folder = nnunet_env.run_folder("nnUNetTrainerPaced")
+    assert (run_folder / "checkpoint_final.pth").is_file()
+    events = read_events(run_folder)
+    names = [e["event"] for e in events]
+    assert names[0] == "submitted" and names[-1] == "finished", names
+    assert events[-1]["epoch"] == EPOCHS
+
+    stops = [e for e in events if e["event"] == "stopped"]
+    resumes = [e for e in events if e["event"] == "resumed"]
+    decisions = [e for e in events if e["event"] == "decision"]
+    requeues = [e for e in events if e["event"] == "requeued"]
+    assert len(stops) >= 1, names
+    assert len(resumes) == len(stops) == len(decisions) == len(requeues), names
+    assert {d["kind"] for d in decisions} == {"walltime"}
+    assert {r["by"] for r in requeues} == {"nnslurm"}
+    assert len({e["job_id"] for e in events}) == 1 and events[0]["job_id"].startswith("local-")
+    for stop, resume in zip(stops, resumes, strict=True):
+        redone = (stop["epoch"] * ITERATIONS + stop["iteration"]) - (
+            resume["epoch"] * ITERATIONS + resume["iteration"]
+        )
+        assert 0 <= redone <= 1, (stop, resume)
+    print(f"\n[nnslurm scenario] local executor: {len(stops)} stop(s), wall {time.time() - started:.0f} s")

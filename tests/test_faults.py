@@ -18,12 +18,19 @@ from test_resume import processes_with_marker, stops_and_resumes, train_until_fi
 
 pytestmark = pytest.mark.nnunet
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs / read-only bind")
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to mount a small tmpfs / a read-only bind mount"
+)
 
 
 def start(env: dict[str, str], args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "nnslurm", "train", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nnslurm", "train", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(predicate, timeout: float = 120, step: float = 0.01) -> None:
@@ -47,12 +54,18 @@ def test_sigkill_at_random_instants(nnunet_env: NnunetEnv) -> None:
     """Kill -9 three times at random instants (seeded) while checkpoints are written every epoch."""
     chooser = random.Random(20261130)
     env = nnunet_env.env(NNSLURM_TEST_PADDING_MB="40")
-    args = [*TINY_TRAINING, "-tr", "signal_trainers:nnUNetTrainerBigState", "--epochs", "6",
-            "--no-final-validation"]
+    args = [
+        *TINY_TRAINING,
+        "-tr",
+        "signal_trainers:nnUNetTrainerBigState",
+        "--epochs",
+        "6",
+        "--no-final-validation",
+    ]
     run_folder = nnunet_env.run_folder("nnUNetTrainerBigState")
     for _ in range(3):
         process = start(env, args)
-        wait_for(lambda: (run_folder / "checkpoint_latest.pth").exists() or process.poll() is not None)
+        wait_for(lambda p=process: (run_folder / "checkpoint_latest.pth").exists() or p.poll() is not None)
         time.sleep(chooser.uniform(0.0, 2.0))
         process.kill()
         process.wait(timeout=30)
@@ -128,11 +141,19 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 @needs_root
-def test_disk_full_during_save_fails_clearly_and_keeps_previous(nnunet_env: NnunetEnv, small_disk: Path) -> None:
+def test_disk_full_during_save_fails_clearly_and_keeps_previous(
+    nnunet_env: NnunetEnv, small_disk: Path
+) -> None:
     """A real full filesystem: the first checkpoints fit, a later one does not."""
     env = nnunet_env.env(nnUNet_results=str(small_disk), NNSLURM_TEST_PADDING_MB="5")
-    args = [*TINY_TRAINING, "-tr", "signal_trainers:nnUNetTrainerBigState", "--epochs", "50",
-            "--no-final-validation"]
+    args = [
+        *TINY_TRAINING,
+        "-tr",
+        "signal_trainers:nnUNetTrainerBigState",
+        "--epochs",
+        "50",
+        "--no-final-validation",
+    ]
     run_folder = small_disk / "Dataset501_Synthetic" / "nnUNetTrainerBigState__nnslurmTinyPlans__3d_fullres"
     run_folder = run_folder / "fold_0"
     # fill the disk once the first checkpoint exists, leaving too little for the next one

@@ -10,7 +10,9 @@ probes are patched onto nnU-Net's base class, so both pay for them alike:
   the instant nnU-Net logs epoch_end_timestamps (process CPU time: every thread, the writer's too);
 - --signals "E:I,...": SIGUSR1 to this process just before the step at epoch E iteration I, once
   per point across restarts (--signal-state). Plain nnU-Net has no handler: it dies there.
-- --first-step-exit: record {"first_step": time} when the first step starts, then exit 0.
+- --first-step-exit: record {"first_step": time} when the first training iteration is about to
+  start (on_train_epoch_start has run; its batch is not drawn yet: what a batch costs depends on
+  the random augmentation drawn, which differs between a resumed RNG and a fresh one), exit 0.
 - --padding-mb N: N MB of extra network weights, for checkpoints of a real 3d_fullres size.
 
 The plain arm does what `nnUNetv2_train` does (nnunetv2.run.run_training: get_trainer_from_args,
@@ -20,6 +22,7 @@ maybe_load_checkpoint for --c, trainer.run_training()), with the epoch lengths o
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -64,7 +67,8 @@ def _instrument(args: argparse.Namespace) -> None:
     def write(record: dict[str, Any]) -> None:
         os.write(fd, (json.dumps(record) + "\n").encode())
 
-    write({"process_start": time.time(), "pid": os.getpid()})
+    spec = importlib.util.find_spec("nnslurm")  # which copy of nnslurm this process runs
+    write({"process_start": time.time(), "pid": os.getpid(), "nnslurm": spec.origin if spec else None})
 
     def fire_once(point: str) -> None:
         state = args.signal_state
@@ -88,6 +92,9 @@ def _instrument(args: argparse.Namespace) -> None:
     def on_train_epoch_start(self: Any) -> None:
         self.bench_iteration = 0
         original_epoch_start(self)
+        if args.first_step_exit:
+            write({"first_step": time.time()})
+            os._exit(0)
 
     def on_epoch_end(self: Any) -> None:
         write({"epoch_end": time.monotonic(), "cpu": time.process_time(), "epoch": self.current_epoch})
@@ -99,9 +106,6 @@ def _instrument(args: argparse.Namespace) -> None:
             epoch, iteration = context.position
         else:
             epoch, iteration = self.current_epoch, self.bench_iteration
-        if args.first_step_exit:
-            write({"first_step": time.time()})
-            os._exit(0)
         fire_once(f"{epoch}:{iteration}")
         started_wall, started = time.time(), time.perf_counter()
         result = original_step(self, batch)

@@ -242,14 +242,21 @@ def run_child(
     extra: Sequence[str] = (),
     nnslurm_args: Sequence[str] = (),
     timeout: float = 1800,
+    checkout: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """One training process to its end; its output goes to `record` + '.log'."""
+    """One training process to its end; its output goes to `record` + '.log'.
+
+    `checkout`: a folder holding another copy of the nnslurm package, imported instead of this one.
+    """
     command = [*training.child_args(arm, record), *extra]
     if nnslurm_args:
         command += ["--", *nnslurm_args]
+    env = space.env(results)
+    if checkout is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(BENCHMARKS), str(checkout)])
     with open(record.with_suffix(".log"), "a") as log:
         return subprocess.run(
-            command, env=space.env(results), stdout=log, stderr=subprocess.STDOUT, text=True, timeout=timeout
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, timeout=timeout
         )
 
 

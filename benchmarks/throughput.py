@@ -11,6 +11,9 @@ still counts all the work nnslurm adds. nnslurm runs with its defaults
 (checkpoint_latest.pth every epoch in the background); plain nnU-Net with its own
 (save_every=50: no periodic save in a short run; checkpoint_best.pth synchronously).
 
+--compare-checkout DIR adds a third arm: `nnslurm train` of another copy of the nnslurm package
+(DIR/nnslurm, e.g. `git worktree add DIR HEAD~1`), to measure a change side by side.
+
 Goal (issue 6): nnslurm / plain >= 0.99.
 """
 
@@ -56,21 +59,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="repetitions per arm (default: %(default)s)")
     parser.add_argument("--plans", default=DEFAULT_PLANS, help="plans identifier (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=100, help="training iterations per epoch")
-    parser.add_argument("--val-iterations", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=50, help="training iterations per epoch")
+    parser.add_argument("--val-iterations", type=int, default=5)
+    parser.add_argument(
+        "--compare-checkout", type=Path, help="folder with another nnslurm package: a third arm, 'other'"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.reps, args.plans, args.epochs, args.iterations, args.val_iterations = 1, TINY_PLANS, 2, 2, 1
     print_header("training throughput: nnslurm train vs plain nnU-Net")
     space = workspace(args.workdir)
     training = Training(args.plans, args.epochs, args.iterations, args.val_iterations)
-    rates: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    cpus: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    steps: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    for repetition, arm in interleaved(ARMS, args.reps):
+    arms = (*ARMS, "other") if args.compare_checkout else ARMS
+    rates: dict[str, list[float]] = {arm: [] for arm in arms}
+    cpus: dict[str, list[float]] = {arm: [] for arm in arms}
+    steps: dict[str, list[float]] = {arm: [] for arm in arms}
+    for repetition, arm in interleaved(arms, args.reps):
         results = space.fresh("throughput", f"{arm}-{repetition}")
         record = results / "record.jsonl"
-        check_exit(run_child(space, training, arm, results, record), [0], record.with_suffix(".log"))
+        other = arm == "other"
+        result = run_child(
+            space, training, "nnslurm" if other else arm, results, record,
+            checkout=args.compare_checkout.resolve() if other else None,
+        )  # fmt: skip
+        check_exit(result, [0], record.with_suffix(".log"))
         rate, cpu, step = run_throughput(record)
         rates[arm].append(rate)
         cpus[arm].append(cpu)
@@ -95,19 +107,23 @@ def main(argv: list[str] | None = None) -> int:
                 spread(cpus[arm]),
                 median(steps[arm]),
             ]
-            for arm in ARMS
+            for arm in arms
         ],
     )
-    print_table(
-        "ratio",
-        ["measure", "value", "goal", "met"],
-        [
-            ["nnslurm / plain (ratio of medians)", ratio, f">= {GOAL}", ratio >= GOAL],
-            ["nnslurm / plain (median of paired ratios)", median(pairs), f">= {GOAL}", median(pairs) >= GOAL],
-            ["paired ratios", " ".join(f"{p:.3f}" for p in pairs), "", ""],
-            ["iterations per CPU second nnslurm / plain", cpu_ratio, f">= {GOAL}", cpu_ratio >= GOAL],
-        ],
-    )
+    rows = [
+        ["nnslurm / plain (ratio of medians)", ratio, f">= {GOAL}", ratio >= GOAL],
+        ["nnslurm / plain (median of paired ratios)", median(pairs), f">= {GOAL}", median(pairs) >= GOAL],
+        ["paired ratios", " ".join(f"{p:.3f}" for p in pairs), "", ""],
+        ["iterations per CPU second nnslurm / plain", cpu_ratio, f">= {GOAL}", cpu_ratio >= GOAL],
+    ]
+    if args.compare_checkout:
+        other_ratio = median(rates["other"]) / median(rates["plain"])
+        other_cpu = median(cpus["plain"]) / median(cpus["other"])
+        rows += [
+            ["other / plain (ratio of medians)", other_ratio, f">= {GOAL}", other_ratio >= GOAL],
+            ["iterations per CPU second other / plain", other_cpu, f">= {GOAL}", other_cpu >= GOAL],
+        ]
+    print_table("ratio", ["measure", "value", "goal", "met"], rows)
     return 0
 
 

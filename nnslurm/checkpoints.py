@@ -419,6 +419,13 @@ def safe_load(path: Path) -> Any:
 
 def read_checkpoint(path: Path, verify: bool = True) -> CheckpointInfo:
     """Load a checkpoint lazily (mmap) and check it; raises CheckpointError when unusable."""
+    checkpoint = _load(path)
+    if verify:
+        _verify(path, checkpoint)
+    return _info(path, checkpoint)
+
+
+def _load(path: Path) -> dict[str, Any]:
     try:
         checkpoint = safe_load(path)
     except pickle.UnpicklingError as error:
@@ -437,11 +444,17 @@ def read_checkpoint(path: Path, verify: bool = True) -> CheckpointInfo:
         or "current_epoch" not in checkpoint
     ):
         raise CheckpointError(f"{path} is not an nnU-Net checkpoint (no network_weights/current_epoch).")
+    return checkpoint
+
+
+def _verify(path: Path, checkpoint: Mapping[str, Any]) -> None:
     meta = checkpoint.get(META_KEY) or {}
-    if verify and "weights_crc32" in meta:
-        actual = weights_checksum(checkpoint["network_weights"])
-        if actual != meta["weights_crc32"]:
-            raise CheckpointError(f"{path} fails its checksum (weights are corrupt).")
+    if "weights_crc32" in meta and weights_checksum(checkpoint["network_weights"]) != meta["weights_crc32"]:
+        raise CheckpointError(f"{path} fails its checksum (weights are corrupt).")
+
+
+def _info(path: Path, checkpoint: Mapping[str, Any]) -> CheckpointInfo:
+    meta = checkpoint.get(META_KEY) or {}
     finished = bool(meta.get("finished", path.name == "checkpoint_final.pth"))
     return CheckpointInfo(
         path=path,
@@ -458,18 +471,28 @@ def candidates(folder: Path) -> list[Path]:
 
 
 def newest_valid(paths: Iterable[Path]) -> tuple[CheckpointInfo | None, list[tuple[Path, str]]]:
-    """The readable checkpoint with the most progress, and the files skipped (path, why)."""
-    readable: list[CheckpointInfo] = []
+    """The readable checkpoint with the most progress, and the files skipped (path, why).
+
+    Checksums are verified from the most progress down, until one passes: a resume reads the
+    weights of the file it takes, not those of older ones (hundreds of MB each for 3d_fullres).
+    """
+    readable: list[tuple[CheckpointInfo, dict[str, Any]]] = []
     skipped: list[tuple[Path, str]] = []
     for path in paths:
         try:
-            readable.append(read_checkpoint(path))
+            checkpoint = _load(path)
+            readable.append((_info(path, checkpoint), checkpoint))
         except CheckpointError as error:
             logger.warning("skipping %s: %s", path, error)
             skipped.append((path, str(error)))
-    if not readable:
-        return None, skipped
-    return max(readable, key=lambda info: info.sort_key), skipped
+    for info, checkpoint in sorted(readable, key=lambda pair: pair[0].sort_key, reverse=True):
+        try:
+            _verify(info.path, checkpoint)
+            return info, skipped
+        except CheckpointError as error:
+            logger.warning("skipping %s: %s", info.path, error)
+            skipped.append((info.path, str(error)))
+    return None, skipped
 
 
 def check_belongs(info: CheckpointInfo, expected: RunIdentity, overrides: Mapping[str, int]) -> None:

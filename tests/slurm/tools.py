@@ -91,25 +91,18 @@ class Cluster:
         self.own.add(job_id)
         return job_id
 
-    def release(self, job_id: str) -> None:
-        """A requeued job waits (BeginTime) until cred_expire after it ended; as root, start it now."""
-        subprocess.run(
-            ["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-
     def states(self, job_id: str) -> list[str]:
         """Every accounting record of the job, oldest first (one per start: REQUEUED, PREEMPTED, ...)."""
         out = sh(["sacct", "-n", "-P", "-X", "-D", "-o", "JobID,State", "-j", job_id])
         return [line.split("|")[1].split()[0] for line in out.splitlines() if "|" in line]
 
-    def wait_done(self, job_id: str, timeout: float, release_requeued: bool = True) -> str:
+    def wait_done(self, job_id: str, timeout: float) -> str:
+        """Until the job ended for good. Requeued jobs are not released early (`scontrol update
+        StartTime=now`): measured, a job started before cred_expire has passed since its last run
+        ended is killed as "non-startable: Job credential revoked" and ends FAILED."""
+
         def finished() -> str | None:
             states = self.states(job_id)
-            if release_requeued:
-                self.release(job_id)
             return states[-1] if states and states[-1] in DONE_STATES else None
 
         return wait_for(finished, timeout, f"job {job_id} to end")

@@ -51,6 +51,10 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self.job = job
 
     def __call__(self) -> TrainingOutcome:
+        if not logging.getLogger().handlers:  # in a submitit job nobody configured logging yet
+            from nnslurm.cli import configure_logging
+
+            configure_logging(verbose=False)  # the per-epoch progress lines reach the job's log
         options = self.job.options
         monitor = StopMonitor(options.stop_signals, options.stop_deadline_s, _exit_during_imports)
         with monitor:

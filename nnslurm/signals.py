@@ -83,6 +83,12 @@ class StopMonitor:
         self._watchdog = threading.Thread(target=self._watch, name="nnslurm-stop-deadline", daemon=True)
         self._watchdog.start()
 
+    def ignore_after_restore(self) -> None:
+        """Training is over: a late stop signal (the walltime warning a second later) must not
+        kill the finished process, so `restore` installs SIG_IGN for the stop signals."""
+        for sig in self._previous:
+            self._previous[sig] = signal.SIG_IGN
+
     def restore(self) -> None:
         self._closed.set()
         for sig, previous in self._previous.items():

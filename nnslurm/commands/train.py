@@ -197,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
 
         monitor.on_deadline = new_monitor(job.options, on_abandon).on_deadline
         outcome = run_training(job, on_abandon=on_abandon, monitor=monitor)
+        if outcome.status == "finished":
+            monitor.ignore_after_restore()
     return exit_status(outcome, job, in_slurm)
 
 

@@ -19,16 +19,11 @@ A profile named `default` is used when `--profile` is not given.
 from __future__ import annotations
 
 import os
-import sys
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 needs the backport
-    import tomli as tomllib
 
 from nnslurm.config import parse_signal
 from nnslurm.errors import UsageError

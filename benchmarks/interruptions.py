@@ -149,8 +149,13 @@ def main(argv: list[str] | None = None) -> int:
             ],
         ],
     )
-    print(f"plain nnU-Net at full length (1000 x 250, save_every=50) redoes up to 49 x 250 = {49 * 250} "
-          "iterations per interruption")  # fmt: skip
+    interval = save_every * args.iterations
+    print(
+        f"plain nnU-Net redoes what it computed since its last save: 0..{interval - 1} iterations here, "
+        f"{(interval - 1) / 2:.1f} on average for a signal at a random time; at full length (1000 x 250, "
+        f"save_every=50) 0..{50 * 250 - 1}, {(50 * 250 - 1) / 2:.0f} on average"
+    )
+
     return 0
 
 

@@ -73,7 +73,7 @@ def time_to_first_step(space: Workspace, training: Training, arm: str, folder: t
 def main(argv: list[str] | None = None) -> int:
     parser = new_parser(__doc__)
     parser.add_argument(
-        "--reps", type=int, default=5, help="repetitions per arm and size (default: %(default)s)"
+        "--reps", type=int, default=9, help="repetitions per arm and size (default: %(default)s)"
     )
     args = parser.parse_args(argv)
     print_header("start-up to first training iteration when resuming: nnslurm vs nnU-Net --c")

@@ -8,6 +8,7 @@ the partial epoch's outputs, the run's identity and a checksum of the weights.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -16,6 +17,7 @@ import threading
 import time
 import uuid
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,14 +269,72 @@ def _collect_storages(obj: Any, found: dict[int, torch.UntypedStorage]) -> None:
 
 
 def weights_checksum(weights: Mapping[str, torch.Tensor]) -> int:
-    """CRC32 over the raw bytes of every tensor, in key order (torch's zip reader checks no CRC)."""
+    """CRC32 over the raw bytes of every tensor, in key order (torch's zip reader checks no CRC).
+
+    Bytes that several keys share (nnU-Net's state_dict names each encoder weight up to four
+    times) are read once: the running CRC is carried over them with zlib's crc32_combine
+    arithmetic, which gives the same value as reading them again.
+    """
+    tensors = {key: weights[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8) for key in weights}
+    uses = Counter((data.data_ptr(), data.numel()) for data in tensors.values() if data.numel())
+    crc_of: dict[tuple[int, int], int] = {}  # the tensors stay referenced: addresses are not reused
     crc = 0
-    for key in sorted(weights):
-        tensor = weights[key].detach().cpu().contiguous()
+    for key in sorted(tensors):
+        data = tensors[key]
         crc = zlib.crc32(key.encode(), crc)
-        if tensor.numel():
-            crc = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy().data, crc)
+        if not data.numel():
+            continue
+        identity = (data.data_ptr(), data.numel())
+        if uses[identity] == 1:
+            crc = zlib.crc32(data.numpy().data, crc)
+            continue
+        if identity not in crc_of:
+            crc_of[identity] = zlib.crc32(data.numpy().data)
+        crc = _crc32_continue(crc, crc_of[identity], data.numel())
     return crc
+
+
+_CRC32_POLY = 0xEDB88320  # zlib's CRC-32, reflected
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a times b modulo the CRC-32 polynomial (zlib's multmodp)."""
+    m, product = 1 << 31, 0
+    while True:
+        if a & m:
+            product ^= b
+            if a & (m - 1) == 0:
+                return product
+        m >>= 1
+        b = (b >> 1) ^ _CRC32_POLY if b & 1 else b >> 1
+
+
+def _x_to_2_to_the(count: int) -> list[int]:
+    """x^(2^k) modulo the polynomial for k < count (zlib's x2n_table)."""
+    table = [1 << 30]
+    while len(table) < count:
+        table.append(_multmodp(table[-1], table[-1]))
+    return table
+
+
+_X2N = _x_to_2_to_the(32)
+
+
+@functools.cache
+def _shift(length: int) -> int:
+    """x^(8 * length) modulo the polynomial: appending `length` bytes to a CRC (zlib's x2nmodp)."""
+    operator, k = 1 << 31, 3
+    while length:
+        if length & 1:
+            operator = _multmodp(_X2N[k & 31], operator)
+        length >>= 1
+        k += 1
+    return operator
+
+
+def _crc32_continue(crc: int, crc_of_data: int, length: int) -> int:
+    """zlib.crc32(data, crc) from zlib.crc32(data) and len(data) (zlib's crc32_combine)."""
+    return _multmodp(_shift(length), crc) ^ crc_of_data
 
 
 def write_checkpoint(state: dict[str, Any], path: Path) -> float:

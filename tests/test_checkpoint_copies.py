@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,32 @@ def test_write_behind_file_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     loaded = torch.load(tmp_path / "c.pth", weights_only=True)
     assert torch.equal(loaded["a"], state["a"]) and loaded["b"] == state["b"]
     assert [p.name for p in tmp_path.iterdir()] == ["c.pth"]
+
+
+def reference_checksum(weights: dict[str, torch.Tensor]) -> int:
+    """The checksum's definition, read naively: every key's bytes, in key order."""
+    crc = 0
+    for key in sorted(weights):
+        tensor = weights[key].detach().cpu().contiguous()
+        crc = zlib.crc32(key.encode(), crc)
+        if tensor.numel():
+            crc = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy().data, crc)
+    return crc
+
+
+def test_checksum_reads_shared_bytes_once_and_gives_the_same_value() -> None:
+    weight, half = torch.randn(20, 30), torch.randn(7, dtype=torch.bfloat16)
+    weights = {
+        "encoder.conv.weight": weight,
+        "decoder.encoder.conv.weight": weight,
+        "all_modules.0.weight": weight.detach(),
+        "transposed": weight.t(),
+        "row": weight[3],
+        "column": weight[:, 2],
+        "empty": torch.empty(0),
+        "half": half,
+        "half.again": half,
+        "ints": torch.arange(5),
+    }
+    assert weights_checksum(weights) == reference_checksum(weights)
+    assert weights_checksum(shared_state()) != weights_checksum({"x": torch.zeros(3)})

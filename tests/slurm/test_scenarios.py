@@ -164,7 +164,7 @@ def _preempt_once(cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path, expec
     waiting = Background.start(args, job_env(nnunet_env), tmp_path / "submit.out")
     job_id = wait_for_event(run_folder, "submitted", 60)["job_id"]
     cluster.own.add(job_id)
-    wait_for_event(run_folder, "checkpoint", 120, reason="periodic")  # training, past epoch 0
+    wait_for_event(run_folder, "checkpoint", 300, reason="periodic")  # training, past epoch 0
     preempted_at = time.time()
     cluster.preempt()
     stop = wait_for_event(run_folder, "stopped", 60)
@@ -223,7 +223,7 @@ def test_preemption_through_template(idle_cluster: Cluster, nnunet_env: NnunetEn
     )
     assert rendered.returncode == 0, rendered.stderr
     job_id = idle_cluster.sbatch(script, cwd=tmp_path)
-    wait_for_event(run_folder, "checkpoint", 120, reason="periodic")
+    wait_for_event(run_folder, "checkpoint", 300, reason="periodic")
     idle_cluster.preempt()
     assert idle_cluster.wait_done(job_id, 300) == "COMPLETED"
     story = check_story(run_folder, ITERATIONS, EPOCHS)
@@ -244,7 +244,7 @@ def test_requeue_from_outside(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_
     waiting = Background.start(args, job_env(nnunet_env), tmp_path / "submit.out")
     job_id = wait_for_event(run_folder, "submitted", 60)["job_id"]
     idle_cluster.own.add(job_id)
-    wait_for_event(run_folder, "checkpoint", 120, reason="periodic")
+    wait_for_event(run_folder, "checkpoint", 300, reason="periodic")
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
     wait_for(lambda: _ended(waiting), 300, "the job to end")
     code, output = waiting.finish(60)
@@ -269,7 +269,7 @@ def test_scancel_stays_cancelled_and_resumable(
     waiting = Background.start(args, env, tmp_path / "submit.out")
     job_id = wait_for_event(run_folder, "submitted", 60)["job_id"]
     idle_cluster.own.add(job_id)
-    wait_for_event(run_folder, "checkpoint", 120, reason="periodic")
+    wait_for_event(run_folder, "checkpoint", 300, reason="periodic")
     subprocess.run(["scancel", job_id], check=True, timeout=30)
     code, output = waiting.finish(120)
     assert code == 1, output

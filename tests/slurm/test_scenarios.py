@@ -17,11 +17,15 @@ from conftest import TINY_PLANS, NnunetEnv, nnslurm
 
 from .tools import Background, Cluster, check_story, events, kinds, wait_for, wait_for_event
 
-EPOCHS, ITERATIONS = 3, 30  # ~10 s of training on 1 CPU: interrupted once after epoch 0
-# Walltime scenarios: >= 0.25 s per iteration (paced trainer), so 90 iterations outlast the ~20 s of
-# training a 1-minute start has before its warning, on any machine.
-LONG_EPOCHS, LONG_ITERATIONS = 3, 30
-PACED = ["-tr", "slurm.paced_trainer:nnUNetTrainerPaced"]
+# Every scenario trains with a floor of MIN_ITERATION_S per iteration (the paced trainer), so that
+# training outlasts what each scenario waits for on any machine, however fast: after the epoch-0
+# checkpoint, 120 iterations (>= 30 s) remain, more than the 20 s GraceTime before a preempted job
+# hears TERM; 150 iterations (>= 37 s) outlast the training a 1-minute start has before its warning.
+EPOCHS, ITERATIONS = 3, 60
+LONG_EPOCHS, LONG_ITERATIONS = 3, 50
+MIN_ITERATION_S = "0.25"
+TRAINER = "nnUNetTrainerPaced"
+PACED = ["-tr", f"slurm.paced_trainer:{TRAINER}"]
 RUN = [
     "-d",
     "501",
@@ -31,6 +35,7 @@ RUN = [
     TINY_PLANS,
     "--val-iterations-per-epoch",
     "2",
+    *PACED,
     "--device",
     "cpu",
     "--no-final-validation",
@@ -45,7 +50,14 @@ def training(epochs: int, iterations: int) -> list[str]:
 
 def job_env(nnunet_env: NnunetEnv) -> dict[str, str]:
     # Single-process augmentation: two cores, and the node is shared by two jobs in some tests.
-    return nnunet_env.env(nnUNet_n_proc_DA="0", NNSLURM_TEST_MIN_ITERATION_S="0.25")
+    return nnunet_env.env(nnUNet_n_proc_DA="0", NNSLURM_TEST_MIN_ITERATION_S=MIN_ITERATION_S)
+
+
+def template_setup(env: dict[str, str]) -> list[str]:
+    """The template's setup block: sbatch runs the script with the submitting shell's environment,
+    which is pytest's, not the test's; only the nnUNet_* variables are exported by the template."""
+    exports = f"PYTHONPATH={env['PYTHONPATH']} NNSLURM_TEST_MIN_ITERATION_S={MIN_ITERATION_S}"
+    return ["--setup", f"export {exports}"]
 
 
 def submit_args(log_dir: Path, *extra: str) -> list[str]:
@@ -69,11 +81,10 @@ def test_walltime_requeue_through_submit(
     idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path
 ) -> None:
     started = time.time()
-    run_folder = nnunet_env.run_folder("nnUNetTrainerPaced")
+    run_folder = nnunet_env.run_folder(TRAINER)
     args = submit_args(
         tmp_path / "logs",
         *training(LONG_EPOCHS, LONG_ITERATIONS),
-        *PACED,
         "--time",
         "1",
         "--signal-delay",
@@ -111,7 +122,7 @@ def test_walltime_requeue_through_template(
     idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path
 ) -> None:
     started = time.time()
-    run_folder = nnunet_env.run_folder("nnUNetTrainerPaced")
+    run_folder = nnunet_env.run_folder(TRAINER)
     env = job_env(nnunet_env)
     script = tmp_path / "train.sbatch"
     rendered = nnslurm(
@@ -119,15 +130,13 @@ def test_walltime_requeue_through_template(
             "template",
             "train",
             *training(LONG_EPOCHS, LONG_ITERATIONS),
-            *PACED,
             "--time",
             "1",
             "--signal-delay",
             "20",
             "--log-dir",
             str(tmp_path),
-            "--setup",
-            f"export PYTHONPATH={env['PYTHONPATH']}",
+            *template_setup(env),
             "-o",
             str(script),
         ],
@@ -157,7 +166,7 @@ def test_walltime_requeue_through_template(
 
 def _preempt_once(cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path, expected_signal: str) -> None:
     started = time.time()
-    run_folder = nnunet_env.run_folder()
+    run_folder = nnunet_env.run_folder(TRAINER)
     args = submit_args(
         tmp_path / "logs", *training(EPOCHS, ITERATIONS), "--time", "10", "--cpus-per-task", str(cluster.cpus)
     )
@@ -203,7 +212,8 @@ def test_preemption_through_template(idle_cluster: Cluster, nnunet_env: NnunetEn
     """B: + exec, no user signal: nothing arrives until the grace time ends, then TERM with the job
     already requeued (Restarts+1); KillWait is the time left to checkpoint."""
     started = time.time()
-    run_folder = nnunet_env.run_folder()
+    run_folder = nnunet_env.run_folder(TRAINER)
+    env = job_env(nnunet_env)
     script = tmp_path / "train.sbatch"
     rendered = nnslurm(
         [
@@ -216,10 +226,11 @@ def test_preemption_through_template(idle_cluster: Cluster, nnunet_env: NnunetEn
             str(idle_cluster.cpus),
             "--log-dir",
             str(tmp_path),
+            *template_setup(env),
             "-o",
             str(script),
         ],
-        job_env(nnunet_env),
+        env,
     )
     assert rendered.returncode == 0, rendered.stderr
     job_id = idle_cluster.sbatch(script, cwd=tmp_path)
@@ -239,7 +250,7 @@ def test_preemption_through_template(idle_cluster: Cluster, nnunet_env: NnunetEn
 
 def test_requeue_from_outside(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path) -> None:
     started = time.time()
-    run_folder = nnunet_env.run_folder()
+    run_folder = nnunet_env.run_folder(TRAINER)
     args = submit_args(tmp_path / "logs", *training(EPOCHS, ITERATIONS), "--time", "10")
     waiting = Background.start(args, job_env(nnunet_env), tmp_path / "submit.out")
     job_id = wait_for_event(run_folder, "submitted", 60)["job_id"]
@@ -263,7 +274,7 @@ def test_scancel_stays_cancelled_and_resumable(
     idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path
 ) -> None:
     started = time.time()
-    run_folder = nnunet_env.run_folder()
+    run_folder = nnunet_env.run_folder(TRAINER)
     env = job_env(nnunet_env)
     args = submit_args(tmp_path / "logs", *training(EPOCHS, ITERATIONS), "--time", "10")
     waiting = Background.start(args, env, tmp_path / "submit.out")
@@ -296,11 +307,10 @@ def test_scancel_stays_cancelled_and_resumable(
 
 def test_requeue_cap(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path) -> None:
     started = time.time()
-    run_folder = nnunet_env.run_folder("nnUNetTrainerPaced")
+    run_folder = nnunet_env.run_folder(TRAINER)
     args = submit_args(
         tmp_path / "logs",
         *training(8, LONG_ITERATIONS),
-        *PACED,
         "--time",
         "1",
         "--signal-delay",
@@ -332,7 +342,7 @@ def test_requeue_cap(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Pat
 
 def test_array_with_one_task_preempted(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path) -> None:
     started = time.time()
-    folders = [nnunet_env.run_folder(fold=fold) for fold in ("0", "1")]
+    folders = [nnunet_env.run_folder(TRAINER, fold=fold) for fold in ("0", "1")]
     run = [arg for arg in training(EPOCHS, ITERATIONS) if arg not in ("-f", "0")]
     cpus = max(1, idle_cluster.cpus // 2)  # two tasks fill the node
     args = submit_args(tmp_path / "logs", *run, "--fold", "0-1", "--time", "10", "--cpus-per-task", str(cpus))

@@ -20,6 +20,7 @@ import torch
 from nnslurm import rng
 from nnslurm.checkpoints import FORMAT_VERSION, META_KEY, BackgroundWriter
 from nnslurm.events import EventLog
+from nnslurm.progress import TrainingProgress
 from nnslurm.signals import StopMonitor, StopRequest
 
 logger = logging.getLogger(__name__)
@@ -133,36 +134,50 @@ class PreemptibleTrainerMixin:
                 rng.restore(context.resume.rng_state)
             start_iteration = context.resume.iteration
             train_outputs = list(context.resume.train_outputs)
-        for epoch in range(self.current_epoch, self.num_epochs):
-            epoch_started = time.monotonic()
-            context.monitor.phase = "training"
-            self.on_epoch_start()  # type: ignore[attr-defined]
-            self.on_train_epoch_start()  # type: ignore[attr-defined]
-            for iteration in range(start_iteration, self.num_iterations_per_epoch):
-                self._at_boundary(epoch, iteration, train_outputs)
-                train_outputs.append(self.train_step(next(self.dataloader_train)))  # type: ignore[attr-defined]
-            self._at_boundary(epoch, self.num_iterations_per_epoch, train_outputs)
-            before_validation = rng.capture()
-            self.on_train_epoch_end(train_outputs)  # type: ignore[attr-defined]
-            context.monitor.phase = "validation"
-            with torch.no_grad():
-                self.on_validation_epoch_start()  # type: ignore[attr-defined]
-                val_outputs = []
-                for _ in range(self.num_val_iterations_per_epoch):
-                    if context.monitor.request is not None:
-                        # Validation changes no weights: stop at "training part of the epoch done".
-                        self._stop(epoch, self.num_iterations_per_epoch, train_outputs, before_validation)
-                    val_outputs.append(self.validation_step(next(self.dataloader_val)))  # type: ignore[attr-defined]
-                self.on_validation_epoch_end(val_outputs)  # type: ignore[attr-defined]
-            context.monitor.phase = "epoch end"
-            self.on_epoch_end()
-            self._log_progress(
-                epoch, time.monotonic() - epoch_started, self.num_iterations_per_epoch - start_iteration
-            )
-            train_outputs, start_iteration = [], 0
+        with TrainingProgress(self.num_epochs, self.num_iterations_per_epoch) as progress:
+            for epoch in range(self.current_epoch, self.num_epochs):
+                self._run_epoch(epoch, start_iteration, train_outputs, progress)
+                train_outputs, start_iteration = [], 0
         context.monitor.phase = "saving"
         context.writer.wait()
         self.on_train_end()  # type: ignore[attr-defined]
+
+    def _run_epoch(
+        self,
+        epoch: int,
+        start_iteration: int,
+        train_outputs: list[dict[str, Any]],
+        progress: TrainingProgress,
+    ) -> None:
+        """nnU-Net's epoch, hook by hook, with a stop check at every iteration and validation step."""
+        context = self.nnslurm
+        epoch_started = time.monotonic()
+        context.monitor.phase = "training"
+        self.on_epoch_start()  # type: ignore[attr-defined]
+        self.on_train_epoch_start()  # type: ignore[attr-defined]
+        progress.epoch(epoch, start_iteration)
+        for iteration in range(start_iteration, self.num_iterations_per_epoch):
+            self._at_boundary(epoch, iteration, train_outputs)
+            train_outputs.append(self.train_step(next(self.dataloader_train)))  # type: ignore[attr-defined]
+            progress.advance()
+        self._at_boundary(epoch, self.num_iterations_per_epoch, train_outputs)
+        before_validation = rng.capture()
+        self.on_train_epoch_end(train_outputs)  # type: ignore[attr-defined]
+        context.monitor.phase = "validation"
+        with torch.no_grad():
+            self.on_validation_epoch_start()  # type: ignore[attr-defined]
+            val_outputs = []
+            for _ in range(self.num_val_iterations_per_epoch):
+                if context.monitor.request is not None:
+                    # Validation changes no weights: stop at "training part of the epoch done".
+                    self._stop(epoch, self.num_iterations_per_epoch, train_outputs, before_validation)
+                val_outputs.append(self.validation_step(next(self.dataloader_val)))  # type: ignore[attr-defined]
+            self.on_validation_epoch_end(val_outputs)  # type: ignore[attr-defined]
+        context.monitor.phase = "epoch end"
+        self.on_epoch_end()
+        self._log_progress(
+            epoch, time.monotonic() - epoch_started, self.num_iterations_per_epoch - start_iteration
+        )
 
     # --- the loop's own steps --------------------------------------------------------------
     def _at_boundary(self, epoch: int, iteration: int, train_outputs: list[dict[str, Any]]) -> None:

@@ -424,6 +424,12 @@ def test_cancel_by_user_and_kinds_from_the_log(tmp_path: Path) -> None:
     assert status.interruptions["cancel"] == 1
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """SIGINT back to its default: a shell without job control (`cmd &` in a script, nohup) starts
+    commands with SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def terminal() -> Iterator[Callable[..., str]]:
     """Run the CLI on a pseudo-terminal (interrupted after `interrupt_after` s); returns what it printed."""
@@ -431,7 +437,11 @@ def terminal() -> Iterator[Callable[..., str]]:
     def run(args: list[str], env: dict[str, str], interrupt_after: float | None = None) -> str:
         leader, follower = pty.openpty()
         process = subprocess.Popen(
-            [sys.executable, "-m", "nnslurm", *args], env=env, stdout=follower, stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "nnslurm", *args],
+            env=env,
+            stdout=follower,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_ctrl_c_as_at_a_terminal,
         )
         os.close(follower)
         started_at, chunks = time.time(), []
@@ -482,6 +492,7 @@ def test_watch_refreshes_until_interrupted(slurm_runs: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_ctrl_c_as_at_a_terminal,
         )
         time.sleep(2.5)
         process.send_signal(signal.SIGINT)

@@ -103,7 +103,7 @@ def test_walltime_requeue_through_submit(
     requeued = kinds(run_folder, "requeued")
     assert [r["by"] for r in requeued] == ["nnslurm"] * story["stops"]
     # SLURM's own count agrees with the event log: one requeue per stop.
-    assert idle_cluster.states(job_id).count("REQUEUED") == story["stops"]
+    assert idle_cluster.ended_states(job_id).count("REQUEUED") == story["stops"]
     assert kinds(run_folder, "finished")[0].get("restart_count") == story["stops"]
     report(
         "walltime/submit",
@@ -188,7 +188,7 @@ def _preempt_once(cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path, expec
     (requeued,) = kinds(run_folder, "requeued")
     assert (requeued["by"], requeued["reason"]) == ("slurm", "preemption")  # nnslurm did not requeue
     # SLURM requeued it exactly once: one PREEMPTED record, the last start has SLURM_RESTART_COUNT=1.
-    assert cluster.states(job_id) == ["PREEMPTED", "COMPLETED"]
+    assert cluster.ended_states(job_id) == ["PREEMPTED", "COMPLETED"]
     assert kinds(run_folder, "resumed")[0]["restart_count"] == 1
     report(
         f"preemption/submit ({expected_signal})",
@@ -263,7 +263,7 @@ def test_requeue_from_outside(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_
     story = check_story(run_folder, ITERATIONS, EPOCHS)
     (decision,) = kinds(run_folder, "decision")
     assert (decision["kind"], decision["requeue_self"], decision["signal"]) == ("requeued", False, "TERM")
-    assert idle_cluster.states(job_id) == ["REQUEUED", "COMPLETED"]  # one requeue: the one from outside
+    assert idle_cluster.ended_states(job_id) == ["REQUEUED", "COMPLETED"]  # one requeue: the one from outside
     report("requeue from outside", started, redone=story["redone"])
 
 
@@ -327,7 +327,7 @@ def test_requeue_cap(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Pat
     assert "failed [" in output
     decisions = [d["kind"] for d in kinds(run_folder, "decision")]
     assert decisions == ["walltime", "requeue-limit"]
-    assert idle_cluster.states(job_id) == ["REQUEUED", "FAILED"]
+    assert idle_cluster.ended_states(job_id) == ["REQUEUED", "FAILED"]
     job = submitit.SlurmJob(folder=tmp_path / "logs" / "%j", job_id=job_id)
     error = job.exception()
     assert error is not None and "RequeueLimitReached" in str(error) and "--max-requeues" in str(error)
@@ -351,7 +351,7 @@ def test_array_with_one_task_preempted(idle_cluster: Cluster, nnunet_env: Nnunet
     assert ids[0].endswith("_0") and ids[1].endswith("_1") and ids[0].split("_")[0] == ids[1].split("_")[0]
     idle_cluster.own.update(ids)
     for folder in folders:
-        wait_for_event(folder, "checkpoint", 180, reason="periodic")
+        wait_for_event(folder, "checkpoint", 300, reason="periodic")
     idle_cluster.preempt(cpus=cpus)
     code, output = waiting.finish(400)
     assert code == 0, output
@@ -359,7 +359,7 @@ def test_array_with_one_task_preempted(idle_cluster: Cluster, nnunet_env: Nnunet
     for folder, job_id in zip(folders, ids, strict=True):
         story = check_story(folder, ITERATIONS, EPOCHS)
         decisions = [d["kind"] for d in kinds(folder, "decision")]
-        states = idle_cluster.states(job_id)
+        states = idle_cluster.ended_states(job_id)
         if decisions:
             assert decisions == ["preemption"] and states == ["PREEMPTED", "COMPLETED"], (decisions, states)
             preempted.append(job_id)

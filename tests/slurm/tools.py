@@ -96,6 +96,12 @@ class Cluster:
         out = sh(["sacct", "-n", "-P", "-X", "-D", "-o", "JobID,State", "-j", job_id])
         return [line.split("|")[1].split()[0] for line in out.splitlines() if "|" in line]
 
+    def ended_states(self, job_id: str, timeout: float = 60) -> list[str]:
+        """states() once accounting has recorded the end: `--wait` can return before slurmdbd has
+        the last record (measured: RUNNING for a few seconds after the job ended FAILED)."""
+        self.wait_done(job_id, timeout)
+        return self.states(job_id)
+
     def wait_done(self, job_id: str, timeout: float) -> str:
         """Until the job ended for good. Requeued jobs are not released early (`scontrol update
         StartTime=now`): measured, a job started before cred_expire has passed since its last run

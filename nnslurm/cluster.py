@@ -19,6 +19,7 @@ A profile named `default` is used when `--profile` is not given.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from nnslurm.config import parse_signal
+from nnslurm.directives import check_log_folder, check_value
 from nnslurm.errors import UsageError
 from nnslurm.timeparse import describe, format_time, parse_time
 
@@ -33,6 +35,8 @@ DEFAULT_TIME_S = 24 * 3600
 DEFAULT_SIGNAL = "USR1"
 DEFAULT_SIGNAL_DELAY_S = 120
 DEFAULT_PROFILE = "default"
+
+_OPTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")  # what sbatch's long options look like
 
 # sbatch options nnslurm sets itself, or that have their own flag: --sbatch-arg may not set them.
 _RESERVED = {
@@ -95,8 +99,21 @@ class ClusterSettings:
             if count is not None and count < (0 if flag == "--gpus" else 1):
                 raise UsageError(f"{flag} must be {'0' if flag == '--gpus' else '1'} or more, got {count}.")
         parse_signal(self.signal)
-        for key, _ in self.sbatch_args:
+        for flag, text in (
+            ("--partition", self.partition),
+            ("--account", self.account),
+            ("--qos", self.qos),
+            ("--mem", self.mem),
+            ("--constraint", self.constraint),
+        ):
+            if text is not None:
+                check_value(flag, text)
+        for key, value in self.sbatch_args:
             check_sbatch_key(key)
+            if value is not None:
+                check_value(f"--sbatch-arg {key}", value)
+        if self.log_dir is not None:
+            check_log_folder("--log-dir", self.log_dir)
 
     @property
     def signal_name(self) -> str:
@@ -123,7 +140,7 @@ class ClusterSettings:
 
 def check_sbatch_key(key: str) -> str:
     name = key.strip().lstrip("-")
-    if not name or "=" in name or any(ch.isspace() for ch in name):
+    if not _OPTION_NAME.fullmatch(name):
         raise UsageError(
             f"--sbatch-arg key {key!r} is not an sbatch option name.",
             hint="write --sbatch-arg KEY=VALUE, e.g. --sbatch-arg mail-type=END.",

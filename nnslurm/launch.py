@@ -25,6 +25,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from nnslurm.cluster import ClusterSettings
 from nnslurm.config import TrainJob
+from nnslurm.directives import check_log_folder, check_value, escape_backslashes
 from nnslurm.errors import NnslurmError, NnunetSetupError, UsageError
 from nnslurm.events import EventLog
 from nnslurm.job import LOCAL_MAX_REQUEUES, TrainingJob
@@ -62,6 +63,8 @@ class Submission:
             raise UsageError("nothing to submit: give at least one --fold.")
         if self.executor not in ("slurm", "local"):
             raise ValueError(f"executor {self.executor!r}")
+        check_value("--job-name", self.job_name)
+        check_log_folder("--log-dir", str(self.log_dir))
 
     @property
     def folder(self) -> Path:
@@ -109,10 +112,15 @@ def job_environment_lines(cluster: ClusterSettings, environ: Mapping[str, str] |
 
 
 def slurm_parameters(submission: Submission, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Keyword arguments of SlurmExecutor.update_parameters (submitit's names)."""
+    """Keyword arguments of SlurmExecutor.update_parameters (submitit's names).
+
+    submitit writes `#SBATCH --key=<shlex.quote(value)>`, which sbatch reads back except for
+    backslashes (nnslurm.directives): those are doubled here, in --output/--error (given again for
+    that) too. Values no #SBATCH line can carry were refused when the settings were made.
+    """
     cluster = submission.cluster
     params: dict[str, Any] = {
-        "job_name": submission.job_name,
+        "job_name": escape_backslashes(submission.job_name),
         "time": slurm_minutes(cluster.time_s),  # submitit times its own timeouts in minutes
         "signal_delay_s": cluster.signal_delay_s,
         "setup": job_environment_lines(cluster, environ) + list(cluster.setup),
@@ -126,13 +134,19 @@ def slurm_parameters(submission: Submission, environ: Mapping[str, str] | None =
         "mem": cluster.mem,
         "constraint": cluster.constraint,
     }
-    params.update({key: value for key, value in optional.items() if value is not None})
+    for key, value in optional.items():
+        if value is not None:
+            params[key] = escape_backslashes(value) if isinstance(value, str) else value
     additional: dict[str, Any] = {
         "signal": f"{cluster.signal_name}@{cluster.signal_delay_s}",  # to the srun step: no B:
         "requeue": True,  # clusters may default to JobRequeue=0
     }
     for key, value in cluster.sbatch_args:
-        additional[key] = True if value is None else value
+        additional[key] = True if value is None else escape_backslashes(value)
+    paths = submitit.core.utils.JobPaths(folder=submission.folder)
+    pattern = "%A_%a" if len(submission.jobs) > 1 else "%j"
+    for key, path in (("output", paths.stdout), ("error", paths.stderr)):
+        additional[key] = escape_backslashes(str(path).replace("%j", pattern).replace("%t", "0"))
     params["additional_parameters"] = additional
     return params
 
@@ -204,7 +218,13 @@ def submit(submission: Submission) -> list[submitit.Job[Any]]:
     callables = [TrainingJob(job) for job in submission.jobs]
     signal_name = submission.cluster.signal_name
     with environment({PREEMPT_SIGNAL_ENV: signal_name, WARNING_SIGNAL_ENV: signal_name}):
-        jobs = [executor.submit(callables[0])] if len(callables) == 1 else executor.submit_array(callables)
+        try:
+            if len(callables) == 1:
+                jobs = [executor.submit(callables[0])]
+            else:
+                jobs = executor.submit_array(callables)
+        except submitit.core.utils.FailedJobError as error:  # sbatch refused: its own words
+            raise SubmissionRefused(str(error).strip()) from error
     for index, (job, train_job) in enumerate(zip(jobs, submission.jobs, strict=True)):
         folder = run_folder(train_job)
         if folder is None:
@@ -220,6 +240,17 @@ def submit(submission: Submission) -> list[submitit.Job[Any]]:
             max_requeues=train_job.options.max_requeues,
         )
     return jobs
+
+
+class SubmissionRefused(NnslurmError):
+    """sbatch rejected the job; nothing was queued."""
+
+    def __init__(self, sbatch_said: str) -> None:
+        super().__init__(
+            f"SLURM refused the job, nothing was submitted:\n{sbatch_said}",
+            hint="fix what sbatch names (partition, account, qos, time, resources) and submit again; "
+            "--dry-run shows the script.",
+        )
 
 
 def event_job_id(job: submitit.Job[Any], executor: str) -> str:

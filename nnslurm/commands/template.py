@@ -17,6 +17,7 @@ from typing import Any
 from nnslurm.cluster import ClusterSettings
 from nnslurm.commands.submit import add_cluster_arguments, cluster_settings, parse_folds
 from nnslurm.commands.train import add_training_arguments
+from nnslurm.directives import check_log_folder, check_value, directive
 from nnslurm.errors import UsageError
 from nnslurm.timeparse import format_time
 
@@ -132,11 +133,13 @@ def rendering_from_args(args: argparse.Namespace, environ: dict[str, str] | None
     )
     pattern = "nnslurm-%x-%j.out" if args.name == "train" else "nnslurm-%x-%A_%a.out"
     log_dir = args.log_dir or (Path(cluster.log_dir) if cluster.log_dir else None)
+    if log_dir is not None:
+        check_log_folder("--log-dir", str(log_dir))
     run_args = ["-d", str(args.dataset), "-c", args.configuration, "-tr", args.trainer, "-p", args.plans]
     return Rendering(
         name=args.name,
         cluster=cluster,
-        job_name=args.job_name or default_name,
+        job_name=check_value("--job-name", args.job_name or default_name),
         folds=tuple(folds),
         train_args=tuple(run_args + training_flags(args)),
         command=tuple(shlex.split(args.command)) if args.command else (sys.executable, "-m", "nnslurm"),
@@ -203,25 +206,17 @@ def render(template: str, values: Rendering) -> str:
     return "\n".join(out) + "\n"
 
 
-def _sbatch(key: str, value: str | None = None) -> str:
-    if value is None:
-        return f"#SBATCH --{key}"
-    if "\n" in value:
-        raise UsageError(f"sbatch option --{key} contains a line break.")
-    return f"#SBATCH --{key}={shlex.quote(value)}"
-
-
 def sbatch_lines(values: Rendering) -> list[str]:
     cluster = values.cluster
-    lines = [_sbatch("job-name", values.job_name)]
+    lines = [directive("job-name", values.job_name)]
     if values.name == "folds-array":
-        lines.append(_sbatch("array", f"0-{len(values.folds) - 1}"))
+        lines.append(directive("array", f"0-{len(values.folds) - 1}"))
     lines += [
-        _sbatch("time", format_time(cluster.time_s)),
-        _sbatch("signal", f"B:{cluster.signal_name}@{cluster.signal_delay_s}"),
-        _sbatch("requeue"),
-        _sbatch("open-mode", "append"),
-        _sbatch("output", values.output),
+        directive("time", format_time(cluster.time_s)),
+        directive("signal", f"B:{cluster.signal_name}@{cluster.signal_delay_s}"),
+        directive("requeue"),
+        directive("open-mode", "append"),
+        directive("output", values.output),
     ]
     optional = (
         ("partition", cluster.partition),
@@ -232,8 +227,8 @@ def sbatch_lines(values: Rendering) -> list[str]:
         ("mem", cluster.mem),
         ("constraint", cluster.constraint),
     )
-    lines += [_sbatch(key, value) for key, value in optional if value is not None]
-    lines += [_sbatch(key, value) for key, value in cluster.sbatch_args]
+    lines += [directive(key, value) for key, value in optional if value is not None]
+    lines += [directive(key, value) for key, value in cluster.sbatch_args]
     return lines
 
 

@@ -165,11 +165,12 @@ class Background:
     out: Path
 
     @classmethod
-    def start(cls, args: list[str], env: dict[str, str], out: Path) -> Background:
+    def start(cls, args: list[str], env: dict[str, str], out: Path, cwd: Path | None = None) -> Background:
         handle = out.open("w")
         process = subprocess.Popen(
             [sys.executable, "-m", "nnslurm", *args],
             env=env,
+            cwd=cwd,
             stdout=handle,
             stderr=subprocess.STDOUT,
             text=True,

@@ -7,6 +7,7 @@ the partial epoch's outputs, the run's identity and a checksum of the weights.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import logging
@@ -49,18 +50,23 @@ def fsync_folder(folder: Path) -> None:
 def atomic_torch_save(state: Mapping[str, Any], path: Path) -> float:
     """Write `state` so that a kill at any instant leaves the old file or the new one, never a torn one.
 
-    Temp file in the same folder, flush + fsync, os.replace, fsync the folder. Returns seconds taken.
-    The file gets the mode nnU-Net's own torch.save would give it (0666 minus the umask).
+    Temp file in the same folder, flush + fsync, os.replace, fsync the folder. Returns the seconds
+    until the new file was durable. The file gets the mode nnU-Net's own torch.save would give it
+    (0666 minus the umask).
     """
     started = time.perf_counter()
-    temp = path.parent / f".{path.name}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    temp = _temp_name(path, "")
     try:
         with open(temp, "wb") as stream:
             torch.save(state, cast(IO[bytes], _WriteBehind(stream)))
             stream.flush()
             os.fsync(stream.fileno())
+        old = _keep_old_aside(path)
         os.replace(temp, path)
         fsync_folder(path.parent)
+        seconds = time.perf_counter() - started
+        if old is not None:
+            _discard_in_background(old)
     except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
@@ -70,7 +76,51 @@ def atomic_torch_save(state: Mapping[str, Any], path: Path) -> float:
                 hint="free space or fix permissions in that folder; the previous checkpoint is untouched.",
             ) from error
         raise
-    return time.perf_counter() - started
+    return seconds
+
+
+def _temp_name(path: Path, kind: str) -> Path:
+    """A hidden name next to `path` that remove_stale_temp_files recognises."""
+    return path.parent / f".{path.name}{TEMP_MARKER}{kind}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _keep_old_aside(path: Path) -> Path | None:
+    """A second link to the file about to be replaced, so that os.replace only renames.
+
+    Measured: replacing a 250 MB checkpoint frees its blocks inside os.replace, ~45 ms on this
+    machine's ext4 (mounted with discard), on the way to durable. With a second link the blocks
+    are freed when that link goes, in the background. None if there is no old file or the
+    filesystem has no hard links (then os.replace pays, as before).
+    """
+    aside = _temp_name(path, "old-")
+    try:
+        os.link(path, aside)
+    except OSError:
+        return None
+    return aside
+
+
+_discards: list[threading.Thread] = []
+
+
+def _discard_in_background(path: Path) -> None:
+    """Unlink off the caller's path; a file left by a process that died first is a stale temp file."""
+    _discards[:] = [thread for thread in _discards if thread.is_alive()]
+    thread = threading.Thread(target=_unlink_quietly, args=(path,), name="nnslurm-discard", daemon=True)
+    thread.start()
+    _discards.append(thread)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+@atexit.register
+def wait_for_discards() -> None:
+    """Until the old files replaced by atomic_torch_save are gone (also run at exit)."""
+    for thread in list(_discards):
+        thread.join(timeout=30)
 
 
 class _WriteBehind:

@@ -2,7 +2,8 @@
 
 NNSLURM_TEST_SIGNALS="1:3,2:0,v1:1,final" sends SIGNNSLURM_TEST_SIGNAL (default USR1) to its own
 process at epoch 1 iteration 3, epoch 2 iteration 0, in epoch 1's validation step 1, and during
-the final validation; each point fires once (NNSLURM_TEST_SIGNAL_STATE records what fired).
+the final validation ("after_final": right after checkpoint_final.pth was written); each point
+fires once (NNSLURM_TEST_SIGNAL_STATE records what fired).
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class nnUNetTrainerSignals(nnUNetTrainer):
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
         _fire("final")
         super().perform_actual_validation(save_probabilities)
+
+    def on_train_end(self) -> None:
+        super().on_train_end()  # checkpoint_final.pth is written in here
+        _fire("after_final")
 
 
 class nnUNetTrainerBigState(nnUNetTrainer):

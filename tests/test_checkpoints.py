@@ -17,6 +17,7 @@ from nnslurm.checkpoints import (
     newest_valid,
     read_checkpoint,
     remove_stale_temp_files,
+    wait_for_discards,
     weights_checksum,
 )
 from nnslurm.errors import CheckpointError
@@ -61,6 +62,7 @@ def test_atomic_save_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> N
     atomic_torch_save(checkpoint(1, 0), target)
     atomic_torch_save(checkpoint(2, 0), target)
     assert read_checkpoint(target).epoch == 2
+    wait_for_discards()  # the replaced file is unlinked in the background
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pth"]
     umask = os.umask(0)
     os.umask(umask)

@@ -147,6 +147,23 @@ def test_signal_during_final_validation_is_resumable(nnunet_env: NnunetEnv, tmp_
     assert events[-1]["epoch"] == 3
 
 
+def test_signal_after_final_checkpoint_ends_finished(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    """The warning arrives right after checkpoint_final.pth was written, before the process ends."""
+    env = nnunet_env.env(
+        NNSLURM_TEST_SIGNALS="after_final", NNSLURM_TEST_SIGNAL_STATE=str(tmp_path / "fired")
+    )
+    args = [*TINY_TRAINING, *SIGNAL_TRAINER, "--no-final-validation", "--stop-deadline", "1"]
+    run_folder = nnunet_env.run_folder("nnUNetTrainerSignals")
+    codes = train_until_finished(env, args)
+    assert (tmp_path / "fired").read_text().split() == ["after_final"]
+    assert codes[-1] == 0 and len(codes) <= 2  # finished now, or resumable and finished on the next start
+    final = torch.load(run_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 3
+    finished = [e for e in read_events(run_folder) if e["event"] == "finished"]
+    assert finished and finished[-1]["epoch"] == 3
+    assert not [e for e in read_events(run_folder) if e["event"] == "resumed" and e.get("epoch", 0) < 3]
+
+
 def test_sigkill_during_checkpoint_write_keeps_previous(nnunet_env: NnunetEnv) -> None:
     """Kill -9 while a big checkpoint is being written: the old file stays loadable and is resumed."""
     marker = uuid.uuid4().hex

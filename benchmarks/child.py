@@ -107,7 +107,7 @@ def _instrument(args: argparse.Namespace) -> None:
         else:
             epoch, iteration = self.current_epoch, self.bench_iteration
         fire_once(f"{epoch}:{iteration}")
-        started_wall, started = time.time(), time.perf_counter()
+        started_wall, started, started_cpu = time.time(), time.perf_counter(), time.thread_time()
         result = original_step(self, batch)
         write(
             {
@@ -115,6 +115,7 @@ def _instrument(args: argparse.Namespace) -> None:
                 "iteration": iteration,
                 "start": started_wall,
                 "seconds": time.perf_counter() - started,
+                "thread_cpu": time.thread_time() - started_cpu,  # this thread only (torch: 1 thread)
             }
         )
         self.bench_iteration = iteration + 1

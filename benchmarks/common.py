@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,6 +233,37 @@ class Training:
         ]  # fmt: skip
 
 
+def start_child(
+    space: Workspace,
+    training: Training,
+    arm: str,
+    results: Path,
+    record: Path,
+    extra: Sequence[str] = (),
+    checkout: Path | None = None,
+    cpu: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """Start one training process; its output goes to `record` + '.log'.
+
+    `checkout`: a folder holding another copy of the nnslurm package, imported instead of this one.
+    `cpu`: pin the process (and so its torch threads) to this CPU. `environ`: extra variables.
+    """
+    env = space.env(results)
+    env.update(environ or {})
+    if checkout is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(BENCHMARKS), str(checkout)])
+    with open(record.with_suffix(".log"), "a") as log:
+        return subprocess.Popen(
+            [*training.child_args(arm, record), *extra],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, {cpu}),
+        )
+
+
 def run_child(
     space: Workspace,
     training: Training,
@@ -240,27 +271,23 @@ def run_child(
     results: Path,
     record: Path,
     extra: Sequence[str] = (),
-    nnslurm_args: Sequence[str] = (),
     timeout: float = 1800,
     checkout: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """One training process to its end; its output goes to `record` + '.log'.
-
-    `checkout`: a folder holding another copy of the nnslurm package, imported instead of this one.
-    """
-    command = [*training.child_args(arm, record), *extra]
-    if nnslurm_args:
-        command += ["--", *nnslurm_args]
-    env = space.env(results)
-    if checkout is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(BENCHMARKS), str(checkout)])
-    with open(record.with_suffix(".log"), "a") as log:
-        return subprocess.run(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, timeout=timeout
-        )
+    """One training process to its end (see start_child)."""
+    process = start_child(space, training, arm, results, record, extra, checkout)
+    try:
+        process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode)
 
 
-def check_exit(result: subprocess.CompletedProcess[str], expected: Sequence[int], log: Path) -> None:
+def check_exit(
+    result: subprocess.CompletedProcess[str] | subprocess.Popen[str], expected: Sequence[int], log: Path
+) -> None:
     if result.returncode not in expected:
         tail = log.read_text()[-4000:] if log.is_file() else ""
         raise RuntimeError(f"{' '.join(result.args[:4])}... exited {result.returncode}:\n{tail}")

@@ -18,6 +18,7 @@ After a stop (see `nnslurm.slurm` for the evidence):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -55,6 +56,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
             from nnslurm.cli import configure_logging
 
             configure_logging(verbose=False)  # the per-epoch progress lines reach the job's log
+        if os.environ.get("SUBMITIT_EXECUTOR") == "local":
+            _remove_literal_job_id_folder()
         options = self.job.options
         monitor = StopMonitor(options.stop_signals, options.stop_deadline_s, _exit_during_imports)
         with monitor:
@@ -159,3 +162,11 @@ def _exit_during_imports(request: object, phase: str) -> None:
     logging.shutdown()
     sys.stderr.flush()
     os._exit(EXIT_RESUMABLE)
+
+
+def _remove_literal_job_id_folder() -> None:
+    """submitit's local controller creates its folder pattern unformatted (a folder named "%j"
+    next to the job's own); it stays empty, so remove it if it is."""
+    with contextlib.suppress(OSError, RuntimeError):
+        folder = submitit.JobEnvironment().paths.folder  # <log dir>/<job id>
+        (folder.parent / "%j").rmdir()

@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,28 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def controller_output(log_dir: Path) -> Iterator[None]:
+    """Point this process's stdout/stderr at <log dir>/local-controller.log while submitit starts
+    the local controller, which inherits them and outlives `nnslurm submit`: otherwise a caller's
+    pipe (`nnslurm submit ... | tee`) or ssh session would stay open until the job ends."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log_dir / "local-controller.log", "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
 def make_executor(submission: Submission) -> submitit.Executor:
     if submission.executor == "slurm":
         if shutil.which("sbatch") is None or shutil.which("srun") is None:
@@ -217,7 +240,8 @@ def submit(submission: Submission) -> list[submitit.Job[Any]]:
     executor = make_executor(submission)
     callables = [TrainingJob(job) for job in submission.jobs]
     signal_name = submission.cluster.signal_name
-    with environment({PREEMPT_SIGNAL_ENV: signal_name, WARNING_SIGNAL_ENV: signal_name}):
+    detach = controller_output(submission.log_dir) if submission.executor == "local" else nullcontext()
+    with environment({PREEMPT_SIGNAL_ENV: signal_name, WARNING_SIGNAL_ENV: signal_name}), detach:
         try:
             if len(callables) == 1:
                 jobs = [executor.submit(callables[0])]

@@ -31,6 +31,7 @@ from nnslurm.config import TrainingOptions, TrainJob
 from nnslurm.errors import CheckpointError, NnslurmError
 from nnslurm.events import EventLog
 from nnslurm.lock import RunLock
+from nnslurm.malloc import fix_malloc_thresholds
 from nnslurm.nnunet import find_trainer_class, load_plans, output_folder
 from nnslurm.processes import children_die_with_this_process, kill_children
 from nnslurm.signals import StopMonitor, StopRequest
@@ -245,6 +246,7 @@ def _train(
 
 def _prepare_process(options: TrainingOptions) -> None:
     children_die_with_this_process()
+    fix_malloc_thresholds()  # before the trainer allocates anything (nnslurm.malloc: why)
     seed = (
         options.seed
         if options.seed is not None

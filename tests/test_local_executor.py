@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_PLANS, NnunetEnv, nnslurm, read_events
+from conftest import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm, read_events
 
 pytestmark = pytest.mark.nnunet
 
@@ -78,3 +78,29 @@ def test_local_executor_stops_requeues_and_finishes(nnunet_env: NnunetEnv, tmp_p
         )
         assert 0 <= redone <= 1, (stop, resume)
     print(f"\n[nnslurm scenario] local executor: {len(stops)} stop(s), wall {time.time() - started:.0f} s")
+
+
+def test_local_submit_without_wait_returns_at_once_and_leaves_a_clean_log_folder(
+    nnunet_env: NnunetEnv, tmp_path: Path
+) -> None:
+    """The local controller outlives `nnslurm submit` and must not hold the caller's pipe open
+    (`nnslurm submit ... | tee` would hang until the job ends); its output goes to the log folder."""
+    logs = tmp_path / "logs"
+    result = nnslurm(
+        ["submit", "--executor", "local", *TINY_TRAINING, "--no-final-validation", "--log-dir", str(logs)],
+        nnunet_env.env(),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_folder = nnunet_env.run_folder()
+    assert "finished" not in [e["event"] for e in read_events(run_folder)]  # returned while it trains
+    deadline = time.time() + 240
+    while time.time() < deadline and "finished" not in [e["event"] for e in read_events(run_folder)]:
+        time.sleep(1)
+    assert read_events(run_folder)[-1]["event"] == "finished"
+    assert (run_folder / "checkpoint_final.pth").is_file()
+    (job_id,) = {e["job_id"] for e in read_events(run_folder)}
+    time.sleep(2)  # the controller writes its last files
+    folders = sorted(p.name for p in logs.iterdir() if p.is_dir())
+    assert folders == [job_id.removeprefix("local-")], folders  # no literal "%j" folder beside it
+    assert (logs / "local-controller.log").is_file()

@@ -5,9 +5,9 @@ weights checksum, then atomic_torch_save: temp file, torch.save, flush + fsync, 
 fsync of the folder) writes the checkpoint of a real nnU-Net trainer of realistic size (see
 realistic.py) over the previous one; `dd if=/dev/zero of=F bs=1M count=N conv=fsync` writes the
 same number of bytes into a new file in the same folder (removing it is not timed, as nnslurm
-frees the file it replaces in the background). A third arm, torch.save into memory, is the
-serialisation alone: no writer of nnU-Net's file format can be faster. Interleaved repetitions;
-throughput = bytes / median seconds.
+frees the file it replaces in the background). A third arm, torch.save into an io.BytesIO, shows
+what serialising costs without a disk (it includes the buffer growing by copies, so it is no lower
+bound). Interleaved repetitions; throughput = bytes / median seconds.
 
 Goal (issue 6): nnslurm's MB/s / dd's MB/s >= 0.8.
 """
@@ -34,7 +34,7 @@ def snapshot(trainer: Any) -> dict[str, Any]:
 
 
 def serialise_only(trainer: Any) -> float:
-    """torch.save of the same state into memory: the serialisation alone, no disk (the ceiling)."""
+    """torch.save of the same state into an io.BytesIO: serialisation (and the buffer's growth), no disk."""
     import torch
 
     state = snapshot(trainer)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             ["nnslurm writer: checksum + save", median(seconds["writer"]), spread(seconds["writer"]),
              rates["writer"]],
             [f"dd bs=1M count={count} conv=fsync", median(seconds["dd"]), spread(seconds["dd"]), rates["dd"]],
-            ["torch.save into memory (serialisation alone, no disk)", median(seconds["memory"]),
+            ["torch.save into an io.BytesIO (no disk)", median(seconds["memory"]),
              spread(seconds["memory"]), rates["memory"]],
         ],
     )  # fmt: skip
@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 rates[arm] / rates["dd"] >= GOAL,
             ]
             for name, arm in (("atomic_torch_save", "save"), ("writer (checksum + save)", "writer"))
-        ]
-        + [["torch.save into memory MB/s / dd MB/s (the ceiling)", rates["memory"] / rates["dd"], "", ""]],
+        ],
     )
     return 0
 

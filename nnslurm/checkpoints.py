@@ -56,6 +56,7 @@ def atomic_torch_save(state: Mapping[str, Any], path: Path) -> float:
     """
     started = time.perf_counter()
     temp = _temp_name(path, "")
+    old: Path | None = None
     try:
         with open(temp, "wb") as stream:
             torch.save(state, cast(IO[bytes], _WriteBehind(stream)))
@@ -68,8 +69,10 @@ def atomic_torch_save(state: Mapping[str, Any], path: Path) -> float:
         if old is not None:
             _discard_in_background(old)
     except BaseException as error:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+        for leftover in (temp, old):
+            if leftover is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
         if isinstance(error, OSError):
             raise CheckpointError(
                 f"could not write checkpoint {path}: {error.strerror or error}",

@@ -47,10 +47,6 @@ class TrainingProgress:
         self._run_task: TaskID | None = None
         self._epoch_task: TaskID | None = None
 
-    @property
-    def live(self) -> bool:
-        return self._progress is not None
-
     def __enter__(self) -> TrainingProgress:
         if self._progress is not None:
             self._progress.start()

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -102,3 +107,56 @@ def clean_env() -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def ctrl_c_as_at_a_terminal() -> None:
+    """SIGINT back to its default: a shell without job control (`cmd &` in a script, nohup) starts
+    commands with SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_on_a_terminal(
+    args: list[str],
+    env: dict[str, str],
+    *,
+    stderr_too: bool = True,
+    interrupt_after: float | None = None,
+    timeout: float = 300,
+) -> tuple[int, str]:
+    """The real CLI with stdout (and stderr) on a pseudo-terminal, as a user at a shell sees it,
+    Ctrl-C (SIGINT) after `interrupt_after` s; returns (exit status, what it printed)."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nnslurm", *args],
+        env=env,
+        stdout=follower,
+        stderr=follower if stderr_too else subprocess.DEVNULL,
+        preexec_fn=ctrl_c_as_at_a_terminal,
+    )
+    os.close(follower)
+    started, chunks = time.monotonic(), []
+    while time.monotonic() - started < timeout:
+        if interrupt_after is not None and time.monotonic() - started > interrupt_after:
+            process.send_signal(signal.SIGINT)
+            interrupt_after = None
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if not ready:
+            if process.poll() is not None:
+                break
+            continue
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return process.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+def skip_unless_required(reason: str) -> NoReturn:
+    """Skip with `reason`, or fail where NNSLURM_REQUIRE_SLURM=1 (CI): the SLURM tests are mandatory there."""
+    if os.environ.get("NNSLURM_REQUIRE_SLURM") == "1":
+        pytest.fail(f"NNSLURM_REQUIRE_SLURM=1 but {reason}", pytrace=False)
+    pytest.skip(reason=reason)

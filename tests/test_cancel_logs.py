@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events
+from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events, skip_unless_required
 from test_status import FakeCluster, started, write_log
 
 from nnslurm import cli, runs, slurm
@@ -281,10 +281,7 @@ def test_logs_follow_until_the_run_ends(logged_run: tuple[Path, Path]) -> None:
 def test_status_cancel_logs_report_on_real_slurm(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
     """A real sbatch job: running in status, cancelled with scancel, its log and its picture."""
     if not slurm.available():
-        message = "no SLURM cluster reachable: start it with `scripts/slurm-dev-cluster up`"
-        if os.environ.get("NNSLURM_REQUIRE_SLURM") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_required("no SLURM cluster reachable: start it with `scripts/slurm-dev-cluster up`")
     env = nnunet_env.env(nnUNet_n_proc_DA="0")
     wait_for(lambda: not slurm.run_command(["squeue", "-h", "-o", "%i"]).stdout.strip(), 300, "an idle node")
     args = [*TINY_TRAINING, "--epochs", "6", "--iterations-per-epoch", "20", "--no-final-validation"]

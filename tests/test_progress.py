@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import io
-import os
-import pty
-import select
-import subprocess
-import sys
-import time
 
-from conftest import TINY_TRAINING, NnunetEnv, nnslurm
+from conftest import TINY_TRAINING, NnunetEnv, nnslurm, run_on_a_terminal
 
 from nnslurm.progress import TrainingProgress
 
@@ -41,35 +35,10 @@ def test_bar_can_be_switched_off(monkeypatch) -> None:  # type: ignore[no-untype
     assert terminal.getvalue() == ""
 
 
-def _run_on_a_terminal(args: list[str], env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
-    """The real CLI with stdout and stderr on a pseudo-terminal, as a user at a shell sees it."""
-    main, secondary = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nnslurm", *args], env=env, stdout=secondary, stderr=secondary
-    )
-    os.close(secondary)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([main], [], [], 1.0)
-        if ready:
-            try:
-                data = os.read(main, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif process.poll() is not None:
-            break
-    os.close(main)
-    return process.wait(timeout=30), b"".join(chunks).decode(errors="replace")
-
-
 def test_terminal_gets_a_live_bar_and_a_log_file_gets_lines(nnunet_env: NnunetEnv) -> None:
     env = nnunet_env.env()
     env.pop("NNSLURM_NO_PROGRESS", None)
-    code, shown = _run_on_a_terminal(["train", *TINY_TRAINING, "--no-final-validation"], env)
+    code, shown = run_on_a_terminal(["train", *TINY_TRAINING, "--no-final-validation"], env)
     assert code == 0, shown[-3000:]
     assert "epoch 3/3" in shown and "/15" in shown  # the bar: this epoch, and the run's 15 iterations
     assert "epoch 3/3 done:" in shown  # the per-epoch line is there too

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import signal
 import subprocess
 import sys
@@ -14,7 +12,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events
+from conftest import (
+    TINY_TRAINING,
+    NnunetEnv,
+    ctrl_c_as_at_a_terminal,
+    nnslurm,
+    read_events,
+    run_on_a_terminal,
+)
 
 from nnslurm import cli, runs
 from nnslurm.slurm import use_runner
@@ -424,44 +429,14 @@ def test_cancel_by_user_and_kinds_from_the_log(tmp_path: Path) -> None:
     assert status.interruptions["cancel"] == 1
 
 
-def _ctrl_c_as_at_a_terminal() -> None:
-    """SIGINT back to its default: a shell without job control (`cmd &` in a script, nohup) starts
-    commands with SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.fixture
 def terminal() -> Iterator[Callable[..., str]]:
     """Run the CLI on a pseudo-terminal (interrupted after `interrupt_after` s); returns what it printed."""
 
     def run(args: list[str], env: dict[str, str], interrupt_after: float | None = None) -> str:
-        leader, follower = pty.openpty()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "nnslurm", *args],
-            env=env,
-            stdout=follower,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=_ctrl_c_as_at_a_terminal,
-        )
-        os.close(follower)
-        started_at, chunks = time.time(), []
-        while True:
-            if interrupt_after is not None and time.time() - started_at > interrupt_after:
-                process.send_signal(signal.SIGINT)
-                interrupt_after = None
-            ready, _, _ = select.select([leader], [], [], 0.2)
-            if not ready:
-                continue
-            try:
-                data = os.read(leader, 65536)
-            except OSError:  # EIO: the other side is closed
-                break
-            if not data:
-                break
-            chunks.append(data)
-        assert process.wait(timeout=60) == 0
-        os.close(leader)
-        return b"".join(chunks).decode(errors="replace")
+        code, shown = run_on_a_terminal(args, env, stderr_too=False, interrupt_after=interrupt_after)
+        assert code == 0
+        return shown
 
     yield run
 
@@ -492,7 +467,7 @@ def test_watch_refreshes_until_interrupted(slurm_runs: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=_ctrl_c_as_at_a_terminal,
+            preexec_fn=ctrl_c_as_at_a_terminal,
         )
         time.sleep(2.5)
         process.send_signal(signal.SIGINT)

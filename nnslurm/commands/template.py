@@ -17,7 +17,7 @@ from typing import Any
 from nnslurm.cluster import ClusterSettings
 from nnslurm.commands.submit import add_cluster_arguments, cluster_settings, parse_folds
 from nnslurm.commands.train import add_training_arguments
-from nnslurm.directives import check_log_folder, check_value, directive
+from nnslurm.directives import check_log_folder, directive
 from nnslurm.errors import UsageError
 from nnslurm.timeparse import format_time
 
@@ -139,7 +139,7 @@ def rendering_from_args(args: argparse.Namespace, environ: dict[str, str] | None
     return Rendering(
         name=args.name,
         cluster=cluster,
-        job_name=check_value("--job-name", args.job_name or default_name),
+        job_name=args.job_name or default_name,  # checked where it is written (directive)
         folds=tuple(folds),
         train_args=tuple(run_args + training_flags(args)),
         command=tuple(shlex.split(args.command)) if args.command else (sys.executable, "-m", "nnslurm"),

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import skip_unless_required
 
 from nnslurm import slurm
 
 from .tools import Cluster, stop_background
 
 HERE = Path(__file__).parent
-REQUIRE = os.environ.get("NNSLURM_REQUIRE_SLURM") == "1"
 HOW = "start it with `scripts/slurm-dev-cluster up` (root), then rerun `pytest -m slurm`"
 
 
@@ -43,10 +43,7 @@ def _reachable() -> str | None:
 def cluster() -> Iterator[Cluster]:
     problem = _reachable()
     if problem is not None:
-        message = f"{problem}: {HOW}"
-        if REQUIRE:
-            pytest.fail(f"NNSLURM_REQUIRE_SLURM=1 but {message}", pytrace=False)
-        pytest.skip(message)
+        skip_unless_required(f"{problem}: {HOW}")
     yield Cluster.discover()
 
 
@@ -67,10 +64,7 @@ def user_signal_preemption(cluster: Cluster) -> Iterator[None]:
     """preempt_send_user_signal on for one test (scripts/slurm-dev-cluster switches it), then off."""
     script = HERE.parents[1] / "scripts" / "slurm-dev-cluster"
     if os.geteuid() != 0 or not script.is_file():
-        message = "switching preempt_send_user_signal needs root and scripts/slurm-dev-cluster"
-        if REQUIRE:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_required("switching preempt_send_user_signal needs root and scripts/slurm-dev-cluster")
     subprocess.run(
         [str(script), "set-preempt-user-signal", "on"], check=True, capture_output=True, timeout=60
     )

@@ -33,7 +33,7 @@ class TrainingOptions:
     num_epochs: int | None = None  # --epochs; nnU-Net trainer.num_epochs (default 1000)
     iterations_per_epoch: int | None = None  # nnU-Net num_iterations_per_epoch (250)
     val_iterations_per_epoch: int | None = None  # nnU-Net num_val_iterations_per_epoch (50)
-    save_every_epochs: int | None = 1  # replaces nnU-Net's save_every (50)
+    save_every_epochs: int = 1  # replaces nnU-Net's save_every (50)
     save_every_minutes: float | None = 15.0  # also save mid-epoch when this much time has passed
     resume_from: str = "newest"  # newest | latest | best | a checkpoint path
     deterministic: bool = False  # single-process augmentation + seeding: bitwise reproducible resume
@@ -60,6 +60,35 @@ class TrainingOptions:
             raise UsageError(f"--stop-deadline must be positive, got {self.stop_deadline_s}.")
         for name in self.stop_signals:
             parse_signal(name)
+
+    def to_argv(self) -> list[str]:
+        """The `nnslurm train` flags that reproduce these options: each one that differs from its
+        default, and --max-requeues always (a script that requeues itself should show its cap)."""
+        default = TrainingOptions()
+        words: list[str] = []
+
+        def give(flag: str, value: object, default_value: object) -> None:
+            if value != default_value and value is not None:
+                words.extend([flag, str(value)])
+
+        give("--epochs", self.num_epochs, default.num_epochs)
+        give("--iterations-per-epoch", self.iterations_per_epoch, default.iterations_per_epoch)
+        give("--val-iterations-per-epoch", self.val_iterations_per_epoch, default.val_iterations_per_epoch)
+        give("--save-every-epochs", self.save_every_epochs, default.save_every_epochs)
+        give("--save-every-minutes", self.save_every_minutes, default.save_every_minutes)
+        if self.save_every_minutes is None:
+            words.append("--no-timed-saves")
+        give("--resume-from", self.resume_from, default.resume_from)
+        if self.deterministic:
+            words.append("--deterministic")
+        give("--seed", self.seed, default.seed)
+        give("--device", self.device, default.device)
+        if not self.final_validation:
+            words.append("--no-final-validation")
+        give("--stop-signals", ",".join(self.stop_signals), ",".join(default.stop_signals))
+        give("--stop-deadline", self.stop_deadline_s, default.stop_deadline_s)
+        words.extend(["--max-requeues", str(self.max_requeues)])
+        return words
 
     @property
     def overrides(self) -> dict[str, int]:

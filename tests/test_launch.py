@@ -11,7 +11,7 @@ import pytest
 
 from nnslurm import cli, launch
 from nnslurm.cluster import ClusterSettings, resolve
-from nnslurm.commands.submit import parse_folds
+from nnslurm.commands.options import parse_folds
 from nnslurm.commands.template import TEMPLATES, template_text
 from nnslurm.config import RunSpec, TrainingOptions, TrainJob
 from nnslurm.errors import UsageError

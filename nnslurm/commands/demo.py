@@ -10,15 +10,22 @@ import argparse
 import functools
 import logging
 import os
+import shlex
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nnslurm.config import RunSpec
+from nnslurm.cluster import resolve
+from nnslurm.commands.options import checked
+from nnslurm.config import RunSpec, TrainingOptions, TrainJob
 from nnslurm.events import EventLog
 from nnslurm.nnunet import FOLDER_VARIABLES, output_folder
 from nnslurm.synthetic import TINY_PLANS, make_synthetic_dataset
+from nnslurm.timeparse import format_time, parse_time
+
+if TYPE_CHECKING:  # nnslurm.launch imports submitit: only when a command submits
+    from nnslurm.launch import Submission
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +56,14 @@ def register(subparsers: Any) -> None:
         choices=("local", "slurm", "auto"),
         help="where to run (default: %(default)s, this machine)",
     )
-    parser.add_argument("--time", default="0:25", help="time limit per start (default: %(default)s = 25 s)")
     parser.add_argument(
-        "--signal-delay", default="8", help="warning this many seconds before (default: %(default)s)"
+        "--time",
+        default="0:25",
+        type=checked(parse_time),
+        help="time limit per start (default: %(default)s = 25 s)",
+    )
+    parser.add_argument(
+        "--signal-delay", type=int, default=8, help="warning this many seconds before (default: %(default)s)"
     )
     parser.add_argument("--epochs", type=int, default=3, help="epochs (default: %(default)s)")
     parser.add_argument("--iterations-per-epoch", type=int, default=40, help="(default: %(default)s)")
@@ -59,8 +71,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnslurm.cli import build_parser
-    from nnslurm.commands import submit
+    from nnslurm.commands.submit import make_submission, send
 
     started = time.time()
     data_dir = args.data_dir.expanduser().absolute()
@@ -87,30 +98,37 @@ def run(args: argparse.Namespace) -> int:
     if folder.exists():  # the demo's own run of the synthetic dataset: start it over
         shutil.rmtree(folder)
 
+    options = TrainingOptions(
+        num_epochs=args.epochs,
+        iterations_per_epoch=args.iterations_per_epoch,
+        val_iterations_per_epoch=2,
+        final_validation=False,
+        device="cpu",
+    )
     log_dir = Path(os.environ["nnUNet_results"]) / ".nnslurm" / "demo"
-    argv = [
-        "submit",
-        "-d",
-        str(DATASET_ID),
-        "-f",
-        "0",
-        "-p",
-        TINY_PLANS,
-        "-tr",
-        DEMO_TRAINER,
-        "--device",
-        "cpu",
-    ]
-    argv += ["--epochs", str(args.epochs), "--iterations-per-epoch", str(args.iterations_per_epoch)]
-    argv += ["--val-iterations-per-epoch", "2", "--no-final-validation", "--save-every-epochs", "1"]
-    argv += ["--executor", args.executor, "--time", args.time, "--signal-delay", str(args.signal_delay)]
-    argv += ["--log-dir", str(log_dir), "--wait"]
-    print(f"\n$ nnslurm {' '.join(argv)}\n", flush=True)
-    status = submit.run(build_parser().parse_args(argv))
+    # The cluster settings `nnslurm submit` would resolve: a [profiles.default] applies here too.
+    cluster, _ = resolve(
+        None, {"time_s": args.time, "signal_delay_s": args.signal_delay, "log_dir": str(log_dir)}
+    )
+    submission = make_submission([TrainJob(run_spec, options)], cluster, executor=args.executor)
+    print(f"\n$ {shlex.join(submit_command(submission))}\n", flush=True)
+    status = send(submission, wait=True)
     print_story(folder, started)
     if status != 0:
         print("the run did not finish: on a busy machine each start does little; try --time 1:00")
     return status
+
+
+def submit_command(submission: Submission) -> list[str]:
+    """The `nnslurm submit` command line that makes the same submission (shown to the user)."""
+    (job,) = submission.jobs
+    run, cluster = job.run, submission.cluster
+    return [
+        *("nnslurm", "submit", "-d", run.dataset, "-f", run.fold, "-p", run.plans, "-tr", run.trainer),
+        *job.options.to_argv(),
+        *("--executor", submission.executor, "--time", format_time(cluster.time_s)),
+        *("--signal-delay", str(cluster.signal_delay_s), "--log-dir", str(submission.log_dir), "--wait"),
+    ]
 
 
 def print_story(folder: Path, started: float) -> None:

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nnslurm.cluster import ClusterSettings, parse_sbatch_arg, resolve
-from nnslurm.commands.train import add_training_arguments, training_job_from_args
+from nnslurm.cluster import ClusterSettings
+from nnslurm.commands.options import (
+    add_cluster_arguments,
+    add_run_arguments,
+    add_training_arguments,
+    check_warning_signal,
+    cluster_settings_from_args,
+    training_jobs_from_args,
+)
 from nnslurm.config import TrainJob
-from nnslurm.errors import NnslurmError, UsageError
-from nnslurm.timeparse import parse_time
+from nnslurm.errors import NnslurmError
+
+if TYPE_CHECKING:  # nnslurm.launch imports submitit: only when a command submits
+    from nnslurm.launch import Submission
 
 logger = logging.getLogger(__name__)
-
-CROSS_VALIDATION_FOLDS = ("0", "1", "2", "3", "4")
 
 DESCRIPTION = """\
 Submit nnU-Net training through submitit. The job trains in its own process; on the walltime
@@ -51,7 +59,7 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_submit_run_arguments(parser)
+    add_run_arguments(parser, several_configurations=True, several_folds=True)
     add_training_arguments(parser)
     add_cluster_arguments(parser)
     group = parser.add_argument_group("submission")
@@ -81,184 +89,52 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def add_submit_run_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("what to train (nnUNetv2_train's names)")
-    group.add_argument(
-        "-d", "--dataset", required=True, help="dataset id or name, e.g. 501 or Dataset501_Synthetic"
-    )
-    group.add_argument(
-        "-c",
-        "--configuration",
-        action="append",
-        help="nnU-Net configuration; repeat for several (default: 3d_fullres)",
-    )
-    group.add_argument(
-        "-f",
-        "--fold",
-        action="append",
-        help="fold 0..4, a list 0,2 or a range 0-4; repeat for several; 'all' is nnU-Net's "
-        "fold trained on every case (see below)",
-    )
-    group.add_argument("--cross-validation", action="store_true", help="folds 0,1,2,3,4 (one job array)")
-    group.add_argument(
-        "-tr",
-        "--trainer",
-        default="nnUNetTrainer",
-        help="trainer class, as -tr of nnUNetv2_train, or package.module:Class (default: %(default)s)",
-    )
-    group.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
-
-
-def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    """SLURM settings (also used by `nnslurm template`); None = take the profile's or the default."""
-    group = parser.add_argument_group("cluster (sbatch options; a --profile supplies defaults)")
-    group.add_argument("--profile", help="[profiles.NAME] of ./nnslurm.toml or ~/.config/nnslurm/config.toml")
-    group.add_argument("--partition", help="sbatch --partition")
-    group.add_argument("--account", help="sbatch --account")
-    group.add_argument("--qos", help="sbatch --qos")
-    group.add_argument(
-        "--time",
-        type=_time,
-        help="time limit per start, SLURM's formats: 90 (minutes), 0:45 (45 s), 1:30:00, "
-        "2-00:00:00 (default: 24:00:00; SLURM rounds up to whole minutes)",
-    )
-    group.add_argument("--gpus", type=int, help="sbatch --gpus-per-node")
-    group.add_argument("--cpus-per-task", type=int, help="sbatch --cpus-per-task")
-    group.add_argument("--mem", help="sbatch --mem, e.g. 64G")
-    group.add_argument("--constraint", help="sbatch --constraint")
-    group.add_argument(
-        "--sbatch-arg",
-        action="append",
-        type=_sbatch_arg,
-        metavar="KEY=VALUE",
-        help="any other sbatch option, e.g. mail-type=END; KEY alone for a flag; repeatable",
-    )
-    group.add_argument(
-        "--setup",
-        action="append",
-        metavar="LINE",
-        help="shell line run in the job before training (module load ...); repeatable",
-    )
-    group.add_argument("--signal", help="walltime warning signal, as sbatch --signal (default: USR1)")
-    group.add_argument(
-        "--signal-delay",
-        type=int,
-        metavar="SECONDS",
-        help="send it this long before the time limit (default: 120; SLURM may send it up "
-        "to 60 s earlier). Must leave time for one iteration plus a checkpoint",
-    )
-
-
-def _time(text: str) -> int:
-    try:
-        return parse_time(text)
-    except UsageError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _sbatch_arg(text: str) -> tuple[str, str | None]:
-    try:
-        return parse_sbatch_arg(text)
-    except UsageError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def cluster_settings(args: argparse.Namespace) -> ClusterSettings:
-    overrides = {
-        "partition": args.partition,
-        "account": args.account,
-        "qos": args.qos,
-        "time_s": args.time,
-        "gpus": args.gpus,
-        "cpus_per_task": args.cpus_per_task,
-        "mem": args.mem,
-        "constraint": args.constraint,
-        "signal": args.signal,
-        "signal_delay_s": args.signal_delay,
-        "sbatch_args": tuple(args.sbatch_arg) if args.sbatch_arg else None,
-        "setup": tuple(args.setup) if args.setup else None,
-        "log_dir": str(args.log_dir) if getattr(args, "log_dir", None) else None,
-    }
-    settings, path = resolve(args.profile, overrides)
-    if path is not None:
-        logger.info("profile %s from %s", args.profile or "default", path)
-    return settings
-
-
-def parse_folds(values: list[str] | None, cross_validation: bool) -> list[str]:
-    """['0', '2-3', '1,4'] -> ['0', '2', '3', '1', '4']; 'all' stays nnU-Net's fold 'all'."""
-    folds: list[str] = []
-    for value in values or []:
-        for part in value.split(","):
-            text = part.strip()
-            if not text:
-                continue
-            if text == "all":
-                folds.append("all")
-            elif text.isdigit():
-                folds.append(str(int(text)))
-            elif "-" in text and all(side.strip().isdigit() for side in text.split("-", 1)):
-                low, high = (int(side) for side in text.split("-", 1))
-                if low > high:
-                    raise UsageError(f"--fold {text}: the range is empty.", hint="write LOW-HIGH, e.g. 0-4.")
-                folds.extend(str(fold) for fold in range(low, high + 1))
-            else:
-                raise UsageError(
-                    f"--fold {text!r} is not a fold.",
-                    hint="use 0..4, a list 0,2, a range 0-4, 'all', or --cross-validation.",
-                )
-    if cross_validation:
-        folds.extend(CROSS_VALIDATION_FOLDS)
-    if not folds:
-        raise UsageError("no fold given.", hint="pass --fold 0 (or several), or --cross-validation.")
-    return list(dict.fromkeys(folds))
-
-
-def training_jobs(args: argparse.Namespace) -> list[TrainJob]:
-    folds = parse_folds(args.fold, args.cross_validation)
-    configurations = list(dict.fromkeys(args.configuration or ["3d_fullres"]))
-    jobs = []
-    for configuration in configurations:
-        per_configuration = argparse.Namespace(**{**vars(args), "configuration": configuration})
-        for fold in folds:
-            jobs.append(training_job_from_args(per_configuration, fold=fold))
-    return jobs
-
-
 def run(args: argparse.Namespace) -> int:
-    from nnslurm import launch
-
-    jobs = training_jobs(args)
-    cluster = cluster_settings(args)
-    stop_signals = jobs[0].options.stop_signals
-    if cluster.signal_name not in stop_signals:
-        raise UsageError(
-            f"--signal {cluster.signal_name} is not one of --stop-signals {','.join(stop_signals)}: "
-            "the walltime warning would kill the training instead of stopping it.",
-            hint=f"add {cluster.signal_name} to --stop-signals or choose another --signal.",
-        )
-    executor = launch.choose_executor(args.executor)
-    log_dir = Path(cluster.log_dir).expanduser() if cluster.log_dir else launch.default_log_dir()
-    submission = launch.Submission(
-        jobs=tuple(jobs),
-        cluster=cluster,
-        executor=executor,
-        log_dir=log_dir.absolute(),
-        job_name=args.job_name or launch.default_job_name(jobs),
+    submission = make_submission(
+        training_jobs_from_args(args),
+        cluster_settings_from_args(args),
+        executor=args.executor,
+        job_name=args.job_name,
     )
     if args.dry_run:
         return dry_run(submission)
+    return send(submission, wait=args.wait)
+
+
+def make_submission(
+    jobs: Sequence[TrainJob], cluster: ClusterSettings, executor: str, job_name: str | None = None
+) -> Submission:
+    """The checked Submission of these runs; the log folder is the cluster's, or the default."""
+    from nnslurm import launch
+
+    check_warning_signal(cluster, jobs[0].options)
+    chosen = launch.choose_executor(executor)
+    log_dir = Path(cluster.log_dir).expanduser() if cluster.log_dir else launch.default_log_dir()
+    return launch.Submission(
+        jobs=tuple(jobs),
+        cluster=cluster,
+        executor=chosen,
+        log_dir=log_dir.absolute(),
+        job_name=job_name or launch.default_job_name(jobs),
+    )
+
+
+def send(submission: Submission, wait: bool) -> int:
+    """Submit, say where each run went and, with `wait`, follow the jobs to their end."""
+    from nnslurm import launch
+
+    jobs = submission.jobs
     launch.check_runs(jobs)
     submitted = launch.submit(submission)
-    where = "SLURM" if executor == "slurm" else "this machine (submitit's local executor)"
+    where = "SLURM" if submission.executor == "slurm" else "this machine (submitit's local executor)"
     print(f"submitted {len(submitted)} job(s) to {where}")
     for submitted_job, train_job in zip(submitted, jobs, strict=True):
         folder = launch.run_folder(train_job)
         run = train_job.run
         print(f"  job {submitted_job.job_id}: {run.configuration} fold {run.fold} -> {folder}")
     print(f"logs: {submission.log_dir}/<job id>/ (stdout, stderr, submission script)")
-    if not args.wait:
-        if executor == "local":
+    if not wait:
+        if submission.executor == "local":
             print(
                 "the local jobs run in the background of this machine; "
                 "follow them in the run folders' nnslurm_events.jsonl"
@@ -271,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(report.state == launch.FINISHED for report in reports) else 1
 
 
-def dry_run(submission: Any) -> int:
+def dry_run(submission: Submission) -> int:
     from nnslurm import launch
 
     print("# nnslurm submit --dry-run: nothing is submitted")

@@ -7,6 +7,7 @@ blocks; rendering replaces the blocks, quoting every value for the shell.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -15,9 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from nnslurm.cluster import ClusterSettings
-from nnslurm.commands.submit import add_cluster_arguments, cluster_settings, parse_folds
-from nnslurm.commands.train import add_training_arguments
-from nnslurm.directives import check_log_folder, directive
+from nnslurm.commands.options import (
+    add_cluster_arguments,
+    add_run_arguments,
+    add_training_arguments,
+    check_warning_signal,
+    cluster_settings_from_args,
+    run_specs_from_args,
+    training_options_from_args,
+)
+from nnslurm.directives import directive
 from nnslurm.errors import UsageError
 from nnslurm.timeparse import format_time
 
@@ -50,19 +58,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("name", choices=sorted(TEMPLATES), help="which template")
     parser.add_argument("-o", "--output", type=Path, help="write the script here (default: stdout)")
     parser.add_argument("--raw", action="store_true", help="print the template as shipped, unrendered")
-    group = parser.add_argument_group("what to train (nnUNetv2_train's names)")
-    group.add_argument("-d", "--dataset", help="dataset id or name (required unless --raw)")
-    group.add_argument(
-        "-c", "--configuration", default="3d_fullres", help="configuration (default: %(default)s)"
+    add_run_arguments(
+        parser,
+        several_configurations=False,
+        several_folds=True,
+        dataset_required=False,
+        fold_help="train: one fold (default 0); folds-array: folds, lists, ranges",
     )
-    group.add_argument(
-        "-f", "--fold", action="append", help="train: one fold (default 0); folds-array: folds, lists, ranges"
-    )
-    group.add_argument("--cross-validation", action="store_true", help="folds-array: folds 0..4")
-    group.add_argument(
-        "-tr", "--trainer", default="nnUNetTrainer", help="trainer class (default: %(default)s)"
-    )
-    group.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
     add_training_arguments(parser)
     add_cluster_arguments(parser)
     group = parser.add_argument_group("script")
@@ -107,72 +109,36 @@ def run(args: argparse.Namespace) -> int:
 
 
 def rendering_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Rendering:
-    import os
-
     if not args.dataset:
         raise UsageError(
             "--dataset is required to render a template.", hint="or pass --raw for the template."
         )
-    if args.name == "train":
-        folds = parse_folds(args.fold or ["0"], args.cross_validation)
-        if len(folds) != 1:
-            raise UsageError(
-                "the train template runs one fold.", hint="use `nnslurm template folds-array` for several."
-            )
-    else:
-        folds = parse_folds(args.fold, args.cross_validation)
-    cluster = cluster_settings(args)
-    if cluster.signal_name not in args.stop_signals:
+    runs = run_specs_from_args(args, default_folds=["0"] if args.name == "train" else [])
+    if args.name == "train" and len(runs) != 1:
         raise UsageError(
-            f"--signal {cluster.signal_name} is not one of --stop-signals {','.join(args.stop_signals)}.",
-            hint=f"add {cluster.signal_name} to --stop-signals or choose another --signal.",
+            "the train template runs one fold.", hint="use `nnslurm template folds-array` for several."
         )
+    options = training_options_from_args(args)
+    cluster = cluster_settings_from_args(args)
+    check_warning_signal(cluster, options)
     env = dict(os.environ) if environ is None else environ
-    default_name = f"nnslurm-{args.dataset}-{args.configuration}" + (
-        f"-f{folds[0]}" if args.name == "train" else ""
+    run = runs[0]
+    default_name = f"nnslurm-{run.dataset}-{run.configuration}" + (
+        f"-f{run.fold}" if args.name == "train" else ""
     )
     pattern = "nnslurm-%x-%j.out" if args.name == "train" else "nnslurm-%x-%A_%a.out"
-    log_dir = args.log_dir or (Path(cluster.log_dir) if cluster.log_dir else None)
-    if log_dir is not None:
-        check_log_folder("--log-dir", str(log_dir))
-    run_args = ["-d", str(args.dataset), "-c", args.configuration, "-tr", args.trainer, "-p", args.plans]
+    log_dir = Path(cluster.log_dir) if cluster.log_dir else None  # checked in ClusterSettings
+    run_args = ["-d", run.dataset, "-c", run.configuration, "-tr", run.trainer, "-p", run.plans]
     return Rendering(
         name=args.name,
         cluster=cluster,
         job_name=args.job_name or default_name,  # checked where it is written (directive)
-        folds=tuple(folds),
-        train_args=tuple(run_args + training_flags(args)),
+        folds=tuple(run.fold for run in runs),
+        train_args=tuple(run_args + options.to_argv()),
         command=tuple(shlex.split(args.command)) if args.command else (sys.executable, "-m", "nnslurm"),
         output=str(log_dir / pattern) if log_dir else pattern,
         environment=tuple(sorted((k, v) for k, v in env.items() if k.startswith("nnUNet_"))),
     )
-
-
-def training_flags(args: argparse.Namespace) -> list[str]:
-    """The `nnslurm train` flags whose values differ from their defaults, as command-line words."""
-    reference = argparse.ArgumentParser(add_help=False)
-    add_training_arguments(reference)
-    words: list[str] = []
-    for action in reference._actions:
-        if not action.option_strings:
-            continue
-        flag = max(action.option_strings, key=len)
-        value = getattr(args, action.dest, action.default)
-        default = action.default
-        if isinstance(default, str) and callable(action.type):
-            default = action.type(default)
-        if action.dest == "max_requeues":
-            words += [flag, str(value)]  # always spelled out: it matters in a requeueing script
-            continue
-        if value == default or value is None:
-            continue
-        if action.nargs == 0:
-            words.append(flag)
-        elif isinstance(value, (tuple, list)):
-            words += [flag, ",".join(str(item) for item in value)]
-        else:
-            words += [flag, str(value)]
-    return words
 
 
 def render(template: str, values: Rendering) -> str:

@@ -1,0 +1,332 @@
+"""The command-line options of train, submit and template, declared once, and the one place where
+a parsed command line becomes settings (RunSpec, TrainingOptions, ClusterSettings)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from nnslurm.cluster import ClusterSettings, parse_sbatch_arg, resolve
+from nnslurm.config import DEFAULT_STOP_SIGNALS, RunSpec, TrainingOptions, TrainJob, parse_signal_list
+from nnslurm.errors import UsageError
+from nnslurm.timeparse import parse_time
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIGURATION = "3d_fullres"
+CROSS_VALIDATION_FOLDS = ("0", "1", "2", "3", "4")
+
+T = TypeVar("T")
+
+
+def checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse `type` from a parser that raises UsageError: argparse then names the flag."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except UsageError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__  # argparse shows it in "invalid <name> value"
+    return convert
+
+
+# --- declarations -------------------------------------------------------------------------------
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    several_configurations: bool,
+    several_folds: bool,
+    dataset_required: bool = True,
+    fold_help: str | None = None,
+) -> None:
+    """The nnU-Net names of the run(s), as nnUNetv2_train takes them; submit and template take
+    several folds (and submit several configurations), each repeatable."""
+    group = parser.add_argument_group("what to train (nnUNetv2_train's names)")
+    group.add_argument(
+        "-d",
+        "--dataset",
+        required=dataset_required,
+        help="dataset id or name, e.g. 501 or Dataset501_Synthetic"
+        + ("" if dataset_required else " (required unless --raw)"),
+    )
+    if several_configurations:
+        group.add_argument(
+            "-c",
+            "--configuration",
+            action="append",
+            help=f"nnU-Net configuration; repeat for several (default: {DEFAULT_CONFIGURATION})",
+        )
+    else:
+        group.add_argument(
+            "-c",
+            "--configuration",
+            default=DEFAULT_CONFIGURATION,
+            help="nnU-Net configuration (2d, 3d_fullres, 3d_lowres, ...; default: %(default)s)",
+        )
+    if several_folds:
+        group.add_argument(
+            "-f",
+            "--fold",
+            action="append",
+            help=fold_help
+            or "fold 0..4, a list 0,2 or a range 0-4; repeat for several; 'all' is nnU-Net's "
+            "fold trained on every case (see below)",
+        )
+        group.add_argument("--cross-validation", action="store_true", help="folds 0,1,2,3,4 (one job array)")
+    else:
+        group.add_argument(
+            "-f", "--fold", required=True, help="fold 0..4, or 'all' (nnU-Net: train on every case)"
+        )
+    group.add_argument(
+        "-tr",
+        "--trainer",
+        default="nnUNetTrainer",
+        help="trainer class, as -tr of nnUNetv2_train, or package.module:Class (default: %(default)s)",
+    )
+    group.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every TrainingOptions field as a flag (TrainingOptions.to_argv writes them back)."""
+    group = parser.add_argument_group("training length (recorded with the run; a resume must match)")
+    group.add_argument("--epochs", type=int, help="epochs to train (nnU-Net default: 1000)")
+    group.add_argument(
+        "--iterations-per-epoch", type=int, help="training iterations per epoch (default: 250)"
+    )
+    group.add_argument(
+        "--val-iterations-per-epoch", type=int, help="validation iterations per epoch (default: 50)"
+    )
+    group = parser.add_argument_group("checkpoints")
+    group.add_argument(
+        "--save-every-epochs",
+        type=int,
+        default=1,
+        help="write checkpoint_latest.pth every N epochs, in the background (default: %(default)s; "
+        "nnU-Net alone: 50)",
+    )
+    group.add_argument(
+        "--save-every-minutes",
+        type=float,
+        default=15.0,
+        help="also write it mid-epoch when this many minutes passed since the last save "
+        "(default: %(default)s)",
+    )
+    group.add_argument("--no-timed-saves", action="store_true", help="disable --save-every-minutes")
+    group.add_argument(
+        "--resume-from",
+        default="newest",
+        metavar="newest|latest|best|PATH",
+        help="newest: the valid checkpoint with the most progress among final/latest/best "
+        "(default); latest/best: that file; PATH: a checkpoint file of this run",
+    )
+    group = parser.add_argument_group("reproducibility and device")
+    group.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="single-process augmentation and fixed seeds: a run stopped and resumed any "
+        "number of times ends with bitwise the same weights as one never stopped (slower)",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        help="seed python/numpy/torch before training (default with --deterministic: 12345)",
+    )
+    group.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="as nnUNetv2_train -device (default: cuda when available, else cpu)",
+    )
+    group.add_argument(
+        "--no-final-validation",
+        action="store_true",
+        help="skip nnU-Net's final validation on the fold's validation cases",
+    )
+    group = parser.add_argument_group("stopping")
+    group.add_argument(
+        "--stop-signals",
+        default=",".join(DEFAULT_STOP_SIGNALS),
+        type=checked(parse_signal_list),
+        help="signals that mean: stop at the next iteration boundary, checkpoint, exit 75 "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--stop-deadline",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="when a stop signal finds no iteration boundary this long (start-up, final "
+        "validation), exit resumable without a new checkpoint (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-requeues",
+        type=int,
+        default=20,
+        help="inside SLURM: requeue this job at most N times after walltime warnings (default: %(default)s)",
+    )
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """SLURM settings (submit and template); None = take the profile's or the default."""
+    group = parser.add_argument_group("cluster (sbatch options; a --profile supplies defaults)")
+    group.add_argument("--profile", help="[profiles.NAME] of ./nnslurm.toml or ~/.config/nnslurm/config.toml")
+    group.add_argument("--partition", help="sbatch --partition")
+    group.add_argument("--account", help="sbatch --account")
+    group.add_argument("--qos", help="sbatch --qos")
+    group.add_argument(
+        "--time",
+        type=checked(parse_time),
+        help="time limit per start, SLURM's formats: 90 (minutes), 0:45 (45 s), 1:30:00, "
+        "2-00:00:00 (default: 24:00:00; SLURM rounds up to whole minutes)",
+    )
+    group.add_argument("--gpus", type=int, help="sbatch --gpus-per-node")
+    group.add_argument("--cpus-per-task", type=int, help="sbatch --cpus-per-task")
+    group.add_argument("--mem", help="sbatch --mem, e.g. 64G")
+    group.add_argument("--constraint", help="sbatch --constraint")
+    group.add_argument(
+        "--sbatch-arg",
+        action="append",
+        type=checked(parse_sbatch_arg),
+        metavar="KEY=VALUE",
+        help="any other sbatch option, e.g. mail-type=END; KEY alone for a flag; repeatable",
+    )
+    group.add_argument(
+        "--setup",
+        action="append",
+        metavar="LINE",
+        help="shell line run in the job before training (module load ...); repeatable",
+    )
+    group.add_argument("--signal", help="walltime warning signal, as sbatch --signal (default: USR1)")
+    group.add_argument(
+        "--signal-delay",
+        type=int,
+        metavar="SECONDS",
+        help="send it this long before the time limit (default: 120; SLURM may send it up "
+        "to 60 s earlier). Must leave time for one iteration plus a checkpoint",
+    )
+
+
+# --- parsed command line -> settings ------------------------------------------------------------
+
+
+def training_options_from_args(args: argparse.Namespace) -> TrainingOptions:
+    return TrainingOptions(
+        num_epochs=args.epochs,
+        iterations_per_epoch=args.iterations_per_epoch,
+        val_iterations_per_epoch=args.val_iterations_per_epoch,
+        save_every_epochs=args.save_every_epochs,
+        save_every_minutes=None if args.no_timed_saves else args.save_every_minutes,
+        resume_from=args.resume_from,
+        deterministic=args.deterministic,
+        seed=args.seed,
+        device=args.device,
+        final_validation=not args.no_final_validation,
+        stop_signals=tuple(args.stop_signals),
+        stop_deadline_s=args.stop_deadline,
+        max_requeues=args.max_requeues,
+    )
+
+
+def run_specs_from_args(args: argparse.Namespace, default_folds: Sequence[str] = ()) -> tuple[RunSpec, ...]:
+    """Every configuration x every fold of the command line, in the order given."""
+    configurations = _given(args.configuration) or [DEFAULT_CONFIGURATION]
+    if isinstance(args.fold, str):  # `nnslurm train -f`: one fold, passed on to nnU-Net as given
+        folds = [args.fold]
+    else:
+        folds = parse_folds(args.fold or list(default_folds), args.cross_validation)
+    return tuple(
+        RunSpec(
+            dataset=str(args.dataset),
+            configuration=configuration,
+            fold=fold,
+            trainer=args.trainer,
+            plans=args.plans,
+        )
+        for configuration in dict.fromkeys(configurations)
+        for fold in folds
+    )
+
+
+def training_jobs_from_args(args: argparse.Namespace) -> tuple[TrainJob, ...]:
+    options = training_options_from_args(args)
+    return tuple(TrainJob(run=run, options=options) for run in run_specs_from_args(args))
+
+
+def training_job_from_args(args: argparse.Namespace) -> TrainJob:
+    """`nnslurm train`: exactly one run."""
+    (job,) = training_jobs_from_args(args)
+    return job
+
+
+def cluster_settings_from_args(args: argparse.Namespace) -> ClusterSettings:
+    overrides = {
+        "partition": args.partition,
+        "account": args.account,
+        "qos": args.qos,
+        "time_s": args.time,
+        "gpus": args.gpus,
+        "cpus_per_task": args.cpus_per_task,
+        "mem": args.mem,
+        "constraint": args.constraint,
+        "signal": args.signal,
+        "signal_delay_s": args.signal_delay,
+        "sbatch_args": tuple(args.sbatch_arg) if args.sbatch_arg else None,
+        "setup": tuple(args.setup) if args.setup else None,
+        "log_dir": str(args.log_dir) if args.log_dir else None,
+    }
+    settings, path = resolve(args.profile, overrides)
+    if path is not None:
+        logger.info("profile %s from %s", args.profile or "default", path)
+    return settings
+
+
+def check_warning_signal(cluster: ClusterSettings, options: TrainingOptions) -> None:
+    """The walltime warning must be a stop signal, or it would kill the training instead."""
+    if cluster.signal_name not in options.stop_signals:
+        raise UsageError(
+            f"--signal {cluster.signal_name} is not one of --stop-signals {','.join(options.stop_signals)}: "
+            "the walltime warning would kill the training instead of stopping it.",
+            hint=f"add {cluster.signal_name} to --stop-signals or choose another --signal.",
+        )
+
+
+def parse_folds(values: Sequence[str] | None, cross_validation: bool) -> list[str]:
+    """['0', '2-3', '1,4'] -> ['0', '2', '3', '1', '4']; 'all' stays nnU-Net's fold 'all'."""
+    folds: list[str] = []
+    for value in values or []:
+        for part in value.split(","):
+            text = part.strip()
+            if not text:
+                continue
+            if text == "all":
+                folds.append("all")
+            elif text.isdigit():
+                folds.append(str(int(text)))
+            elif "-" in text and all(side.strip().isdigit() for side in text.split("-", 1)):
+                low, high = (int(side) for side in text.split("-", 1))
+                if low > high:
+                    raise UsageError(f"--fold {text}: the range is empty.", hint="write LOW-HIGH, e.g. 0-4.")
+                folds.extend(str(fold) for fold in range(low, high + 1))
+            else:
+                raise UsageError(
+                    f"--fold {text!r} is not a fold.",
+                    hint="use 0..4, a list 0,2, a range 0-4, 'all', or --cross-validation.",
+                )
+    if cross_validation:
+        folds.extend(CROSS_VALIDATION_FOLDS)
+    if not folds:
+        raise UsageError("no fold given.", hint="pass --fold 0 (or several), or --cross-validation.")
+    return list(dict.fromkeys(folds))
+
+
+def _given(value: str | list[str] | None) -> list[str]:
+    """A flag's value(s) as a list: `append` flags give lists, single ones a string."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.slurm.slurm import _make_sbatch_string
+import submitit.slurm.slurm
 
 from nnslurm.cluster import ClusterSettings
 from nnslurm.config import TrainJob
@@ -36,7 +36,8 @@ from nnslurm.timeparse import slurm_minutes
 logger = logging.getLogger(__name__)
 
 EXECUTORS = ("auto", "slurm", "local")
-PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"  # submitit.core.job_environment._PREEMPT_SIG_ENV
+# What submitit 1.5.4 reads as the preemption signal (its private _PREEMPT_SIG_ENV; a test compares).
+PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"
 FINISHED, FAILED, CANCELLED, RUNNING = "finished", "failed", "cancelled", "running"
 
 
@@ -153,7 +154,7 @@ def slurm_parameters(submission: Submission, environ: Mapping[str, str] | None =
 
 
 def submitit_command(folder: Path, python: str | None = None) -> str:
-    """What submitit's SlurmExecutor runs in the job (its `_submitit_command_str`)."""
+    """What submitit's SlurmExecutor runs in the job (its `_submitit_command_str`; a test compares)."""
     return " ".join(
         [python or shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))]
     )
@@ -166,25 +167,23 @@ def render_sbatch(
     params = slurm_parameters(submission, environ)
     map_count = len(submission.jobs) if len(submission.jobs) > 1 else None
     command = submitit_command(submission.folder, python)
-    return _make_sbatch_string(command=command, folder=submission.folder, map_count=map_count, **params)
+    return submitit_sbatch_text(command, submission.folder, map_count, params)
+
+
+def submitit_sbatch_text(command: str, folder: Path, map_count: int | None, params: dict[str, Any]) -> str:
+    """submitit's own sbatch script for these parameters.
+
+    submitit has no public way to render its script without submitting (SlurmExecutor needs srun
+    on the PATH and writes the script only inside submit), so this calls its private
+    `_make_sbatch_string`, the function SlurmExecutor itself writes the script with; checked
+    against submitit 1.5.4. tests/test_launch.py fails loudly if its signature changes.
+    """
+    make = submitit.slurm.slurm._make_sbatch_string
+    text: str = make(command=command, folder=folder, map_count=map_count, **params)
+    return text
 
 
 # --- submitting ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of a submission only."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextlib.contextmanager
@@ -241,7 +240,8 @@ def submit(submission: Submission) -> list[submitit.Job[Any]]:
     callables = [TrainingJob(job) for job in submission.jobs]
     signal_name = submission.cluster.signal_name
     detach = controller_output(submission.log_dir) if submission.executor == "local" else nullcontext()
-    with environment({PREEMPT_SIGNAL_ENV: signal_name, WARNING_SIGNAL_ENV: signal_name}), detach:
+    exported = {PREEMPT_SIGNAL_ENV: signal_name, WARNING_SIGNAL_ENV: signal_name}
+    with submitit.helpers.environment_variables(**exported), detach:
         try:
             if len(callables) == 1:
                 jobs = [executor.submit(callables[0])]

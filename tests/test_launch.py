@@ -14,7 +14,7 @@ from nnslurm.cluster import ClusterSettings, resolve
 from nnslurm.commands.options import parse_folds
 from nnslurm.commands.template import TEMPLATES, template_text
 from nnslurm.config import RunSpec, TrainingOptions, TrainJob
-from nnslurm.errors import UsageError
+from nnslurm.errors import NnunetSetupError, UsageError
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]
@@ -169,9 +169,12 @@ def test_folds(values: list[str] | None, cross: bool, folds: list[str]) -> None:
     assert parse_folds(values, cross) == folds
 
 
-@pytest.mark.parametrize("values", [["x"], ["3-1"], None])
-def test_bad_folds(values: list[str] | None) -> None:
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [(["x"], "'x' is not a fold"), (["3-1"], "the range is empty"), (None, "no fold given")],
+)
+def test_bad_folds(values: list[str] | None, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
         parse_folds(values, False)
 
 
@@ -226,34 +229,77 @@ def test_dry_run_without_slurm(
 
 
 def test_signal_must_be_a_stop_signal(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     status = cli.main(
         ["submit", "-d", "501", "-f", "0", "--signal", "USR2", "--stop-signals", "USR1,TERM", "--dry-run"]
     )
     assert status == 2
+    assert "--signal USR2 is not one of --stop-signals USR1,TERM" in caplog.text
+    assert "the walltime warning would kill the training" in caplog.text
+    assert "add USR2 to --stop-signals or choose another --signal" in caplog.text
+    assert not (tmp_path / ".nnslurm").exists()
 
 
 def test_time_must_exceed_signal_delay_on_the_command_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     assert (
         cli.main(["submit", "-d", "501", "-f", "0", "--time", "1", "--signal-delay", "120", "--dry-run"]) == 2
     )
+    assert "--time 00:01:00 must be longer than --signal-delay 120 s" in caplog.text
+    assert "raise --time or lower --signal-delay" in caplog.text
 
 
 def test_default_job_name_and_log_dir() -> None:
     assert launch.default_job_name(train_jobs(["0"])) == "nnslurm-501-3d_fullres-f0"
     assert launch.default_job_name(train_jobs(["0", "1"])) == "nnslurm-501-3d_fullres"
     assert launch.default_log_dir({"nnUNet_results": "/r"}) == Path("/r/.nnslurm/submitit")
-    with pytest.raises(Exception, match="--log-dir"):
+    with pytest.raises(NnunetSetupError, match="nnUNet_results is not set") as raised:
         launch.default_log_dir({})
+    assert "pass --log-dir" in str(raised.value)
 
 
-def test_submission_environment_is_temporary(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SUBMITIT_PREEMPT_SIGNAL", raising=False)
-    with launch.environment({"SUBMITIT_PREEMPT_SIGNAL": "USR1"}):
-        assert os.environ["SUBMITIT_PREEMPT_SIGNAL"] == "USR1"
-    assert "SUBMITIT_PREEMPT_SIGNAL" not in os.environ
+def test_submission_environment_is_temporary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The local controller inherits the warning signal from the submitting process, for the
+    duration of the submission only."""
+    for name in ("SUBMITIT_PREEMPT_SIGNAL", "NNSLURM_WARNING_SIGNAL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("nnUNet_results", raising=False)  # no run folder: no "submitted" event
+    seen: list[dict[str, str | None]] = []
+
+    class Executor:
+        def submit(self, fn: object) -> object:
+            seen.append(
+                {name: os.environ.get(name) for name in ("SUBMITIT_PREEMPT_SIGNAL", "NNSLURM_WARNING_SIGNAL")}
+            )
+            return object()
+
+    monkeypatch.setattr(launch, "make_executor", lambda submission: Executor())
+    cluster = ClusterSettings(signal="USR2")
+    launch.submit(launch.Submission(train_jobs(["0"]), cluster, "slurm", tmp_path, "x"))
+    assert seen == [{"SUBMITIT_PREEMPT_SIGNAL": "USR2", "NNSLURM_WARNING_SIGNAL": "USR2"}]
+    assert "SUBMITIT_PREEMPT_SIGNAL" not in os.environ and "NNSLURM_WARNING_SIGNAL" not in os.environ
+
+
+def test_submitit_privates_are_what_nnslurm_was_checked_against(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """render_sbatch, submitit_command and PREEMPT_SIGNAL_ENV stand in for submitit privates (no
+    public API renders the script without submitting); if submitit changes them, this fails."""
+    import inspect
+
+    import submitit
+    from submitit.core import job_environment
+
+    assert job_environment._PREEMPT_SIG_ENV == launch.PREEMPT_SIGNAL_ENV
+    accepted = set(inspect.signature(submitit.slurm.slurm._make_sbatch_string).parameters)
+    params = launch.slurm_parameters(submission(train_jobs(["0", "1"]), ClusterSettings(), "x"), ENVIRON)
+    assert {"command", "folder", "map_count", *params} <= accepted
+    (tmp_path / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))  # SlurmExecutor insists on srun
+    executor = submitit.SlurmExecutor(folder=tmp_path / "%j", python=PYTHON)
+    assert executor._submitit_command_str == launch.submitit_command(tmp_path / "%j", PYTHON)

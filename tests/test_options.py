@@ -1,0 +1,112 @@
+"""The options of train/submit/template: declared once, parsed into settings in one place, and
+written back as `nnslurm train` flags that parse to the same settings."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from nnslurm import cli
+from nnslurm.cluster import ClusterSettings
+from nnslurm.commands.demo import submit_command
+from nnslurm.commands.options import (
+    run_specs_from_args,
+    training_job_from_args,
+    training_jobs_from_args,
+    training_options_from_args,
+)
+from nnslurm.commands.submit import make_submission
+from nnslurm.config import RunSpec, TrainingOptions, TrainJob
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return cli.build_parser().parse_args(argv)
+
+
+def parse_train_flags(words: list[str]) -> TrainingOptions:
+    return training_options_from_args(parse(["train", "-d", "501", "-f", "0", *words]))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        TrainingOptions(),
+        TrainingOptions(num_epochs=3, iterations_per_epoch=5, val_iterations_per_epoch=2),
+        TrainingOptions(save_every_epochs=4, save_every_minutes=2.5, resume_from="best"),
+        TrainingOptions(save_every_minutes=None, deterministic=True, seed=7, device="cpu"),
+        TrainingOptions(final_validation=False, stop_signals=("USR2", "INT"), stop_deadline_s=3.5),
+        TrainingOptions(max_requeues=0, resume_from="/runs/fold_0/checkpoint_latest.pth"),
+    ],
+)
+def test_to_argv_parses_back_to_the_same_options(options: TrainingOptions) -> None:
+    assert parse_train_flags(options.to_argv()) == options
+
+
+def test_to_argv_names_only_what_differs_and_always_the_requeue_cap() -> None:
+    assert TrainingOptions().to_argv() == ["--max-requeues", "20"]
+    assert TrainingOptions(num_epochs=3, save_every_minutes=None).to_argv() == [
+        "--epochs",
+        "3",
+        "--no-timed-saves",
+        "--max-requeues",
+        "20",
+    ]
+
+
+@pytest.mark.parametrize("command", ["submit", "template"])
+def test_every_command_takes_the_training_flags_of_train(command: str) -> None:
+    options = TrainingOptions(num_epochs=2, save_every_minutes=None, seed=3, stop_signals=("USR1", "TERM"))
+    prefix = [command, "train"] if command == "template" else [command]
+    args = parse([*prefix, "-d", "501", "-f", "0", *options.to_argv()])
+    assert training_options_from_args(args) == options
+
+
+def test_train_takes_one_fold_as_given() -> None:
+    job = training_job_from_args(
+        parse(["train", "-d", "501", "-f", "all", "-c", "2d", "-tr", "T", "-p", "P"])
+    )
+    assert job == TrainJob(RunSpec("501", "2d", "all", "T", "P"), TrainingOptions())
+
+
+def test_submit_runs_every_configuration_for_every_fold() -> None:
+    args = parse(
+        ["submit", "-d", "501", "-c", "2d", "-c", "3d_fullres", "-c", "2d", "-f", "0,1", "--epochs", "4"]
+    )
+    jobs = training_jobs_from_args(args)
+    assert [(job.run.configuration, job.run.fold) for job in jobs] == [
+        ("2d", "0"),
+        ("2d", "1"),
+        ("3d_fullres", "0"),
+        ("3d_fullres", "1"),
+    ]
+    assert {job.options for job in jobs} == {TrainingOptions(num_epochs=4)}
+
+
+def test_template_train_defaults_to_fold_0() -> None:
+    args = parse(["template", "train", "-d", "501"])
+    assert [run.fold for run in run_specs_from_args(args, default_folds=["0"])] == ["0"]
+
+
+def test_the_demo_shows_a_command_that_makes_its_submission(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./nnslurm.toml
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    run = RunSpec("501", "3d_fullres", "0", "nnslurm.commands.demo:nnUNetTrainerDemo", "nnslurmTinyPlans")
+    options = TrainingOptions(
+        num_epochs=3,
+        iterations_per_epoch=40,
+        val_iterations_per_epoch=2,
+        final_validation=False,
+        device="cpu",
+    )
+    cluster = ClusterSettings(time_s=25, signal_delay_s=8, log_dir=str(tmp_path / "logs"))
+    submission = make_submission([TrainJob(run, options)], cluster, executor="local")
+    command = submit_command(submission)
+    assert command[:2] == ["nnslurm", "submit"] and command[-1] == "--wait"
+    args = parse(command[1:])
+    assert training_jobs_from_args(args) == submission.jobs
+    assert (args.executor, args.time, args.signal_delay) == ("local", 25, 8)
+    assert Path(args.log_dir) == submission.log_dir

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -133,12 +136,14 @@ def test_golden_templates(
     assert 'exec "${NNSLURM[@]}" train' in text
 
 
-def test_templates_are_shipped_in_the_package_and_match_slurm_templates() -> None:
+def test_templates_have_one_source_and_the_package_reads_it() -> None:
+    """slurm_templates/ holds the files users read; nnslurm/templates is a link to it, which the
+    package reads (test_the_built_wheel_carries_the_templates: and ships)."""
+    package_folder = REPO / "nnslurm" / "templates"
+    assert package_folder.is_symlink() and package_folder.resolve() == REPO / "slurm_templates"
     for file_name in TEMPLATES.values():
         shipped = template_text(file_name)
-        assert (REPO / "slurm_templates" / file_name).read_text() == shipped, (
-            f"slurm_templates/{file_name} and nnslurm/templates/{file_name} differ: copy one onto the other"
-        )
+        assert shipped == (REPO / "slurm_templates" / file_name).read_text()
         for needed in (
             "#SBATCH --signal=B:USR1@120",
             "#SBATCH --requeue",
@@ -146,6 +151,43 @@ def test_templates_are_shipped_in_the_package_and_match_slurm_templates() -> Non
             "exec ",
         ):
             assert needed in shipped
+
+
+BUILD = """
+import os, sys, tarfile
+from setuptools import build_meta
+out = sys.argv[1]
+sdist = build_meta.build_sdist(out)
+with tarfile.open(os.path.join(out, sdist)) as archive:
+    archive.extractall(out, filter="data")
+os.chdir(os.path.join(out, sdist.removesuffix(".tar.gz")))
+print(build_meta.build_wheel(out))
+"""
+
+
+def test_the_built_wheel_carries_the_templates(tmp_path: Path) -> None:
+    """As `python -m build` does (offline here): an sdist of the tree, then a wheel of the sdist;
+    the link nnslurm/templates must come out as the files themselves."""
+    pytest.importorskip("setuptools.build_meta")
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for folder in ("nnslurm", "slurm_templates"):
+        shutil.copytree(
+            REPO / folder, source / folder, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    out = tmp_path / "dist"
+    out.mkdir()
+    built = subprocess.run(
+        [sys.executable, "-c", BUILD, str(out)], cwd=source, capture_output=True, text=True, timeout=120
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    wheel = out / built.stdout.split()[-1]
+    with zipfile.ZipFile(wheel) as archive:
+        for file_name in TEMPLATES.values():
+            packaged = archive.read(f"nnslurm/templates/{file_name}").decode()
+            assert packaged == (REPO / "slurm_templates" / file_name).read_text()
 
 
 def test_unknown_template() -> None:

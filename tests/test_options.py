@@ -4,6 +4,7 @@ written back as `nnslurm train` flags that parse to the same settings."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -29,17 +30,17 @@ def parse_train_flags(words: list[str]) -> TrainingOptions:
     return training_options_from_args(parse(["train", "-d", "501", "-f", "0", *words]))
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        TrainingOptions(),
-        TrainingOptions(num_epochs=3, iterations_per_epoch=5, val_iterations_per_epoch=2),
-        TrainingOptions(save_every_epochs=4, save_every_minutes=2.5, resume_from="best"),
-        TrainingOptions(save_every_minutes=None, deterministic=True, seed=7, device="cpu"),
-        TrainingOptions(final_validation=False, stop_signals=("USR2", "INT"), stop_deadline_s=3.5),
-        TrainingOptions(max_requeues=0, resume_from="/runs/fold_0/checkpoint_latest.pth"),
-    ],
-)
+ROUND_TRIP_CASES = [
+    TrainingOptions(),
+    TrainingOptions(num_epochs=3, iterations_per_epoch=5, val_iterations_per_epoch=2),
+    TrainingOptions(save_every_epochs=4, save_every_minutes=2.5, resume_from="best"),
+    TrainingOptions(save_every_minutes=None, deterministic=True, seed=7, device="cpu"),
+    TrainingOptions(final_validation=False, stop_signals=("USR2", "INT"), stop_deadline_s=3.5),
+    TrainingOptions(max_requeues=0, resume_from="/runs/fold_0/checkpoint_latest.pth"),
+]
+
+
+@pytest.mark.parametrize("options", ROUND_TRIP_CASES)
 def test_to_argv_parses_back_to_the_same_options(options: TrainingOptions) -> None:
     assert parse_train_flags(options.to_argv()) == options
 
@@ -110,3 +111,91 @@ def test_the_demo_shows_a_command_that_makes_its_submission(
     assert training_jobs_from_args(args) == submission.jobs
     assert (args.executor, args.time, args.signal_delay) == ("local", 25, 8)
     assert Path(args.log_dir) == submission.log_dir
+
+
+# --- nnUNetv2_train's command lines ---------------------------------------------------------------
+
+NOT_SUPPORTED_YET = {  # TrainingOptions fields refused until their behaviour exists (issue 11)
+    "npz": ["--npz"],
+    "validation_only": ["--val"],
+    "validation_checkpoint": ["--val_best"],
+    "pretrained_weights": ["-pretrained_weights", "/weights/checkpoint_final.pth"],
+}
+
+
+def test_every_supported_field_has_a_round_trip_case() -> None:
+    """A new TrainingOptions field needs a flag, a to_argv word and a case above."""
+    default = TrainingOptions()
+    covered = {
+        f.name
+        for case in ROUND_TRIP_CASES
+        for f in fields(case)
+        if getattr(case, f.name) != getattr(default, f.name)
+    }
+    assert {f.name for f in fields(TrainingOptions)} - set(NOT_SUPPORTED_YET) == covered
+
+
+def test_nnunet_positional_form_is_the_same_run() -> None:
+    by_flags = training_job_from_args(
+        parse(["train", "-d", "501", "-c", "2d", "-f", "1", "-tr", "T", "-p", "P"])
+    )
+    for argv in (
+        ["train", "501", "2d", "1", "-tr", "T", "-p", "P"],
+        ["train", "-tr", "T", "-p", "P", "501", "2d", "1"],
+        ["train", "501", "-c", "2d", "-f", "1", "-tr", "T", "-p", "P"],
+    ):
+        assert training_job_from_args(parse(argv)) == by_flags, argv
+
+
+def test_submit_takes_the_positional_form_too() -> None:
+    jobs = training_jobs_from_args(parse(["submit", "501", "2d", "0-1", "--epochs", "2"]))
+    assert [(job.run.dataset, job.run.configuration, job.run.fold) for job in jobs] == [
+        ("501", "2d", "0"),
+        ("501", "2d", "1"),
+    ]
+    jobs = training_jobs_from_args(parse(["submit", "501", "3d_fullres", "--cross-validation"]))
+    assert [job.run.fold for job in jobs] == ["0", "1", "2", "3", "4"]
+
+
+def test_nnunet_single_dash_spellings_and_continue_flag() -> None:
+    plain = training_job_from_args(parse(["train", "501", "3d_fullres", "0", "--device", "cpu"]))
+    nnunet = parse(["train", "501", "3d_fullres", "0", "-device", "cpu", "--c", "-num_gpus", "1"])
+    assert training_job_from_args(nnunet) == plain  # --c: nnslurm always resumes
+
+
+@pytest.mark.parametrize("command", [["train"], ["submit", "--dry-run"]])
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--disable_checkpointing"], ["--disable_checkpointing is refused", "lose the training"]),
+        (["-num_gpus", "2"], ["-num_gpus 2: multi-GPU training is not supported yet", "-num_gpus 1"]),
+        (["-num_gpus", "0"], ["-num_gpus must be 1"]),
+        *[(flags, [f"{flags[0]} is not supported yet", "HINT"]) for flags in NOT_SUPPORTED_YET.values()],
+        (["-d", "502"], ["the dataset is given twice: '501' and -d 502"]),
+        (["-f", "1"], ["the fold is given twice"]),
+    ],
+)
+def test_refused_with_a_reason(
+    command: list[str],
+    extra: list[str],
+    words: list[str],
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    assert cli.main([*command, "501", "3d_fullres", "0", *extra]) == 2
+    for word in words:
+        assert word in caplog.text
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["train", "-f", "0"], "no dataset given"), (["train", "501", "3d_fullres"], "no fold given")],
+)
+def test_the_run_must_be_named(argv: list[str], message: str, caplog: pytest.LogCaptureFixture) -> None:
+    assert cli.main(argv) == 2
+    assert message in caplog.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 from nnslurm.cluster import ClusterSettings, parse_sbatch_arg, resolve
@@ -16,6 +17,11 @@ from nnslurm.timeparse import parse_time
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIGURATION = "3d_fullres"
+# The usage line of train and submit: nnUNetv2_train's form first.
+RUN_USAGE = (
+    "%(prog)s DATASET CONFIGURATION FOLD [options]\n"
+    "       %(prog)s -d DATASET [-c CONFIGURATION] {folds} [options]"
+)
 CROSS_VALIDATION_FOLDS = ("0", "1", "2", "3", "4")
 
 T = TypeVar("T")
@@ -42,18 +48,28 @@ def add_run_arguments(
     *,
     several_configurations: bool,
     several_folds: bool,
-    dataset_required: bool = True,
+    positional: bool,
     fold_help: str | None = None,
 ) -> None:
-    """The nnU-Net names of the run(s), as nnUNetv2_train takes them; submit and template take
-    several folds (and submit several configurations), each repeatable."""
+    """The nnU-Net names of the run(s), as nnUNetv2_train takes them: `DATASET CONFIGURATION
+    FOLD` (with `positional`) or -d/-c/-f. submit and template take several folds (and submit
+    several configurations), each repeatable. The dataset and fold are checked when the settings
+    are made (run_specs_from_args), since either spelling may give them."""
+    parser.set_defaults(several_folds=several_folds)
     group = parser.add_argument_group("what to train (nnUNetv2_train's names)")
+    if positional:
+        for name, flag in (("dataset", "-d"), ("configuration", "-c"), ("fold", "-f")):
+            group.add_argument(
+                f"positional_{name}",
+                nargs="?",
+                metavar=name.upper(),
+                help=f"as nnUNetv2_train takes it; or {flag}",
+            )
     group.add_argument(
         "-d",
         "--dataset",
-        required=dataset_required,
         help="dataset id or name, e.g. 501 or Dataset501_Synthetic"
-        + ("" if dataset_required else " (required unless --raw)"),
+        + ("" if positional else " (required unless --raw)"),
     )
     if several_configurations:
         group.add_argument(
@@ -66,8 +82,7 @@ def add_run_arguments(
         group.add_argument(
             "-c",
             "--configuration",
-            default=DEFAULT_CONFIGURATION,
-            help="nnU-Net configuration (2d, 3d_fullres, 3d_lowres, ...; default: %(default)s)",
+            help=f"nnU-Net configuration (2d, 3d_fullres, 3d_lowres, ...; default: {DEFAULT_CONFIGURATION})",
         )
     if several_folds:
         group.add_argument(
@@ -80,9 +95,7 @@ def add_run_arguments(
         )
         group.add_argument("--cross-validation", action="store_true", help="folds 0,1,2,3,4 (one job array)")
     else:
-        group.add_argument(
-            "-f", "--fold", required=True, help="fold 0..4, or 'all' (nnU-Net: train on every case)"
-        )
+        group.add_argument("-f", "--fold", help="fold 0..4, or 'all' (nnU-Net: train on every case)")
     group.add_argument(
         "-tr",
         "--trainer",
@@ -139,14 +152,52 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--device",
+        "-device",
         default="auto",
         choices=("auto", "cpu", "cuda"),
         help="as nnUNetv2_train -device (default: cuda when available, else cpu)",
     )
     group.add_argument(
+        "-pretrained_weights",
+        type=Path,
+        metavar="PATH",
+        help="as nnUNetv2_train: start from these weights (not supported yet)",
+    )
+    group.add_argument(
+        "-num_gpus",
+        type=int,
+        default=1,
+        help="as nnUNetv2_train; nnslurm trains on one GPU: only 1 is accepted",
+    )
+    group = parser.add_argument_group("validation")
+    group.add_argument(
         "--no-final-validation",
         action="store_true",
         help="skip nnU-Net's final validation on the fold's validation cases",
+    )
+    group.add_argument(
+        "--npz",
+        action="store_true",
+        help="as nnUNetv2_train: also write the softmax .npz files (not supported yet)",
+    )
+    group.add_argument(
+        "--val",
+        action="store_true",
+        help="as nnUNetv2_train: only validate the finished run (not supported yet)",
+    )
+    group.add_argument(
+        "--val_best",
+        action="store_true",
+        help="as nnUNetv2_train: validate with checkpoint_best.pth (not supported yet)",
+    )
+    group = parser.add_argument_group("accepted for nnUNetv2_train's command lines")
+    group.add_argument(
+        "--c", action="store_true", help="continue training: nnslurm always resumes, so this changes nothing"
+    )
+    group.add_argument(
+        "--disable_checkpointing",
+        action="store_true",
+        help="refused: without checkpoints a stop would lose the run",
     )
     group = parser.add_argument_group("stopping")
     group.add_argument(
@@ -216,6 +267,20 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def training_options_from_args(args: argparse.Namespace) -> TrainingOptions:
+    if args.disable_checkpointing:
+        raise UsageError(
+            "--disable_checkpointing is refused: nnslurm's checkpoints are what lets a stopped run "
+            "resume; without them every stop (walltime, preemption) would lose the training.",
+            hint="drop --disable_checkpointing; --save-every-epochs and --save-every-minutes set how often.",
+        )
+    if args.num_gpus > 1:
+        raise UsageError(
+            f"-num_gpus {args.num_gpus}: multi-GPU training is not supported yet; nnslurm trains on "
+            "one GPU and will not quietly do so when you asked for more.",
+            hint="drop -num_gpus (or pass -num_gpus 1) to train on one GPU.",
+        )
+    if args.num_gpus < 1:
+        raise UsageError(f"-num_gpus must be 1, got {args.num_gpus}.", hint="drop -num_gpus.")
     return TrainingOptions(
         num_epochs=args.epochs,
         iterations_per_epoch=args.iterations_per_epoch,
@@ -230,19 +295,33 @@ def training_options_from_args(args: argparse.Namespace) -> TrainingOptions:
         stop_signals=tuple(args.stop_signals),
         stop_deadline_s=args.stop_deadline,
         max_requeues=args.max_requeues,
+        npz=args.npz,
+        validation_only=args.val,
+        validation_checkpoint="best" if args.val_best else "final",
+        pretrained_weights=args.pretrained_weights,
     )
 
 
 def run_specs_from_args(args: argparse.Namespace, default_folds: Sequence[str] = ()) -> tuple[RunSpec, ...]:
     """Every configuration x every fold of the command line, in the order given."""
-    configurations = _given(args.configuration) or [DEFAULT_CONFIGURATION]
-    if isinstance(args.fold, str):  # `nnslurm train -f`: one fold, passed on to nnU-Net as given
-        folds = [args.fold]
+    dataset = _one_spelling(args, "dataset", "-d")
+    if not dataset:
+        raise UsageError(
+            "no dataset given.",
+            hint="name the run as nnUNetv2_train does (DATASET CONFIGURATION FOLD, e.g. 501 3d_fullres 0) "
+            "or with -d DATASET -f FOLD.",
+        )
+    configurations = _given(_one_spelling(args, "configuration", "-c")) or [DEFAULT_CONFIGURATION]
+    folds_given = _given(_one_spelling(args, "fold", "-f"))
+    if args.several_folds:
+        folds = parse_folds(folds_given or list(default_folds), args.cross_validation)
+    elif folds_given:  # `nnslurm train`: one fold, passed on to nnU-Net as given
+        folds = folds_given
     else:
-        folds = parse_folds(args.fold or list(default_folds), args.cross_validation)
+        raise UsageError("no fold given.", hint="pass the fold after the configuration, or -f FOLD.")
     return tuple(
         RunSpec(
-            dataset=str(args.dataset),
+            dataset=str(dataset),
             configuration=configuration,
             fold=fold,
             trainer=args.trainer,
@@ -323,6 +402,21 @@ def parse_folds(values: Sequence[str] | None, cross_validation: bool) -> list[st
     if not folds:
         raise UsageError("no fold given.", hint="pass --fold 0 (or several), or --cross-validation.")
     return list(dict.fromkeys(folds))
+
+
+def _one_spelling(args: argparse.Namespace, name: str, flag: str) -> str | list[str] | None:
+    """A run name given positionally (nnUNetv2_train's form) or by its flag, not both."""
+    by_flag = getattr(args, name)
+    positional = getattr(args, f"positional_{name}", None)
+    if positional is None:
+        return by_flag
+    if by_flag:
+        shown = by_flag if isinstance(by_flag, str) else " ".join(by_flag)
+        raise UsageError(
+            f"the {name} is given twice: {positional!r} and {flag} {shown}.",
+            hint=f"give it once: after the command as nnUNetv2_train takes it, or with {flag}.",
+        )
+    return positional
 
 
 def _given(value: str | list[str] | None) -> list[str]:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from nnslurm.cluster import ClusterSettings
 from nnslurm.commands.options import (
+    RUN_USAGE,
     add_cluster_arguments,
     add_run_arguments,
     add_training_arguments,
@@ -58,8 +59,9 @@ def register(subparsers: Any) -> None:
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage=RUN_USAGE.format(folds="(-f FOLDS | --cross-validation)"),
     )
-    add_run_arguments(parser, several_configurations=True, several_folds=True)
+    add_run_arguments(parser, several_configurations=True, several_folds=True, positional=True)
     add_training_arguments(parser)
     add_cluster_arguments(parser)
     group = parser.add_argument_group("submission")

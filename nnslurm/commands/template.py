@@ -62,7 +62,7 @@ def register(subparsers: Any) -> None:
         parser,
         several_configurations=False,
         several_folds=True,
-        dataset_required=False,
+        positional=False,
         fold_help="train: one fold (default 0); folds-array: folds, lists, ranges",
     )
     add_training_arguments(parser)

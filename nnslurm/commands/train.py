@@ -8,7 +8,12 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from nnslurm import EXIT_RESUMABLE
-from nnslurm.commands.options import add_run_arguments, add_training_arguments, training_job_from_args
+from nnslurm.commands.options import (
+    RUN_USAGE,
+    add_run_arguments,
+    add_training_arguments,
+    training_job_from_args,
+)
 from nnslurm.config import TrainJob
 from nnslurm.signals import StopMonitor
 
@@ -39,8 +44,9 @@ def register(subparsers: Any) -> None:
         "the walltime warning.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage=RUN_USAGE.format(folds="-f FOLD"),
     )
-    add_run_arguments(parser, several_configurations=False, several_folds=False)
+    add_run_arguments(parser, several_configurations=False, several_folds=False, positional=True)
     add_training_arguments(parser)
     parser.set_defaults(handler=run)
 

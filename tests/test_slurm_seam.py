@@ -16,7 +16,7 @@ from nnslurm.runs.events import read_events
 from nnslurm.scheduler import commands
 from nnslurm.scheduler.after_stop import Clock, after_stop, wait_for_requeue
 from nnslurm.scheduler.commands import JobInfo, parse_job_info
-from nnslurm.scheduler.environment import SlurmEnvironment
+from nnslurm.scheduler.environment import SlurmEnvironment, submitted_event_id
 from nnslurm.scheduler.policy import StopEvidence, StopKind, decide, self_requeues
 from nnslurm.training import TrainingOutcome
 
@@ -250,6 +250,21 @@ def test_array_task_ids() -> None:
         }
     )
     assert (env.qualified_id, env.event_job_id, env.restart_count) == ("40_1", "40_1", 2)
+
+
+def test_the_environment_is_read_in_one_place() -> None:
+    local = SlurmEnvironment.from_environ({"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "77"})
+    assert local.local and not local.in_slurm and local.qualified_id is None
+    assert local.record_fields() == {"job_id": "local-77"}
+    first = SlurmEnvironment.from_environ(
+        {"SLURM_JOB_ID": "15", "SUBMITIT_EXECUTOR": "slurm", "SLURM_CPUS_PER_TASK": "4"}
+    )
+    assert not first.local and first.cpus_per_task == 4
+    assert first.record_fields() == {"job_id": "15"}  # no restart count before the first requeue
+    again = SlurmEnvironment.from_environ({"SLURM_JOB_ID": "15", "SLURM_RESTART_COUNT": "2"})
+    assert again.record_fields() == {"job_id": "15", "restart_count": 2}
+    assert SlurmEnvironment.from_environ({}).record_fields() == {}
+    assert submitted_event_id(77, "local") == "local-77" and submitted_event_id("15", "slurm") == "15"
 
 
 # --- after_stop: the whole decision with a fake cluster ----------------------------------------

@@ -15,8 +15,9 @@ from conftest import NnunetEnv, ctrl_c_as_at_a_terminal, nnslurm, read_events, r
 from support import FakeCluster, Output, build_interrupted_run, started, stop, wait_for, write_log
 
 from nnslurm import cli
+from nnslurm.runs.state import LOG_STATE, LogSays, RunState, run_state
 from nnslurm.runs.status import run_status
-from nnslurm.scheduler.commands import use_runner
+from nnslurm.scheduler.commands import SchedulerJob, use_runner
 
 
 @pytest.fixture
@@ -402,3 +403,80 @@ def test_watch_redraws_in_place_on_a_terminal(slurm_runs: Path, terminal: Callab
     shown = terminal(["status", "--no-scheduler", "--watch", "--interval", "0.3"], env, interrupt_after=3.0)
     assert shown.count("nnslurm status") >= 2
     assert "\x1b[1A" in shown and "\x1b[2K" in shown  # cursor up, erase line: the same place again
+
+
+# --- the state table ----------------------------------------------------------------------------
+
+
+def job(state: str, reason: str = "None") -> SchedulerJob:
+    return SchedulerJob("101", state, reason, "squeue")
+
+
+@pytest.mark.parametrize(
+    ("log", "scheduler", "alive", "expected"),
+    [
+        (LogSays.NO_END_RECORD, None, True, (RunState.RUNNING, "")),
+        (LogSays.NO_END_RECORD, None, None, (RunState.RUNNING, "unconfirmed: last record 5m 00s ago")),
+        (
+            LogSays.NO_END_RECORD,
+            None,
+            False,
+            (RunState.KILLED, "the training process died without a stop record"),
+        ),
+        (
+            LogSays.NO_END_RECORD,
+            job("WEIRD"),
+            None,
+            (RunState.KILLED, "the job ended (SLURM: WEIRD) without a stop record"),
+        ),
+        (
+            LogSays.NO_END_RECORD,
+            job("NODE_FAIL"),
+            None,
+            (RunState.KILLED, "the job ended (SLURM: NODE_FAIL) without a stop record"),
+        ),
+        (LogSays.NO_END_RECORD, job("COMPLETING"), None, (RunState.RUNNING, "")),
+        (
+            LogSays.WALLTIME,
+            job("PENDING", "BeginTime"),
+            None,
+            (RunState.REQUEUED, "the log; SLURM: PENDING (BeginTime)"),
+        ),
+        (
+            LogSays.WALLTIME,
+            job("TIMEOUT"),
+            None,
+            (RunState.STOPPED, "SLURM: TIMEOUT: not requeued; submit again to continue"),
+        ),
+        (
+            LogSays.CANCEL_REQUESTED,
+            job("RUNNING"),
+            None,
+            (RunState.CANCELLED, "the log; stopping (SLURM: RUNNING)"),
+        ),
+        (
+            LogSays.PREEMPTED_IN_GRACE,
+            job("RUNNING"),
+            None,
+            (RunState.PREEMPTED, "checkpoint written, waiting out the grace time (SLURM: RUNNING)"),
+        ),
+        (LogSays.PREEMPTED, job("RUNNING"), None, (RunState.RUNNING, "SLURM: RUNNING")),
+        (LogSays.FINISHED, job("RUNNING"), None, (RunState.FINISHED, "the log")),
+        (LogSays.SIGNAL, None, None, (RunState.STOPPED, "the log")),
+        (LogSays.SIGNAL, job("CANCELLED"), None, (RunState.CANCELLED, "SLURM: CANCELLED")),
+    ],
+)
+def test_state_table(
+    log: LogSays, scheduler: SchedulerJob | None, alive: bool | None, expected: tuple[RunState, str]
+) -> None:
+    assert run_state(log, "the log", scheduler, alive, ago="5m 00s") == expected
+
+
+def test_state_table_is_total() -> None:
+    """Every verdict of the log, with every answer of SLURM and of the process, has a state."""
+    assert set(LOG_STATE) == set(LogSays) - {LogSays.NO_END_RECORD}
+    for log in LogSays:
+        for state in [None, "RUNNING", "COMPLETING", "PENDING", "PREEMPTED", "CANCELLED", "FAILED", "WEIRD"]:
+            for alive in (True, False, None):
+                found, _ = run_state(log, "", None if state is None else job(state), alive)
+                assert found in RunState

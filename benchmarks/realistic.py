@@ -46,7 +46,7 @@ def nnslurm_trainer(space: Workspace, results: Path, realistic: bool = True) -> 
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from nnslurm.checkpoints import BackgroundWriter
-    from nnslurm.events import EventLog
+    from nnslurm.runs.events import EventLog
     from nnslurm.signals import StopMonitor
     from nnslurm.trainer import LoopContext, preemptible_class
 

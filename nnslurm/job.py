@@ -5,7 +5,7 @@ checkpoint and requeue inside the handler), then calls this object. It replaces 
 nnslurm's recording handlers for the stop signals (restored on return), so a signal during the
 seconds of imports is not lost, and the loop, not a handler, checkpoints.
 
-After a stop (see `nnslurm.slurm` for the evidence):
+After a stop (see `nnslurm.scheduler.policy` for the evidence):
 - walltime: requeue through submitit's own job environment (`scontrol requeue` on SLURM, exit
   status 144 that the local controller restarts), then leave with SystemExit: no result pickle,
   so submitit keeps waiting for the next run;
@@ -91,7 +91,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         return options, local
 
     def _after_stop(self, outcome: TrainingOutcome) -> None:
-        from nnslurm.slurm import after_stop
+        from nnslurm.scheduler.after_stop import after_stop
 
         options, _local = self._options()
         decision = after_stop(self._with_folder(outcome), options, requeue_job=_submitit_requeue)
@@ -103,7 +103,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def _on_abandon(self, outcome: TrainingOutcome) -> None:
         """Watchdog thread: no iteration boundary before the deadline; the core exits 75 after this."""
         from nnslurm.processes import kill_children
-        from nnslurm.slurm import after_stop
+        from nnslurm.scheduler.after_stop import after_stop
 
         options, local = self._options()
 
@@ -146,7 +146,7 @@ def _submitit_requeue(job_id: str) -> None:
 
 
 def _scontrol_requeue(job_id: str) -> None:
-    from nnslurm.slurm import requeue
+    from nnslurm.scheduler.commands import requeue
 
     requeue(job_id)
 

@@ -28,9 +28,9 @@ from nnslurm.cluster import ClusterSettings
 from nnslurm.config import TrainJob
 from nnslurm.directives import check_log_folder, check_value, escape_backslashes
 from nnslurm.errors import NnslurmError, NnunetSetupError, UsageError
-from nnslurm.events import EventLog
 from nnslurm.job import LOCAL_MAX_REQUEUES, TrainingJob
-from nnslurm.slurm import WARNING_SIGNAL_ENV
+from nnslurm.runs.events import POSITION_EVENTS, Event, EventLog, read_events
+from nnslurm.scheduler.environment import WARNING_SIGNAL_ENV, submitted_event_id
 from nnslurm.timeparse import slurm_minutes
 
 logger = logging.getLogger(__name__)
@@ -254,8 +254,8 @@ def submit(submission: Submission) -> list[submitit.Job[Any]]:
         if folder is None:
             continue
         EventLog(folder).append(
-            "submitted",
-            job_id=event_job_id(job, submission.executor),
+            Event.SUBMITTED,
+            job_id=submitted_event_id(job.job_id, submission.executor),
             executor=submission.executor,
             array_index=index if len(jobs) > 1 else None,
             log_folder=str(job.paths.folder),
@@ -275,11 +275,6 @@ class SubmissionRefused(NnslurmError):
             hint="fix what sbatch names (partition, account, qos, time, resources) and submit again; "
             "--dry-run shows the script.",
         )
-
-
-def event_job_id(job: submitit.Job[Any], executor: str) -> str:
-    """The id the job's own events carry (nnslurm.events: "local-<pid>" for the local executor)."""
-    return f"local-{job.job_id}" if executor == "local" else str(job.job_id)
 
 
 def run_folder(job: TrainJob) -> Path | None:
@@ -319,7 +314,7 @@ class JobReport:
 def progress(train_job: TrainJob) -> dict[str, Any]:
     """Position and interruptions from the run's event log."""
     folder = run_folder(train_job)
-    records = EventLog(folder).read() if folder else []
+    records = read_events(folder) if folder else ()
     summary: dict[str, Any] = {
         "epoch": None,
         "iteration": None,
@@ -329,19 +324,12 @@ def progress(train_job: TrainJob) -> dict[str, Any]:
     }
     for record in records:
         kind = record.get("event")
-        if kind == "started":
+        if kind == Event.STARTED:
             summary["num_epochs"] = record.get("num_epochs")
-        if "epoch" in record and kind in (
-            "started",
-            "resumed",
-            "checkpoint",
-            "stopped",
-            "finished",
-            "signal",
-        ):
+        if "epoch" in record and kind in POSITION_EVENTS:
             summary["epoch"], summary["iteration"] = record.get("epoch"), record.get("iteration")
-        summary["stops"] += kind == "stopped"
-        summary["requeues"] += kind == "requeued"
+        summary["stops"] += kind == Event.STOPPED
+        summary["requeues"] += kind == Event.REQUEUED
     summary["last"] = records[-1].get("event") if records else None
     return summary
 

@@ -18,8 +18,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from nnslurm import runs
 from nnslurm.errors import NnslurmError
+from nnslurm.runs.history import History, Outcome, Point, read_history
+from nnslurm.runs.interruptions import KINDS, Interruption, Kind, interruptions, iterations_redone
+from nnslurm.runs.state import RunState
+from nnslurm.runs.status import RunStatus, iso_time
+from nnslurm.timeparse import describe
 
 logger = logging.getLogger(__name__)
 
@@ -27,14 +31,14 @@ SCHEMA = "nnslurm.report/1"
 FIGSIZE = (12.0, 6.5)  # inches
 DPI = 120  # FIGSIZE x DPI = 1440 x 780 pixels
 CHECKPOINT_FILES = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
-KIND_STYLE = {  # marker, colour, what it means
-    runs.WALLTIME: ("v", "#e67e00", "walltime"),
-    runs.PREEMPTION: ("X", "#d62728", "preemption"),
-    runs.REQUEUE: ("P", "#9467bd", "requeue from outside"),
-    runs.CANCEL: ("s", "#444444", "cancel"),
-    runs.KILL: ("*", "#8c1c13", "kill without a signal"),
-    runs.SIGNAL: ("D", "#1f77b4", "stop signal, no scheduler"),
-    runs.FAILURE: ("x", "#c00000", "failure"),
+KIND_STYLE: dict[str, tuple[str, str, str]] = {  # marker, colour, what it means
+    Kind.WALLTIME: ("v", "#e67e00", "walltime"),
+    Kind.PREEMPTION: ("X", "#d62728", "preemption"),
+    Kind.REQUEUE: ("P", "#9467bd", "requeue from outside"),
+    Kind.CANCEL: ("s", "#444444", "cancel"),
+    Kind.KILL: ("*", "#8c1c13", "kill without a signal"),
+    Kind.SIGNAL: ("D", "#1f77b4", "stop signal, no scheduler"),
+    Kind.FAILURE: ("x", "#c00000", "failure"),
 }
 HEADROOM = 1.12  # room above the last epoch for the band labels
 JOB_COLOURS = ("#4c72b0", "#55a868", "#8172b2", "#ccb974", "#64b5cd", "#c44e52", "#937860")
@@ -54,10 +58,10 @@ class Summary:
     queue_s: float  # from the first record (submission) to the first start
     idle_s: float  # between starts: requeue waits, queueing again, restarts
     starts: int
-    interruptions: tuple[runs.Interruption, ...]
+    interruptions: tuple[Interruption, ...]
     iterations_redone: int
     state: str
-    position: runs.Point | None
+    position: Point | None
     num_epochs: int | None
     iterations_per_epoch: int | None
     kinds: dict[str, int] = field(default_factory=dict)
@@ -68,19 +72,19 @@ class Summary:
         return self.end - self.start
 
 
-def summarize(status: runs.RunStatus, now: float | None = None) -> Summary:
+def summarize(status: RunStatus, now: float | None = None) -> Summary:
     """Where the time went. While a process trains, its segment (and the run) reach until `now`."""
-    history = status.history or runs.read_history(status.folder)
+    history = status.history or read_history(status.folder)
     if not history.records:
         raise ReportError(
             f"{status.folder} has no event records: nothing to report.",
             hint="pass a run folder that nnslurm trained in (it holds nnslurm_events.jsonl).",
         )
-    found = tuple(runs.interruptions(history, last_is_running=status.state == "running"))
+    found = tuple(interruptions(history, last_is_running=status.state == RunState.RUNNING))
     segments = history.segments
     start, end = float(history.first_time or 0), float(history.last_time or 0)
     compute = sum(segment.end - segment.start for segment in segments)
-    running = status.state == "running" and bool(segments) and segments[-1].outcome == "open"
+    running = status.state == RunState.RUNNING and bool(segments) and segments[-1].outcome == Outcome.OPEN
     if running:
         now = time.time() if now is None else now
         compute += max(0.0, now - segments[-1].end)
@@ -94,7 +98,7 @@ def summarize(status: runs.RunStatus, now: float | None = None) -> Summary:
         idle_s=max(0.0, (end - start) - compute - queue),
         starts=len(segments),
         interruptions=found,
-        iterations_redone=runs.iterations_redone(history, found),
+        iterations_redone=iterations_redone(history, found),
         state=status.state,
         position=history.position(),
         num_epochs=history.num_epochs,
@@ -104,8 +108,8 @@ def summarize(status: runs.RunStatus, now: float | None = None) -> Summary:
     )
 
 
-def summary_lines(status: runs.RunStatus, summary: Summary) -> list[str]:
-    d = runs.describe_duration
+def summary_lines(status: RunStatus, summary: Summary) -> list[str]:
+    d = describe
     name = status.name
     lines = [
         f"run:               {status.folder}",
@@ -131,23 +135,23 @@ def summary_lines(status: runs.RunStatus, summary: Summary) -> list[str]:
         job = f" job {interruption.job_id}" if interruption.job_id else ""
         lines.append(f"  {_clock(interruption.time)} {interruption.kind:<10}{job} at {where}{resumed}")
         lines.append(f"      {interruption.reason}")
-    if any(item.kind == runs.KILL for item in summary.interruptions):
+    if any(item.kind == Kind.KILL for item in summary.interruptions):
         lines.append("  (a kill leaves no record of where it struck: its position is its last record's)")
     return lines
 
 
-def summary_json(status: runs.RunStatus, summary: Summary) -> dict[str, Any]:
-    def point(value: runs.Point | None) -> dict[str, Any] | None:
+def summary_json(status: RunStatus, summary: Summary) -> dict[str, Any]:
+    def point(value: Point | None) -> dict[str, Any] | None:
         if value is None:
             return None
-        return {"epoch": value.epoch, "iteration": value.iteration, "time": runs.iso_time(value.time)}
+        return {"epoch": value.epoch, "iteration": value.iteration, "time": iso_time(value.time)}
 
     return {
         "schema": SCHEMA,
         "folder": str(status.folder),
         "state": status.state,
-        "start": runs.iso_time(summary.start),
-        "end": runs.iso_time(summary.end),
+        "start": iso_time(summary.start),
+        "end": iso_time(summary.end),
         "wall_s": round(summary.wall_s, 3),
         "compute_s": round(summary.compute_s, 3),
         "queue_s": round(summary.queue_s, 3),
@@ -159,7 +163,7 @@ def summary_json(status: runs.RunStatus, summary: Summary) -> dict[str, Any]:
         "events": [
             {
                 "kind": item.kind,
-                "time": runs.iso_time(item.time),
+                "time": iso_time(item.time),
                 "job_id": item.job_id,
                 "signal": item.signal,
                 "at": point(item.furthest),
@@ -206,12 +210,12 @@ def read_dice(folder: Path) -> DiceSeries | None:
 # --- the picture -----------------------------------------------------------------------------------
 
 
-def draw_timeline(status: runs.RunStatus, summary: Summary, dice: DiceSeries | None, output: Path) -> Path:
+def draw_timeline(status: RunStatus, summary: Summary, dice: DiceSeries | None, output: Path) -> Path:
     """Write the timeline PNG (FIGSIZE x DPI pixels) atomically; returns its path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    history = status.history or runs.read_history(status.folder)
+    history = status.history or read_history(status.folder)
     figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -238,13 +242,13 @@ def draw_timeline(status: runs.RunStatus, summary: Summary, dice: DiceSeries | N
     return _save(figure, output)
 
 
-def _draw_segments(axes: Any, history: runs.History, summary: Summary) -> list[Any]:
+def _draw_segments(axes: Any, history: History, summary: Summary) -> list[Any]:
     """A shaded band per start; hatched bands where nothing trained (cross-hatched after a kill)."""
     from matplotlib.patches import Patch
 
     span = max(summary.end - summary.start, 1.0)
     colours = {job: JOB_COLOURS[i % len(JOB_COLOURS)] for i, job in enumerate(history.job_ids)}
-    killed = {item.segment for item in summary.interruptions if item.kind == runs.KILL}
+    killed = {item.segment for item in summary.interruptions if item.kind == Kind.KILL}
     previous_end, after_kill, handles = summary.start, False, {}
     for index, segment in enumerate(history.segments):
         if segment.start - previous_end > span * 0.001:
@@ -292,11 +296,11 @@ def _draw_segments(axes: Any, history: runs.History, summary: Summary) -> list[A
     return [training, *handles.values()]
 
 
-def _draw_progress(axes: Any, history: runs.History) -> list[Any]:
+def _draw_progress(axes: Any, history: History) -> list[Any]:
     """Progress per start, and a dotted jump from one start to the next (a drop: iterations redone)."""
     from matplotlib.lines import Line2D
 
-    last: runs.Point | None = None
+    last: Point | None = None
     for segment in history.segments:
         points = sorted(segment.points, key=lambda point: point.time)
         if not points:
@@ -326,7 +330,7 @@ def _draw_progress(axes: Any, history: runs.History) -> list[Any]:
     ]
 
 
-def _draw_interruptions(axes: Any, history: runs.History, summary: Summary) -> list[Any]:
+def _draw_interruptions(axes: Any, history: History, summary: Summary) -> list[Any]:
     from matplotlib.lines import Line2D
 
     handles = []
@@ -362,7 +366,7 @@ def _draw_interruptions(axes: Any, history: runs.History, summary: Summary) -> l
     return handles
 
 
-def _draw_checkpoints(axes: Any, history: runs.History) -> list[Any]:
+def _draw_checkpoints(axes: Any, history: History) -> list[Any]:
     """Ticks along the bottom: blue for periodic/best/final, red (taller) for the save at a stop."""
     from matplotlib.lines import Line2D
 
@@ -413,7 +417,7 @@ def _draw_dice(axes: Any, dice: DiceSeries) -> list[Any]:
     return [Line2D([], [], color=colour, marker="o", markersize=4, label="pseudo-Dice (EMA)")]
 
 
-def _style_axes(axes: Any, history: runs.History, summary: Summary) -> None:
+def _style_axes(axes: Any, history: History, summary: Summary) -> None:
     import matplotlib.dates as mdates
 
     reached = max((history.epochs(p) for s in history.segments for p in s.points), default=1.0)
@@ -431,8 +435,8 @@ def _style_axes(axes: Any, history: runs.History, summary: Summary) -> None:
     axes.grid(axis="y", color="#dddddd", linewidth=0.6)
 
 
-def _one_line(summary: Summary, status: runs.RunStatus) -> str:
-    d = runs.describe_duration
+def _one_line(summary: Summary, status: RunStatus) -> str:
+    d = describe
     kinds = ", ".join(f"{count} {kind}" for kind, count in summary.kinds.items() if count) or "none"
     return (
         f"{status.state}  ·  wall {d(summary.wall_s)}  ·  compute {d(summary.compute_s)}  ·  queued/idle "
@@ -462,12 +466,12 @@ def _clock(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
-def _where(point: runs.Point | None) -> str:
+def _where(point: Point | None) -> str:
     return "?" if point is None else f"epoch {point.epoch} iteration {point.iteration}"
 
 
-def kinds_in(items: Sequence[runs.Interruption]) -> dict[str, int]:
-    counts = {kind: 0 for kind in runs.KINDS}
+def kinds_in(items: Sequence[Interruption]) -> dict[str, int]:
+    counts: dict[str, int] = {kind: 0 for kind in KINDS}
     for item in items:
         counts[item.kind] += 1
     return counts

@@ -84,16 +84,18 @@ def slurm_minutes(seconds: int) -> int:
     return max(1, math.ceil(seconds / 60))
 
 
-def describe(seconds: float) -> str:
-    """A short human duration: 45 s, 12 min 30 s, 2 h 05 min, 3 d 04 h."""
-    total = round(seconds)
+def describe(seconds: float | None) -> str:
+    """The project's one human duration: 3s, 4m 05s, 2h 07m (up to 48 h), 3d 04h; "-" for None."""
+    if seconds is None:
+        return "-"
+    total = max(0, round(seconds))
     if total < 60:
-        return f"{total} s"
-    if total < 3600:
-        minutes, secs = divmod(total, 60)
-        return f"{minutes} min {secs:02d} s" if secs else f"{minutes} min"
-    if total < 86400:
-        hours, rest = divmod(total, 3600)
-        return f"{hours} h {rest // 60:02d} min"
-    days, rest = divmod(total, 86400)
-    return f"{days} d {rest // 3600:02d} h"
+        return f"{total}s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours:02d}h"

@@ -19,8 +19,8 @@ import torch
 
 from nnslurm import rng
 from nnslurm.checkpoints import FORMAT_VERSION, META_KEY, BackgroundWriter
-from nnslurm.events import EventLog
 from nnslurm.progress import TrainingProgress
+from nnslurm.runs.events import Event, EventLog
 from nnslurm.signals import StopMonitor, StopRequest
 
 logger = logging.getLogger(__name__)
@@ -202,7 +202,11 @@ class PreemptibleTrainerMixin:
         context.monitor.acknowledge()
         context.monitor.phase = "saving"
         context.events.append(
-            "signal", signal=request.signal, received_at=request.received_at, epoch=epoch, iteration=iteration
+            Event.SIGNAL,
+            signal=request.signal,
+            received_at=request.received_at,
+            epoch=epoch,
+            iteration=iteration,
         )
         logger.warning(
             "SIG%s received: stopping at epoch %d iteration %d and writing a checkpoint",
@@ -290,7 +294,7 @@ class PreemptibleTrainerMixin:
     def _saved(self, path: Path, seconds: float, epoch: int, iteration: int, reason: str) -> None:
         self.nnslurm.last_save = time.monotonic()
         self.nnslurm.events.append(
-            "checkpoint",
+            Event.CHECKPOINT,
             path=path.name,
             epoch=epoch,
             iteration=iteration,

@@ -29,11 +29,11 @@ from nnslurm.checkpoints import (
 )
 from nnslurm.config import TrainingOptions, TrainJob
 from nnslurm.errors import CheckpointError, NnslurmError
-from nnslurm.events import EventLog
 from nnslurm.lock import RunLock
 from nnslurm.malloc import fix_malloc_thresholds
 from nnslurm.nnunet import find_trainer_class, load_plans, output_folder
 from nnslurm.processes import children_die_with_this_process, kill_children
+from nnslurm.runs.events import Event, EventLog
 from nnslurm.signals import StopMonitor, StopRequest
 from nnslurm.trainer import NEVER, LoopContext, ResumePoint, TrainingStopped, preemptible_class
 
@@ -183,10 +183,10 @@ def _train(
             train_outputs=list(chosen.meta.get("train_outputs", [])),
         )
         start = {"epoch": chosen.epoch, "iteration": chosen.iteration}
-        events.append("resumed", checkpoint=chosen.path.name, finished=chosen.finished, **start)
+        events.append(Event.RESUMED, checkpoint=chosen.path.name, finished=chosen.finished, **start)
         logger.info("resuming from %s at epoch %d iteration %d", chosen.path, chosen.epoch, chosen.iteration)
     events.append(
-        "started",
+        Event.STARTED,
         num_epochs=trainer.num_epochs,
         iterations_per_epoch=trainer.num_iterations_per_epoch,
         trainer=base_class.__name__,
@@ -199,7 +199,7 @@ def _train(
                 trainer.run_training()
             except TrainingStopped as stop:
                 events.append(
-                    "stopped",
+                    Event.STOPPED,
                     signal=stop.request.signal,
                     epoch=stop.epoch,
                     iteration=stop.iteration,
@@ -219,7 +219,7 @@ def _train(
         if options.final_validation and not (folder / "validation" / "summary.json").is_file():
             monitor.phase = "final validation"
             trainer.perform_actual_validation(False)
-        events.append("finished", epoch=trainer.num_epochs, iteration=0)
+        events.append(Event.FINISHED, epoch=trainer.num_epochs, iteration=0)
         return TrainingOutcome(
             status="finished",
             output_folder=folder,
@@ -228,10 +228,10 @@ def _train(
             signals=tuple(r.signal for r in monitor.received),
         )
     except NnslurmError as error:
-        events.append("failed", error=str(error))
+        events.append(Event.FAILED, error=str(error))
         raise
     except Exception as error:
-        events.append("failed", error=f"{type(error).__name__}: {error}")
+        events.append(Event.FAILED, error=f"{type(error).__name__}: {error}")
         logger.exception("nnU-Net training failed")
         raise TrainingFailed(
             f"training of {folder} failed: {type(error).__name__}: {error}",
@@ -296,7 +296,12 @@ def _abandon(
     epoch, iteration = newest.position if newest else (0, 0)
     if events is not None:
         events.append(
-            "stopped", signal=request.signal, phase=phase, reason="deadline", epoch=epoch, iteration=iteration
+            Event.STOPPED,
+            signal=request.signal,
+            phase=phase,
+            reason="deadline",
+            epoch=epoch,
+            iteration=iteration,
         )
     outcome = TrainingOutcome(
         status="stopped",

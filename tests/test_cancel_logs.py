@@ -9,30 +9,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events, skip_unless_required
-from test_status import FakeCluster, started, write_log
+from support import FakeCluster, Output, started, wait_for, write_log
 
-from nnslurm import cli, runs, slurm
+from nnslurm import cli
 from nnslurm.commands.cancel import _user
+from nnslurm.runs.status import process_alive, run_status
+from nnslurm.scheduler import commands as slurm
 
-T = TypeVar("T")
 USER = _user()
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.time() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.25)
 
 
 def event(folder: Path, kind: str) -> dict | None:
@@ -74,7 +62,7 @@ def test_cancel_a_local_executor_job_then_resume(
     said = capsys.readouterr().out
     assert f"SIGTERM to pid {training_pid}" in said and "resumable" in said
     decision = wait_for(lambda: event(folder, "decision"), 120, "the job to stop")
-    wait_for(lambda: not runs.process_alive(training_pid), 60, "the training process to exit")
+    wait_for(lambda: not process_alive(training_pid), 60, "the training process to exit")
     request = event(folder, "cancel_requested")
     assert request is not None
     assert (request["job_id"], request["by"], request["target_pid"]) == (job_id, USER, training_pid)
@@ -130,7 +118,7 @@ def slurm_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_cancel_runs_scancel_and_records_who(slurm_results: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = folder_of(slurm_results, 0)
-    cluster = FakeCluster(squeue="4242|RUNNING|None\n")
+    cluster = FakeCluster.queue(squeue="4242|RUNNING|None\n")
     with slurm.use_runner(cluster):
         assert cli.main(["cancel", str(folder)]) == 0
         assert cluster.calls == [["scancel", "4242"]]
@@ -141,14 +129,14 @@ def test_cancel_runs_scancel_and_records_who(slurm_results: Path, capsys: pytest
         assert cli.main(["status", "--json"]) == 0  # still RUNNING: it is checkpointing
     run = next(r for r in json.loads(capsys.readouterr().out)["runs"] if r["job_id"] == "4242")
     assert run["state"] == "cancelled" and "stopping (SLURM: RUNNING)" in run["detail"]
-    with slurm.use_runner(FakeCluster(squeue="", sacct="4242|CANCELLED by 0\n")):
+    with slurm.use_runner(FakeCluster.queue(sacct="4242|CANCELLED by 0\n")):
         assert cli.main(["status", "--json"]) == 0
     run = next(r for r in json.loads(capsys.readouterr().out)["runs"] if r["job_id"] == "4242")
     assert (run["state"], run["detail"]) == ("cancelled", f"cancelled by {USER}")
 
 
 def test_cancel_an_array_by_its_id(slurm_results: Path) -> None:
-    cluster = FakeCluster(squeue="")
+    cluster = FakeCluster.queue()
     with slurm.use_runner(cluster):
         assert cli.main(["cancel", "555"]) == 0
     assert cluster.calls == [["scancel", "555"]]  # one scancel for the whole array
@@ -184,7 +172,7 @@ def test_nothing_to_cancel(tmp_path: Path) -> None:
     gone = write_log(
         folder_of(tmp_path, 1), [{**record, **here} for record in started(None, -100, pid=2**22 + 7)]
     )
-    assert runs.run_status(gone).state == "killed"
+    assert run_status(gone).state == "killed"
     assert cli.main(["cancel", str(gone)]) == 1
     assert read_events(gone)[-1]["event"] == "started"
 
@@ -248,11 +236,13 @@ def test_logs_follow_until_the_run_ends(logged_run: tuple[Path, Path]) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.0)
-    assert process.poll() is None  # the run is running (on node7): keep following
+    assert process.stdout is not None and process.stderr is not None
+    output = Output(process.stdout)
+    wait_for(lambda: "epoch 1/3 done" in output.text, 120, "both files printed")
     with open(logs / "31_0_log.out", "a") as stream:
         stream.write("start 3 (requeued again)\n")
-    time.sleep(1.0)
+    wait_for(lambda: "start 3 (requeued again)" in output.text, 60, "the appended line")
+    assert process.poll() is None  # the run is running (on node7): it keeps following
     with open(folder / "nnslurm_events.jsonl", "a") as stream:
         stream.write(
             json.dumps(
@@ -268,7 +258,8 @@ def test_logs_follow_until_the_run_ends(logged_run: tuple[Path, Path]) -> None:
             )
             + "\n"
         )
-    out, err = process.communicate(timeout=30)
+    process.wait(timeout=30)
+    out, err = output.rest(), process.stderr.read()
     assert process.returncode == 0, err
     assert out.endswith(f"==> {logs / '31_0_log.out'} <==\nstart 3 (requeued again)\n")
 
@@ -305,7 +296,7 @@ def test_status_cancel_logs_report_on_real_slurm(nnunet_env: NnunetEnv, tmp_path
         assert cancelled.returncode == 0, cancelled.stderr
         decision = wait_for(lambda: event(folder, "decision"), 120, "the job's stop decision")
         assert decision["kind"] == "cancel"
-        wait_for(lambda: runs.query_scheduler([job_id]).get(job_id), 60, "sacct")  # type: ignore[union-attr]
+        wait_for(lambda: slurm.query_scheduler([job_id]).get(job_id), 60, "sacct")  # type: ignore[union-attr]
         wait_for(lambda: status_of(env)["scheduler_state"] == "CANCELLED", 60, "the job to end as CANCELLED")
         run = status_of(env)
         assert (run["state"], run["detail"]) == ("cancelled", f"cancelled by {USER}")

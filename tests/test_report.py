@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from conftest import NnunetEnv, nnslurm, read_events
 from matplotlib.image import imread
-from test_status import build_interrupted_run, started, stop, write_log
+from support import build_interrupted_run, started, stop, write_log
 
-from nnslurm import cli, runs
+from nnslurm import cli
 from nnslurm.report import DPI, FIGSIZE
+from nnslurm.timeparse import describe
 
 WIDTH, HEIGHT = round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI)
 
@@ -80,7 +81,7 @@ def test_report_of_an_interrupted_run(interrupted_run: tuple[NnunetEnv, Path], t
     text = nnslurm(["report", str(folder), "--no-picture"], env.env())
     assert text.returncode == 0, text.stderr
     assert "interruptions:     2 (kill 1, signal 1)" in text.stdout
-    assert f"compute time:      {runs.describe_duration(compute)} over 3 start(s)" in text.stdout
+    assert f"compute time:      {describe(compute)} over 3 start(s)" in text.stdout
     assert not (folder / "nnslurm_timeline.png").exists()
 
 

@@ -1,22 +1,23 @@
 """The subprocess seam, scontrol parsing, and what a stop means — with scontrol lines recorded on
-Slurm 22.05.8 at the moment each signal arrived (see the table in nnslurm/slurm.py)."""
+Slurm 22.05.8 at the moment each signal arrived (see the table in nnslurm/scheduler/policy.py)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from support import FakeCluster
 
-from nnslurm import slurm
 from nnslurm.config import TrainingOptions
 from nnslurm.errors import CommandError, RequeueLimitReached, SchedulerError
-from nnslurm.events import EventLog
-from nnslurm.slurm import JobInfo, SlurmEnvironment, StopEvidence, decide, parse_job_info
+from nnslurm.runs.events import read_events
+from nnslurm.scheduler import commands
+from nnslurm.scheduler.after_stop import Clock, after_stop, wait_for_requeue
+from nnslurm.scheduler.commands import JobInfo, parse_job_info
+from nnslurm.scheduler.environment import SlurmEnvironment, submitted_event_id
+from nnslurm.scheduler.policy import StopEvidence, StopKind, decide, self_requeues
 from nnslurm.training import TrainingOutcome
 
 NOW = datetime(2026, 11, 30, 5, 6, 20)
@@ -91,7 +92,7 @@ EXTERNAL_REQUEUE = scontrol_line(JobState="COMPLETING", Restarts="1", PreemptTim
 
 def test_command_not_found_says_what_to_install() -> None:
     with pytest.raises(CommandError) as caught:
-        slurm.run_command(["nnslurm-no-such-command-xyz", "show"])
+        commands.run_command(["nnslurm-no-such-command-xyz", "show"])
     error = caught.value
     assert error.returncode == 127
     assert error.argv == ["nnslurm-no-such-command-xyz", "show"]
@@ -106,7 +107,7 @@ def test_non_zero_exit_keeps_command_status_and_output() -> None:
         "import sys; print('out'); print('slurm_load_jobs error: Invalid job id', file=sys.stderr); exit(1)",
     ]
     with pytest.raises(CommandError) as caught:
-        slurm.run_command(argv)
+        commands.run_command(argv)
     error = caught.value
     assert (error.returncode, error.stdout.strip()) == (1, "out")
     assert "Invalid job id" in error.stderr
@@ -115,39 +116,16 @@ def test_non_zero_exit_keeps_command_status_and_output() -> None:
 
 def test_timeout_is_an_error_not_a_hang() -> None:
     with pytest.raises(CommandError) as caught:
-        slurm.run_command([sys.executable, "-c", "import time; time.sleep(5)"], timeout=0.3)
+        commands.run_command([sys.executable, "-c", "import time; time.sleep(5)"], timeout=0.3)
     assert caught.value.returncode is None
     assert "timed out" in str(caught.value)
     assert "scontrol ping" in str(caught.value)
 
 
-@dataclass
-class FakeCluster:
-    """A runner that answers SLURM commands from a script, and records what was run."""
-
-    answers: dict[str, list[str]] = field(default_factory=dict)  # "scontrol show" -> stdout per call
-    fail: dict[str, tuple[int, str]] = field(default_factory=dict)  # "scontrol requeue" -> (rc, stderr)
-    calls: list[list[str]] = field(default_factory=list)
-
-    def __call__(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        assert timeout > 0
-        self.calls.append(argv)
-        key = " ".join(argv[:2])
-        if key in self.fail:
-            rc, stderr = self.fail[key]
-            return subprocess.CompletedProcess(argv, rc, "", stderr)
-        queue = self.answers.get(key, [""])
-        stdout = queue.pop(0) if len(queue) > 1 else queue[0]
-        return subprocess.CompletedProcess(argv, 0, stdout, "")
-
-    def ran(self, prefix: str) -> list[list[str]]:
-        return [call for call in self.calls if " ".join(call).startswith(prefix)]
-
-
 def test_unparsable_scontrol_output_shows_the_text() -> None:
     fake = FakeCluster(answers={"scontrol show": ["slurm_load_jobs: garbage\n"]})
-    with slurm.use_runner(fake), pytest.raises(SchedulerError) as caught:
-        slurm.job_info("15")
+    with commands.use_runner(fake), pytest.raises(SchedulerError) as caught:
+        commands.job_info("15")
     assert "no JobId=/JobState=" in str(caught.value)
     assert "slurm_load_jobs: garbage" in str(caught.value)
     assert fake.calls == [["scontrol", "show", "job", "-o", "15"]]
@@ -162,19 +140,19 @@ def test_failed_requeue_explains() -> None:
     fake = FakeCluster(
         fail={"scontrol requeue": (1, "scontrol: error: Requested operation is presently disabled")}
     )
-    with slurm.use_runner(fake), pytest.raises(CommandError) as caught:
-        slurm.requeue("15")
+    with commands.use_runner(fake), pytest.raises(CommandError) as caught:
+        commands.requeue("15")
     assert "presently disabled" in str(caught.value)
     assert "JobRequeue=0" in str(caught.value)
 
 
 def test_sacct_missing_means_no_accounting() -> None:
     fake = FakeCluster(fail={"sacct -X": (1, "sacct: error: Problem talking to the database")})
-    with slurm.use_runner(fake):
-        assert slurm.accounting_state("15") is None
+    with commands.use_runner(fake):
+        assert commands.accounting_state("15") is None
     fake = FakeCluster(answers={"sacct -X": ["15|REQUEUED\n15|PREEMPTED\n"]})
-    with slurm.use_runner(fake):
-        assert slurm.accounting_state("15") == "PREEMPTED"
+    with commands.use_runner(fake):
+        assert commands.accounting_state("15") == "PREEMPTED"
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -217,37 +195,37 @@ def evidence(
 @pytest.mark.parametrize(
     ("line", "sig", "accounting", "kind", "requeue_self"),
     [
-        (WALLTIME_WARNING, "USR1", None, slurm.WALLTIME, True),
-        (TIME_LIMIT, "TERM", None, slurm.TIMELIMIT, True),
-        (PREEMPTED, "TERM", None, slurm.PREEMPTION, False),  # no preempt_send_user_signal
-        (PREEMPTED, "USR1", None, slurm.PREEMPTION, False),  # with preempt_send_user_signal
-        (GRACE_END, "TERM", "PREEMPTED", slurm.REQUEUED, False),  # B:exec without user signal: TERM only now
-        (SCANCEL, "TERM", None, slurm.CANCEL, False),
-        (EXTERNAL_REQUEUE, "TERM", "REQUEUED", slurm.REQUEUED, False),
-        (WALLTIME_WARNING, "TERM", None, slurm.SIGNAL, False),  # kill -TERM / scancel --signal TERM
+        (WALLTIME_WARNING, "USR1", None, StopKind.WALLTIME, True),
+        (TIME_LIMIT, "TERM", None, StopKind.TIMELIMIT, True),
+        (PREEMPTED, "TERM", None, StopKind.PREEMPTION, False),  # no preempt_send_user_signal
+        (PREEMPTED, "USR1", None, StopKind.PREEMPTION, False),  # with preempt_send_user_signal
+        (GRACE_END, "TERM", "PREEMPTED", StopKind.REQUEUED, False),  # B:exec, no user signal: TERM only now
+        (SCANCEL, "TERM", None, StopKind.CANCEL, False),
+        (EXTERNAL_REQUEUE, "TERM", "REQUEUED", StopKind.REQUEUED, False),
+        (WALLTIME_WARNING, "TERM", None, StopKind.SIGNAL, False),  # kill -TERM / scancel --signal TERM
     ],
 )
 def test_decision_table(line: str, sig: str, accounting: str | None, kind: str, requeue_self: bool) -> None:
     decision = decide(evidence(line, sig, accounting=accounting))
     assert (decision.kind, decision.requeue_self) == (kind, requeue_self), decision.reason
-    assert decision.wait_for_scheduler == (kind == slurm.PREEMPTION)
+    assert decision.wait_for_scheduler == (kind == StopKind.PREEMPTION)
 
 
 def test_requeue_is_judged_against_this_run() -> None:
     # Second run (SLURM_RESTART_COUNT=1): Restarts=1 is this run, not a new requeue.
     line = scontrol_line(Restarts="1")
-    assert decide(evidence(line, "USR1", env=RESTARTED)).kind == slurm.WALLTIME
+    assert decide(evidence(line, "USR1", env=RESTARTED)).kind == StopKind.WALLTIME
     assert (
         decide(evidence(scontrol_line(Restarts="2", JobState="COMPLETING"), "TERM", RESTARTED)).kind
-        == slurm.REQUEUED
+        == StopKind.REQUEUED
     )
 
 
 def test_warning_signal_from_the_environment() -> None:
     env = SlurmEnvironment.from_environ({"SLURM_JOB_ID": "15", "NNSLURM_WARNING_SIGNAL": "SIGTERM"})
-    assert decide(evidence(WALLTIME_WARNING, "TERM", env=env)).kind == slurm.WALLTIME
+    assert decide(evidence(WALLTIME_WARNING, "TERM", env=env)).kind == StopKind.WALLTIME
     env = SlurmEnvironment.from_environ({"SLURM_JOB_ID": "15", "NNSLURM_WARNING_SIGNAL": "USR2"})
-    assert decide(evidence(WALLTIME_WARNING, "USR1", env=env)).kind == slurm.SIGNAL
+    assert decide(evidence(WALLTIME_WARNING, "USR1", env=env)).kind == StopKind.SIGNAL
 
 
 def test_without_scontrol_never_requeue_on_term() -> None:
@@ -258,8 +236,8 @@ def test_without_scontrol_never_requeue_on_term() -> None:
 def test_local_executor() -> None:
     env = SlurmEnvironment.from_environ({"SUBMITIT_LOCAL_JOB_ID": "4242", "NNSLURM_WARNING_SIGNAL": "USR1"})
     assert env.event_job_id == "local-4242"
-    assert decide(evidence(None, "USR1", env=env)).kind == slurm.WALLTIME
-    assert decide(evidence(None, "TERM", env=env)).kind == slurm.SIGNAL
+    assert decide(evidence(None, "USR1", env=env)).kind == StopKind.WALLTIME
+    assert decide(evidence(None, "TERM", env=env)).kind == StopKind.SIGNAL
 
 
 def test_array_task_ids() -> None:
@@ -274,6 +252,21 @@ def test_array_task_ids() -> None:
     assert (env.qualified_id, env.event_job_id, env.restart_count) == ("40_1", "40_1", 2)
 
 
+def test_the_environment_is_read_in_one_place() -> None:
+    local = SlurmEnvironment.from_environ({"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "77"})
+    assert local.local and not local.in_slurm and local.qualified_id is None
+    assert local.record_fields() == {"job_id": "local-77"}
+    first = SlurmEnvironment.from_environ(
+        {"SLURM_JOB_ID": "15", "SUBMITIT_EXECUTOR": "slurm", "SLURM_CPUS_PER_TASK": "4"}
+    )
+    assert not first.local and first.cpus_per_task == 4
+    assert first.record_fields() == {"job_id": "15"}  # no restart count before the first requeue
+    again = SlurmEnvironment.from_environ({"SLURM_JOB_ID": "15", "SLURM_RESTART_COUNT": "2"})
+    assert again.record_fields() == {"job_id": "15", "restart_count": 2}
+    assert SlurmEnvironment.from_environ({}).record_fields() == {}
+    assert submitted_event_id(77, "local") == "local-77" and submitted_event_id("15", "slurm") == "15"
+
+
 # --- after_stop: the whole decision with a fake cluster ----------------------------------------
 
 
@@ -281,20 +274,23 @@ def outcome(folder: Path, sig: str = "USR1") -> TrainingOutcome:
     return TrainingOutcome(status="stopped", output_folder=folder, epoch=2, iteration=7, stop_signal=sig)
 
 
-class FakeTime:
-    """Stands in for the `time` module inside nnslurm.slurm: sleeping advances a fake clock."""
+class FakeClock:
+    """A clock whose sleeps advance it at once, recorded."""
 
     def __init__(self) -> None:
         self.now = 1000.0
+        self.sleeps: list[float] = []
 
     def monotonic(self) -> float:
         return self.now
 
-    def time(self) -> float:
-        return self.now
-
     def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
         self.now += seconds
+
+    @property
+    def clock(self) -> Clock:
+        return Clock(monotonic=self.monotonic, sleep=self.sleep)
 
 
 @pytest.fixture
@@ -306,15 +302,15 @@ def in_job(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def events_of(folder: Path, kind: str) -> list[dict]:
-    return [record for record in EventLog(folder).read() if record["event"] == kind]
+    return [dict(record) for record in read_events(folder) if record["event"] == kind]
 
 
 @pytest.mark.usefixtures("in_job")
 def test_walltime_requeues_and_records(tmp_path: Path) -> None:
     fake = FakeCluster(answers={"scontrol show": [WALLTIME_WARNING]})
-    with slurm.use_runner(fake):
-        decision = slurm.after_stop(outcome(tmp_path), TrainingOptions(max_requeues=3))
-    assert decision.kind == slurm.WALLTIME
+    with commands.use_runner(fake):
+        decision = after_stop(outcome(tmp_path), TrainingOptions(max_requeues=3))
+    assert decision.kind == StopKind.WALLTIME
     assert fake.ran("scontrol requeue") == [["scontrol", "requeue", "15"]]
     (record,) = events_of(tmp_path, "decision")
     assert (record["kind"], record["job_id"], record["signal"], record["requeues_left"]) == (
@@ -331,53 +327,52 @@ def test_walltime_requeues_and_records(tmp_path: Path) -> None:
 def test_requeue_cap(tmp_path: Path) -> None:
     fake = FakeCluster(answers={"scontrol show": [WALLTIME_WARNING]})
     options = TrainingOptions(max_requeues=2)
-    with slurm.use_runner(fake):
-        slurm.after_stop(outcome(tmp_path), options)
-        slurm.after_stop(outcome(tmp_path), options)
+    with commands.use_runner(fake):
+        after_stop(outcome(tmp_path), options)
+        after_stop(outcome(tmp_path), options)
         with pytest.raises(RequeueLimitReached) as caught:
-            slurm.after_stop(outcome(tmp_path), options)
+            after_stop(outcome(tmp_path), options)
     assert len(fake.ran("scontrol requeue")) == 2
     message = str(caught.value)
     assert "requeued itself 2 time(s)" in message and "epoch 2 iteration 7" in message
     assert "--max-requeues" in message
-    assert events_of(tmp_path, "decision")[-1]["kind"] == slurm.LIMIT
+    assert events_of(tmp_path, "decision")[-1]["kind"] == StopKind.LIMIT
 
 
 @pytest.mark.usefixtures("in_job")
-def test_preemption_waits_for_slurm_and_does_not_requeue(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_preemption_waits_for_slurm_and_does_not_requeue(tmp_path: Path) -> None:
     # scontrol: preempted (evidence), still running twice while waiting, then requeued by SLURM.
     fake = FakeCluster(answers={"scontrol show": [PREEMPTED, PREEMPTED, PREEMPTED, GRACE_END]})
-    monkeypatch.setattr(slurm, "time", FakeTime())
-    with slurm.use_runner(fake):
-        decision = slurm.after_stop(outcome(tmp_path, "TERM"), TrainingOptions())
-    assert decision.kind == slurm.PREEMPTION
+    time = FakeClock()
+    with commands.use_runner(fake):
+        decision = after_stop(outcome(tmp_path, "TERM"), TrainingOptions(), clock=time.clock)
+    assert decision.kind == StopKind.PREEMPTION
     assert fake.ran("scontrol requeue") == []
     (requeued,) = events_of(tmp_path, "requeued")
     assert (requeued["by"], requeued["reason"]) == ("slurm", "preemption")
+    assert len(fake.ran("scontrol show")) == 4 and time.sleeps == [1.0, 1.0]  # asked each second
+    assert requeued["waited_s"] == 2.0
 
 
 @pytest.mark.usefixtures("in_job")
-def test_preemption_fallback_requeues_once_if_slurm_does_not(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_preemption_fallback_requeues_once_if_slurm_does_not(tmp_path: Path) -> None:
     fake = FakeCluster(answers={"scontrol show": [PREEMPTED]})
-    monkeypatch.setattr(slurm, "time", FakeTime())
-    with slurm.use_runner(fake):
-        slurm.after_stop(outcome(tmp_path, "TERM"), TrainingOptions())
+    with commands.use_runner(fake):
+        after_stop(outcome(tmp_path, "TERM"), TrainingOptions(), clock=FakeClock().clock)
     assert fake.ran("scontrol requeue") == [["scontrol", "requeue", "15"]]
     (requeued,) = events_of(tmp_path, "requeued")
     assert (requeued["by"], requeued["reason"]) == ("nnslurm", "preemption")
-    assert slurm.self_requeues(EventLog(tmp_path), "15") == 0  # not counted against --max-requeues
+    assert self_requeues(read_events(tmp_path), "15") == 0  # not counted against --max-requeues
 
 
 @pytest.mark.usefixtures("in_job")
-@pytest.mark.parametrize(("line", "kind"), [(SCANCEL, slurm.CANCEL), (EXTERNAL_REQUEUE, slurm.REQUEUED)])
+@pytest.mark.parametrize(
+    ("line", "kind"), [(SCANCEL, StopKind.CANCEL), (EXTERNAL_REQUEUE, StopKind.REQUEUED)]
+)
 def test_cancel_and_outside_requeue_never_requeue(tmp_path: Path, line: str, kind: str) -> None:
     fake = FakeCluster(answers={"scontrol show": [line], "sacct -X": ["15|REQUEUED\n"]})
-    with slurm.use_runner(fake):
-        decision = slurm.after_stop(outcome(tmp_path, "TERM"), TrainingOptions())
+    with commands.use_runner(fake):
+        decision = after_stop(outcome(tmp_path, "TERM"), TrainingOptions())
     assert decision.kind == kind
     assert fake.ran("scontrol requeue") == []
 
@@ -386,16 +381,16 @@ def test_cancel_and_outside_requeue_never_requeue(tmp_path: Path, line: str, kin
 def test_requeue_through_a_given_function(tmp_path: Path) -> None:
     done: list[str] = []
     fake = FakeCluster(answers={"scontrol show": [WALLTIME_WARNING]})
-    with slurm.use_runner(fake):
-        slurm.after_stop(outcome(tmp_path), TrainingOptions(), requeue_job=done.append)
+    with commands.use_runner(fake):
+        after_stop(outcome(tmp_path), TrainingOptions(), requeue_job=done.append)
     assert done == ["15"] and fake.ran("scontrol requeue") == []
 
 
 def test_wait_for_requeue_gives_up_at_the_deadline() -> None:
     fake = FakeCluster(answers={"scontrol show": [PREEMPTED]})
-    ticks = iter(range(100))
-    clock: Callable[[], float] = lambda: float(next(ticks))  # noqa: E731
-    with slurm.use_runner(fake):
-        info = slurm.wait_for_requeue("15", 0, seconds=5, clock=clock, sleep=lambda s: None)
+    time = FakeClock()
+    with commands.use_runner(fake):
+        info = wait_for_requeue("15", 0, seconds=5, clock=time.clock)
     assert isinstance(info, JobInfo) and info.state == "RUNNING"
-    assert 4 <= len(fake.calls) <= 7
+    assert len(fake.calls) == 6  # at 0, 1, ..., 5 s: once a second, the last at the deadline
+    assert time.sleeps == [1.0] * 5 and time.now == 1005.0

@@ -7,54 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import (
-    TINY_TRAINING,
-    NnunetEnv,
-    ctrl_c_as_at_a_terminal,
-    nnslurm,
-    read_events,
-    run_on_a_terminal,
-)
+from conftest import NnunetEnv, ctrl_c_as_at_a_terminal, nnslurm, read_events, run_on_a_terminal
+from support import FakeCluster, Output, build_interrupted_run, started, stop, wait_for, write_log
 
-from nnslurm import cli, runs
-from nnslurm.slurm import use_runner
-
-SIGNAL_TRAINER = ["-tr", "signal_trainers:nnUNetTrainerSignals"]
-INTERRUPTED_ARGS = ["train", *TINY_TRAINING, *SIGNAL_TRAINER, "--no-final-validation"]
-# One start per entry: (NNSLURM_TEST_SIGNALS, NNSLURM_TEST_SIGNAL, expected exit status).
-STARTS = [("0:2", "USR1", 75), ("1:3", "KILL", -signal.SIGKILL), ("", "USR1", 0)]
-_BUILT: dict[str, tuple[NnunetEnv, Path]] = {}
-
-
-def build_interrupted_run(
-    synthetic_dataset: tuple[Path, Path], factory: pytest.TempPathFactory
-) -> tuple[NnunetEnv, Path]:
-    """A real tiny run: stopped by USR1, killed by SIGKILL mid-epoch, finished.
-
-    Built once per test session (test_report.py uses it too).
-    """
-    if "run" in _BUILT:
-        return _BUILT["run"]
-    raw, preprocessed = synthetic_dataset
-    base = factory.mktemp("interrupted")
-    env = NnunetEnv(raw, preprocessed, base / "results")
-    env.results.mkdir()
-    for number, (points, name, expected) in enumerate(STARTS):
-        extra = {
-            "NNSLURM_TEST_SIGNALS": points,
-            "NNSLURM_TEST_SIGNAL": name,
-            "NNSLURM_TEST_SIGNAL_STATE": str(base / f"fired-{number}"),
-            "nnUNet_n_proc_DA": "0",
-        }
-        result = nnslurm(INTERRUPTED_ARGS, env.env(**extra))
-        assert result.returncode == expected, result.stderr[-3000:]
-    _BUILT["run"] = (env, env.run_folder("nnUNetTrainerSignals"))
-    return _BUILT["run"]
+from nnslurm import cli
+from nnslurm.runs.state import LOG_STATE, LogSays, RunState, run_state
+from nnslurm.runs.status import run_status
+from nnslurm.scheduler.commands import SchedulerJob, use_runner
 
 
 @pytest.fixture
@@ -138,29 +101,8 @@ def test_status_table_is_plain_text_off_a_terminal(interrupted_run: tuple[Nnunet
 # --- squeue/sacct at the subprocess seam --------------------------------------------------------
 
 
-def write_log(folder: Path, records: list[dict]) -> Path:
-    """An event log as jobs on other nodes would have written it (times relative to now)."""
-    now = time.time()
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = [
-        json.dumps({"host": "node7", "pid": 100, **record, "time": now + record["time"]})
-        for record in records
-    ]
-    (folder / "nnslurm_events.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
-
-
 def run_folder(results: Path, fold: int, configuration: str = "3d_fullres") -> Path:
     return results / "Dataset501_Synthetic" / f"nnUNetTrainer__nnUNetPlans__{configuration}" / f"fold_{fold}"
-
-
-def started(job: str | None, t: float, epoch: int = 0, iteration: int = 0, pid: int = 100) -> list[dict]:
-    fields = {"job_id": job, "pid": pid, "epoch": epoch, "iteration": iteration}
-    records = [{"event": "resumed", "time": t, **fields}] if (epoch, iteration) != (0, 0) else []
-    return [
-        *records,
-        {"event": "started", "time": t, **fields, "num_epochs": 10, "iterations_per_epoch": 100},
-    ]
 
 
 def progress(job: str, t: float, epoch: int, pid: int = 100) -> dict:
@@ -174,18 +116,6 @@ def progress(job: str, t: float, epoch: int, pid: int = 100) -> dict:
         "iteration": 0,
         "reason": "periodic",
     }
-
-
-def stop(
-    job: str, t: float, epoch: int, iteration: int, kind: str, pid: int = 100, **decision: object
-) -> list[dict]:
-    at = {"job_id": job, "pid": pid, "epoch": epoch, "iteration": iteration}
-    return [
-        {"event": "signal", "time": t, "signal": "USR1", **at},
-        {"event": "checkpoint", "time": t, "path": "checkpoint_latest.pth", "reason": "stop", **at},
-        {"event": "stopped", "time": t, "signal": "USR1", **at},
-        {"event": "decision", "time": t, "kind": kind, "reason": f"evidence for {kind}", **at, **decision},
-    ]
 
 
 def submitted(job: str, t: float) -> dict:
@@ -270,21 +200,6 @@ def slurm_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return results
 
 
-class FakeCluster:
-    """What squeue/sacct answer; records every command line."""
-
-    def __init__(self, squeue: str, sacct: str = "", missing: bool = False) -> None:
-        self.squeue, self.sacct, self.missing = squeue, sacct, missing
-        self.calls: list[list[str]] = []
-
-    def __call__(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        self.calls.append(argv)
-        if self.missing:
-            raise FileNotFoundError(2, "No such file or directory", argv[0])
-        output = {"squeue": self.squeue, "sacct": self.sacct}.get(argv[0], "")
-        return subprocess.CompletedProcess(argv, 0, output, "")
-
-
 def status_json(capsys: pytest.CaptureFixture[str], cluster: FakeCluster) -> dict[str, dict]:
     with use_runner(cluster):
         assert cli.main(["status", "--json"]) == 0
@@ -293,7 +208,7 @@ def status_json(capsys: pytest.CaptureFixture[str], cluster: FakeCluster) -> dic
 
 
 def test_status_merges_squeue_and_sacct(slurm_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cluster = FakeCluster(
+    cluster = FakeCluster.queue(
         squeue="101|PENDING|BeginTime\n303_2|RUNNING|None\n404|PENDING|Priority\n606|PENDING|Resources\n"
         "701|PENDING|Priority\n808|RUNNING|None\n",
         sacct="202|NODE_FAIL\n505|COMPLETED\n",
@@ -344,7 +259,7 @@ def test_status_merges_squeue_and_sacct(slurm_runs: Path, capsys: pytest.Capture
 def test_status_without_slurm_uses_the_event_logs(
     slurm_runs: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    runs_by_name = status_json(capsys, FakeCluster("", missing=True))
+    runs_by_name = status_json(capsys, FakeCluster(missing=True))
     assert runs_by_name[""]["scheduler"] is False
     assert runs_by_name["3d_fullres/0"]["state"] == "requeued"
     assert runs_by_name["3d_fullres/0"]["detail"] == "walltime: requeued"
@@ -357,7 +272,7 @@ def test_status_without_slurm_uses_the_event_logs(
 def test_status_with_no_scheduler_flag_asks_nothing(
     slurm_runs: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster = FakeCluster("")
+    cluster = FakeCluster()
     with use_runner(cluster):
         assert cli.main(["status", "--no-scheduler", "-d", "Dataset501_Synthetic"]) == 0
     assert cluster.calls == []
@@ -367,16 +282,11 @@ def test_status_with_no_scheduler_flag_asks_nothing(
 def test_an_invalid_job_id_means_gone(slurm_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """squeue exits 1 for one unknown id: the jobs ended; sacct then knows them."""
 
-    class Gone(FakeCluster):
-        def __call__(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-            self.calls.append(argv)
-            if argv[0] == "squeue":
-                return subprocess.CompletedProcess(
-                    argv, 1, "", "slurm_load_jobs error: Invalid job id specified"
-                )
-            return subprocess.CompletedProcess(argv, 0, "101|CANCELLED by 1000\n", "")
-
-    runs_by_name = status_json(capsys, Gone(""))
+    gone = FakeCluster(
+        answers={"sacct": ["101|CANCELLED by 1000\n"]},
+        fail={"squeue": (1, "slurm_load_jobs error: Invalid job id specified")},
+    )
+    runs_by_name = status_json(capsys, gone)
     assert runs_by_name["3d_fullres/0"]["state"] == "cancelled"
     assert runs_by_name["3d_fullres/0"]["scheduler_state"] == "CANCELLED"
 
@@ -424,7 +334,7 @@ def test_cancel_by_user_and_kinds_from_the_log(tmp_path: Path) -> None:
             },
         ],
     )
-    status = runs.run_status(folder)
+    status = run_status(folder)
     assert (status.state, status.detail, status.executor) == ("cancelled", "cancelled by alice", "local")
     assert status.interruptions["cancel"] == 1
 
@@ -469,9 +379,13 @@ def test_watch_refreshes_until_interrupted(slurm_runs: Path) -> None:
             text=True,
             preexec_fn=ctrl_c_as_at_a_terminal,
         )
-        time.sleep(2.5)
+        assert process.stdout is not None and process.stderr is not None
+        output = Output(process.stdout)
+        marker = "\n" if extra else "nnslurm status"  # one JSON document per line, or a title per table
+        wait_for(lambda seen=output, mark=marker: seen.text.count(mark) >= 2, 120, "two refreshes")
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
+        process.wait(timeout=30)
+        out, err = output.rest(), process.stderr.read()
         assert process.returncode == 0, err
         if extra:
             documents = [json.loads(line) for line in out.split("\n")[:-1]]  # complete lines
@@ -489,3 +403,80 @@ def test_watch_redraws_in_place_on_a_terminal(slurm_runs: Path, terminal: Callab
     shown = terminal(["status", "--no-scheduler", "--watch", "--interval", "0.3"], env, interrupt_after=3.0)
     assert shown.count("nnslurm status") >= 2
     assert "\x1b[1A" in shown and "\x1b[2K" in shown  # cursor up, erase line: the same place again
+
+
+# --- the state table ----------------------------------------------------------------------------
+
+
+def job(state: str, reason: str = "None") -> SchedulerJob:
+    return SchedulerJob("101", state, reason, "squeue")
+
+
+@pytest.mark.parametrize(
+    ("log", "scheduler", "alive", "expected"),
+    [
+        (LogSays.NO_END_RECORD, None, True, (RunState.RUNNING, "")),
+        (LogSays.NO_END_RECORD, None, None, (RunState.RUNNING, "unconfirmed: last record 5m 00s ago")),
+        (
+            LogSays.NO_END_RECORD,
+            None,
+            False,
+            (RunState.KILLED, "the training process died without a stop record"),
+        ),
+        (
+            LogSays.NO_END_RECORD,
+            job("WEIRD"),
+            None,
+            (RunState.KILLED, "the job ended (SLURM: WEIRD) without a stop record"),
+        ),
+        (
+            LogSays.NO_END_RECORD,
+            job("NODE_FAIL"),
+            None,
+            (RunState.KILLED, "the job ended (SLURM: NODE_FAIL) without a stop record"),
+        ),
+        (LogSays.NO_END_RECORD, job("COMPLETING"), None, (RunState.RUNNING, "")),
+        (
+            LogSays.WALLTIME,
+            job("PENDING", "BeginTime"),
+            None,
+            (RunState.REQUEUED, "the log; SLURM: PENDING (BeginTime)"),
+        ),
+        (
+            LogSays.WALLTIME,
+            job("TIMEOUT"),
+            None,
+            (RunState.STOPPED, "SLURM: TIMEOUT: not requeued; submit again to continue"),
+        ),
+        (
+            LogSays.CANCEL_REQUESTED,
+            job("RUNNING"),
+            None,
+            (RunState.CANCELLED, "the log; stopping (SLURM: RUNNING)"),
+        ),
+        (
+            LogSays.PREEMPTED_IN_GRACE,
+            job("RUNNING"),
+            None,
+            (RunState.PREEMPTED, "checkpoint written, waiting out the grace time (SLURM: RUNNING)"),
+        ),
+        (LogSays.PREEMPTED, job("RUNNING"), None, (RunState.RUNNING, "SLURM: RUNNING")),
+        (LogSays.FINISHED, job("RUNNING"), None, (RunState.FINISHED, "the log")),
+        (LogSays.SIGNAL, None, None, (RunState.STOPPED, "the log")),
+        (LogSays.SIGNAL, job("CANCELLED"), None, (RunState.CANCELLED, "SLURM: CANCELLED")),
+    ],
+)
+def test_state_table(
+    log: LogSays, scheduler: SchedulerJob | None, alive: bool | None, expected: tuple[RunState, str]
+) -> None:
+    assert run_state(log, "the log", scheduler, alive, ago="5m 00s") == expected
+
+
+def test_state_table_is_total() -> None:
+    """Every verdict of the log, with every answer of SLURM and of the process, has a state."""
+    assert set(LOG_STATE) == set(LogSays) - {LogSays.NO_END_RECORD}
+    for log in LogSays:
+        for state in [None, "RUNNING", "COMPLETING", "PENDING", "PREEMPTED", "CANCELLED", "FAILED", "WEIRD"]:
+            for alive in (True, False, None):
+                found, _ = run_state(log, "", None if state is None else job(state), alive)
+                assert found in RunState

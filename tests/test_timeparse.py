@@ -55,7 +55,10 @@ def test_scontrol_times() -> None:
 
 
 def test_describe() -> None:
-    assert describe(45) == "45 s"
-    assert describe(750) == "12 min 30 s"
-    assert describe(7500) == "2 h 05 min"
-    assert describe(3 * 86400 + 4 * 3600) == "3 d 04 h"
+    assert describe(45) == "45s"
+    assert describe(750) == "12m 30s"
+    assert describe(720) == "12m 00s"
+    assert describe(7500) == "2h 05m"
+    assert describe(47 * 3600 + 59 * 60) == "47h 59m"  # hours up to two days: ETAs stay comparable
+    assert describe(3 * 86400 + 4 * 3600) == "3d 04h"
+    assert describe(-3) == "0s" and describe(None) == "-"

@@ -18,9 +18,14 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from nnslurm import runs
 from nnslurm.errors import NnslurmError
-from nnslurm.events import EventLog
+from nnslurm.runs.discovery import resolve
+from nnslurm.runs.events import Event, EventLog
+from nnslurm.runs.history import History, Outcome, read_history
+from nnslurm.runs.state import RunState
+from nnslurm.runs.status import process_alive, run_status
+from nnslurm.scheduler.commands import cancel as scancel
+from nnslurm.scheduler.environment import LOCAL_PREFIX, is_local_job, is_slurm_job
 
 logger = logging.getLogger(__name__)
 
@@ -59,27 +64,27 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     results = os.environ.get("nnUNet_results")
-    targets = runs.resolve(args.run, Path(results) if results else None)
+    targets = resolve(args.run, Path(results) if results else None)
     if Path(args.run).expanduser().is_dir():
         cancel_run(targets[0][0], None, args.dry_run)
         return 0
-    slurm = list(dict.fromkeys(folder for folder, job in targets if runs.is_slurm_job(job)))
+    slurm = list(dict.fromkeys(folder for folder, job in targets if is_slurm_job(job)))
     if slurm:  # one scancel for the id given: a whole array when it names one
         cancel_slurm(args.run.strip(), slurm, args.dry_run)
     for folder, job in targets:
-        if not runs.is_slurm_job(job):
+        if not is_slurm_job(job):
             cancel_run(folder, job, args.dry_run)
     return 0
 
 
 def cancel_run(folder: Path, job_id: str | None, dry_run: bool) -> None:
     """Cancel the run's job `job_id` (None: its newest job)."""
-    history = runs.read_history(folder)
-    status = runs.run_status(folder, scheduler=None, history=history)
-    if status.state == "finished":
+    history = read_history(folder)
+    status = run_status(folder, scheduler=None, history=history)
+    if status.state == RunState.FINISHED:
         raise NothingToCancel(f"{folder}: the run has finished; nothing to cancel.")
     job = job_id if job_id is not None else history.newest_job_id
-    if runs.is_slurm_job(job):
+    if is_slurm_job(job):
         assert job is not None
         cancel_slurm(job, [folder], dry_run)
         return
@@ -101,38 +106,36 @@ def cancel_run(folder: Path, job_id: str | None, dry_run: bool) -> None:
 
 
 def cancel_slurm(job_id: str, folders: list[Path], dry_run: bool) -> None:
-    from nnslurm.slurm import run_command
-
     if dry_run:
         print(f"would run: scancel {job_id}, and record the cancel in {', '.join(map(str, folders))}")
         return
-    run_command(["scancel", job_id])
+    scancel(job_id)
     for folder in folders:
         record(folder, job_id, "scancel")
     print(f"cancelled SLURM job {job_id} (scancel); it checkpoints and exits without requeueing.")
     print(RESUMABLE)
 
 
-def local_target(history: runs.History, job_id: str | None) -> int:
+def local_target(history: History, job_id: str | None) -> int:
     """The pid to signal: the training process if alive, else submitit's local controller."""
     segments = [s for s in history.segments if job_id is None or s.job_id == job_id]
     here = socket.gethostname()
     last = segments[-1] if segments else None
-    if last is not None and last.pid is not None and last.outcome == "open":
+    if last is not None and last.pid is not None and last.outcome == Outcome.OPEN:
         if last.host != here:
             raise NothingToCancel(
                 f"{_describe(job_id)} runs on {last.host}, not on this host ({here}).",
                 hint=f"run `nnslurm cancel {history.folder}` on {last.host}.",
             )
-        if runs.process_alive(last.pid):
+        if process_alive(last.pid):
             return last.pid
-    if job_id is not None and job_id.startswith("local-"):
-        controller = job_id.removeprefix("local-")
+    if job_id is not None and is_local_job(job_id):
+        controller = job_id.removeprefix(LOCAL_PREFIX)
         submitted_here = any(
             record.get("job_id") == job_id and record.get("host") in (None, here)
             for record in history.submitted
         )
-        if controller.isdigit() and submitted_here and runs.process_alive(int(controller)):
+        if controller.isdigit() and submitted_here and process_alive(int(controller)):
             return int(controller)
     raise NothingToCancel(
         f"{history.folder}: no running process of {_describe(job_id)} on this host; nothing to cancel.",
@@ -144,14 +147,14 @@ def record(folder: Path, job_id: str | None, method: str, target_pid: int | None
     fields: dict[str, Any] = {"job_id": job_id, "by": _user(), "method": method}
     if target_pid is not None:
         fields["target_pid"] = target_pid
-    EventLog(folder).append("cancel_requested", **fields)
+    EventLog(folder).append(Event.CANCEL_REQUESTED, **fields)
     logger.debug("recorded cancel_requested in %s", folder)
 
 
 def _describe(job_id: str | None) -> str:
     if job_id is None:
         return "the `nnslurm train` process"
-    return f"local job {job_id}" if job_id.startswith("local-") else f"job {job_id}"
+    return f"local job {job_id}" if is_local_job(job_id) else f"job {job_id}"
 
 
 def _user() -> str:

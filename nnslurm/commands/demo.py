@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from nnslurm.cluster import resolve
 from nnslurm.commands.options import checked
 from nnslurm.config import RunSpec, TrainingOptions, TrainJob
-from nnslurm.events import EventLog
 from nnslurm.nnunet import FOLDER_VARIABLES, output_folder
+from nnslurm.runs.events import Event, read_events
 from nnslurm.synthetic import TINY_PLANS, make_synthetic_dataset
 from nnslurm.timeparse import format_time, parse_time
 
@@ -133,35 +133,28 @@ def submit_command(submission: Submission) -> list[str]:
 
 def print_story(folder: Path, started: float) -> None:
     """The run's event log as a timeline, and what each interruption cost."""
-    records = EventLog(folder).read()
+    records = read_events(folder)
     if not records:
         print(f"no events in {folder}")
         return
     t0 = records[0]["time"]
     print("\nwhat happened (from nnslurm_events.jsonl):")
-    shown = (
-        "submitted",
-        "started",
-        "resumed",
-        "signal",
-        "stopped",
-        "decision",
-        "requeued",
-        "finished",
-        "failed",
-    )
     for record in records:
-        kind = record["event"]
-        if kind not in shown or (kind == "started" and record.get("epoch", 0) + record.get("iteration", 0)):
+        kind = record.get("event")
+        if kind not in _STORY or (
+            kind == Event.STARTED and record.get("epoch", 0) + record.get("iteration", 0)
+        ):
             continue
         where = f"epoch {record['epoch']} iteration {record['iteration']}" if "epoch" in record else ""
         extra = record.get("kind") or record.get("signal") or record.get("checkpoint") or ""
-        if kind == "requeued":
+        if kind == Event.REQUEUED:
             extra = f"by {record.get('by')} ({record.get('reason')})"
         print(f"  {record['time'] - t0:6.1f} s  {kind:<9} {where:<24} {extra}")
-    stops = [r for r in records if r["event"] == "stopped"]
-    resumes = [r for r in records if r["event"] == "resumed"]
-    per_epoch = next((r.get("iterations_per_epoch") for r in records if r["event"] == "started"), 0) or 0
+    stops = [r for r in records if r.get("event") == Event.STOPPED]
+    resumes = [r for r in records if r.get("event") == Event.RESUMED]
+    per_epoch = (
+        next((r.get("iterations_per_epoch") for r in records if r.get("event") == Event.STARTED), 0) or 0
+    )
     redone = [
         (s["epoch"] * per_epoch + s["iteration"]) - (r["epoch"] * per_epoch + r["iteration"])
         for s, r in zip(stops, resumes, strict=False)
@@ -170,6 +163,20 @@ def print_story(folder: Path, started: float) -> None:
     print(f"\n{len(stops)} stop(s), {len(resumes)} resume(s), iterations redone per stop: {redone or '-'}")
     print(f"final checkpoint: {final if final.is_file() else 'not written'}")
     print(f"demo took {time.time() - started:.0f} s")
+
+
+# The records the demo's story shows (a "started" only when training begins at 0).
+_STORY = (
+    Event.SUBMITTED,
+    Event.STARTED,
+    Event.RESUMED,
+    Event.SIGNAL,
+    Event.STOPPED,
+    Event.DECISION,
+    Event.REQUEUED,
+    Event.FINISHED,
+    Event.FAILED,
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -17,8 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnslurm import runs
 from nnslurm.errors import CommandError, NnslurmError, SchedulerError, UsageError
+from nnslurm.runs.discovery import resolve
+from nnslurm.runs.history import History, read_history
+from nnslurm.runs.state import TERMINAL_STATES
+from nnslurm.runs.status import run_status
+from nnslurm.scheduler.commands import job_info
+from nnslurm.scheduler.environment import LOCAL_PREFIX, is_slurm_job
 
 EPILOG = """\
 Where the files are found, for each job of the run:
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--interval {args.interval:g}: must be more than 0 seconds.")
     results_text = os.environ.get("nnUNet_results")
     results = Path(results_text) if results_text else None
-    targets = runs.resolve(args.run, results)
+    targets = resolve(args.run, results)
     found = [logs for folder, job in targets for logs in job_logs(folder, job, results)]
     if not any(logs.files for logs in found):
         jobs = ", ".join(logs.job_id for logs in found) or "none recorded"
@@ -92,13 +97,13 @@ def run(args: argparse.Namespace) -> int:
 
 def job_logs(folder: Path, job_id: str | None, results: Path | None) -> list[JobLogs]:
     """The log files of one job of the run (`job_id`), or of every job of it, oldest first."""
-    history = runs.read_history(folder)
+    history = read_history(folder)
     jobs = [job_id] if job_id is not None else history.job_ids
     return [JobLogs(job, tuple(find_files(job, history, results))) for job in jobs]
 
 
-def find_files(job_id: str, history: runs.History, results: Path | None) -> list[Path]:
-    bare = job_id.removeprefix("local-")
+def find_files(job_id: str, history: History, results: Path | None) -> list[Path]:
+    bare = job_id.removeprefix(LOCAL_PREFIX)
     folders = [
         Path(str(record["log_folder"]))
         for record in history.submitted
@@ -110,7 +115,7 @@ def find_files(job_id: str, history: runs.History, results: Path | None) -> list
         files = sorted(log_folder.glob("*_log.out")) + sorted(log_folder.glob("*_log.err"))
         if files:
             return files
-    if runs.is_slurm_job(job_id):
+    if is_slurm_job(job_id):
         files = _scontrol_files(job_id)
         if files:
             return files
@@ -119,8 +124,6 @@ def find_files(job_id: str, history: runs.History, results: Path | None) -> list
 
 
 def _scontrol_files(job_id: str) -> list[Path]:
-    from nnslurm.slurm import job_info
-
     try:
         fields = job_info(job_id, timeout=10).fields
     except (CommandError, SchedulerError):
@@ -169,4 +172,4 @@ def follow(
 
 
 def _ended(folder: Path) -> bool:
-    return runs.run_status(folder, scheduler=None).state in runs.TERMINAL_STATES
+    return run_status(folder, scheduler=None).state in TERMINAL_STATES

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nnslurm import runs
+from nnslurm.runs.discovery import resolve
+from nnslurm.runs.status import statuses
 
 DEFAULT_PICTURE = "nnslurm_timeline.png"
 EPILOG = f"""\
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from nnslurm import report
 
     results = os.environ.get("nnUNet_results")
-    targets = runs.resolve(args.run, Path(results) if results else None)
+    targets = resolve(args.run, Path(results) if results else None)
     folders = list(dict.fromkeys(folder for folder, _ in targets))
     if args.output is not None and len(folders) > 1:
         from nnslurm.errors import UsageError
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.run} names {len(folders)} runs (a job array); -o can hold one picture.",
             hint="pass one task's id (ARRAY_TASK) or its run folder, or leave out -o.",
         )
-    rows, _ = runs.statuses(folders, use_scheduler=not args.no_scheduler)
+    rows, _ = statuses(folders, use_scheduler=not args.no_scheduler)
     documents = []
     for row in rows:
         summary = report.summarize(row)

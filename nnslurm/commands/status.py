@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from nnslurm import runs
 from nnslurm.errors import UsageError
+from nnslurm.runs.discovery import discover
+from nnslurm.runs.state import RunState
+from nnslurm.runs.status import SCHEMA, RunStatus, iso_time, statuses
+from nnslurm.timeparse import describe
 
 DESCRIPTION = """\
 One row per run folder under $nnUNet_results: job id(s), state, epoch and iteration of the
@@ -127,9 +130,9 @@ def results_folder(given: Path | None) -> Path:
     return given
 
 
-def collect(args: argparse.Namespace, results: Path) -> tuple[list[runs.RunStatus], bool]:
-    folders = runs.discover(results, args.dataset)
-    return runs.statuses(folders, use_scheduler=not args.no_scheduler)
+def collect(args: argparse.Namespace, results: Path) -> tuple[list[RunStatus], bool]:
+    folders = discover(results, args.dataset)
+    return statuses(folders, use_scheduler=not args.no_scheduler)
 
 
 def show_once(args: argparse.Namespace, results: Path) -> None:
@@ -184,17 +187,17 @@ def make_console(stream: IO[str] | None = None) -> Any:
     )
 
 
-def document(rows: Sequence[runs.RunStatus], results: Path, scheduler: bool) -> dict[str, Any]:
+def document(rows: Sequence[RunStatus], results: Path, scheduler: bool) -> dict[str, Any]:
     return {
-        "schema": runs.SCHEMA,
-        "generated_at": runs.iso_time(time.time()),
+        "schema": SCHEMA,
+        "generated_at": iso_time(time.time()),
         "results": str(results),
         "scheduler": scheduler,
         "runs": [row.to_json() for row in rows],
     }
 
 
-def render(rows: Sequence[runs.RunStatus], results: Path, scheduler: bool) -> Any:
+def render(rows: Sequence[RunStatus], results: Path, scheduler: bool) -> Any:
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -219,7 +222,7 @@ def render(rows: Sequence[runs.RunStatus], results: Path, scheduler: bool) -> An
     return Group(title, Text(""), table)
 
 
-def cells(row: runs.RunStatus, with_trainer: bool = True) -> list[Any]:
+def cells(row: RunStatus, with_trainer: bool = True) -> list[Any]:
     from rich.text import Text
 
     name = row.name
@@ -229,7 +232,7 @@ def cells(row: runs.RunStatus, with_trainer: bool = True) -> list[Any]:
     epoch = "-" if row.epoch is None else f"{row.epoch}/{row.num_epochs or '?'}"
     iteration = "-" if row.iteration is None else f"{row.iteration}/{row.iterations_per_epoch or '?'}"
     kinds = [f"{kind} {count}" for kind, count in row.interruptions.items() if count]
-    age = "-" if row.checkpoint is None else runs.describe_duration(row.checkpoint_age_s)
+    age = "-" if row.checkpoint is None else describe(row.checkpoint_age_s)
     rate = "-" if row.iterations_per_s is None else f"{row.iterations_per_s:.2f}"
     detail = row.last_error or row.detail
     return [
@@ -245,17 +248,17 @@ def cells(row: runs.RunStatus, with_trainer: bool = True) -> list[Any]:
         age,
         rate,
         eta_text(row),
-        Text(detail, style="red" if row.state in ("failed", "killed") else "dim"),
+        Text(detail, style="red" if row.state in (RunState.FAILED, RunState.KILLED) else "dim"),
     ]
 
 
-def eta_text(row: runs.RunStatus) -> str:
+def eta_text(row: RunStatus) -> str:
     """Running: the clock time it should end (and how long until then); else the training time left."""
-    if row.state == "finished":
+    if row.state == RunState.FINISHED:
         return "done"
     if row.remaining_s is None:
         return "-"
-    left = runs.describe_duration(row.remaining_s)
+    left = describe(row.remaining_s)
     if row.eta is not None:
         return f"{time.strftime('%H:%M', time.localtime(row.eta))} ({left})"
     return f"{left} left"

@@ -92,7 +92,7 @@ def _after_stop_hook(job: TrainJob) -> Any:
     """Inside SLURM the scheduler decides what a stop means (walltime -> requeue ourselves)."""
 
     def after_stop(outcome: TrainingOutcome) -> None:
-        from nnslurm.slurm import after_stop as decide
+        from nnslurm.scheduler.after_stop import after_stop as decide
 
         decide(outcome, job.options)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nnslurm import slurm
+from nnslurm.scheduler import commands as slurm
 
 T = TypeVar("T")
 DONE_STATES = (

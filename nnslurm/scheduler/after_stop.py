@@ -1,0 +1,272 @@
+"""After training stopped on a signal with a complete checkpoint: gather the evidence, decide
+(nnslurm.scheduler.policy), record the decision, and requeue or wait for SLURM's requeue.
+
+The clock and the sleep are injected (`Clock`), so tests run the waiting on a fake clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nnslurm.errors import CommandError, RequeueLimitReached, SchedulerError
+from nnslurm.runs.events import Event, EventLog, read_events
+from nnslurm.scheduler.commands import JobInfo, accounting_state, job_info, requeue
+from nnslurm.scheduler.environment import SlurmEnvironment
+from nnslurm.scheduler.policy import (
+    BY_NNSLURM,
+    BY_SLURM,
+    StopDecision,
+    StopEvidence,
+    StopKind,
+    apply_requeue_limit,
+    decide,
+    requeues_left,
+    self_requeues,
+)
+from nnslurm.timeparse import describe
+
+if TYPE_CHECKING:
+    from nnslurm.config import TrainingOptions
+    from nnslurm.training import TrainingOutcome
+
+logger = logging.getLogger(__name__)
+
+# After the grace time of a preemption ends, how long to wait for SLURM's requeue before doing it.
+REQUEUE_WAIT_MARGIN_S = 45.0
+# How often to ask scontrol while waiting.
+POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Where the waiting gets its time: the real one, or a test's."""
+
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+SYSTEM_CLOCK = Clock()
+
+
+def after_stop(
+    outcome: TrainingOutcome,
+    options: TrainingOptions,
+    requeue_job: Callable[[str], None] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> StopDecision:
+    """Inside a SLURM job, after training stopped on a signal with a complete checkpoint.
+
+    Walltime (warning or limit) -> requeue this job (`requeue_job`, default `scontrol requeue`),
+    unless it already did so --max-requeues times: then RequeueLimitReached. Preemption -> wait
+    for SLURM's own requeue at the end of the grace time (exiting earlier loses the job).
+    scancel, requeue from outside, a signal by hand -> nothing. Every decision is logged and
+    recorded in the run's event log.
+    """
+    env = SlurmEnvironment.from_environ()
+    folder = Path(outcome.output_folder)
+    events = EventLog(folder)
+    with _ignoring_term():
+        evidence = gather_evidence(outcome.stop_signal, env)
+        job_id = env.event_job_id
+        used = self_requeues(read_events(folder), job_id)
+        decision = apply_requeue_limit(decide(evidence), used, options.max_requeues)
+        left = requeues_left(decision, used, options.max_requeues)
+        record_decision(events, decision, evidence, outcome, left)
+        if decision.kind == StopKind.LIMIT:
+            raise limit_error(outcome, options.max_requeues, job_id)
+        target = env.qualified_id or job_id
+        if decision.requeue_self and target:
+            events.append(
+                Event.REQUEUED,
+                job_id=job_id,
+                reason=StopKind.WALLTIME,
+                by=BY_NNSLURM,
+                requeues_left=left,
+                restart_count=env.restart_count,
+            )
+            try:
+                (requeue_job or requeue)(target)
+            except Exception as error:
+                events.append(
+                    Event.DECISION,
+                    job_id=job_id,
+                    kind=StopKind.REQUEUE_FAILED,
+                    requeue_self=False,
+                    error=str(error),
+                )
+                raise
+        elif decision.wait_for_scheduler and env.qualified_id:
+            finish_preemption(events, env, evidence, requeue_job or requeue, clock)
+        elif decision.kind == StopKind.REQUEUED:
+            source = "preemption" if evidence.accounting == "PREEMPTED" else "external"
+            events.append(Event.REQUEUED, job_id=job_id, reason=source, by=BY_SLURM, requeues_left=left)
+    return decision
+
+
+def gather_evidence(signal_name: str | None, env: SlurmEnvironment | None = None) -> StopEvidence:
+    """Ask scontrol (and sacct when it matters) about this job, right now."""
+    env = env or SlurmEnvironment.from_environ()
+    job_id = env.qualified_id
+    if job_id is None:
+        return StopEvidence(signal_name, env, None)
+    try:
+        info: JobInfo | None = job_info(job_id)
+    except (CommandError, SchedulerError) as error:
+        logger.warning(
+            "job %s: cannot read the job's state (%s); deciding by the signal alone", job_id, error
+        )
+        info = None
+    accounting = None
+    if info is not None and info.restarts > env.restart_count:
+        accounting = accounting_state(job_id)
+    return StopEvidence(signal_name, env, info, accounting)
+
+
+def record_decision(
+    events: EventLog,
+    decision: StopDecision,
+    evidence: StopEvidence,
+    outcome: TrainingOutcome,
+    requeues_left: int,
+) -> None:
+    info = evidence.info
+    left = info.time_left(evidence.now) if info else None
+    events.append(
+        Event.DECISION,
+        job_id=evidence.env.event_job_id,
+        kind=decision.kind,
+        requeue_self=decision.requeue_self,
+        reason=decision.reason,
+        signal=evidence.signal,
+        job_state=info.state if info else None,
+        restarts=info.restarts if info else None,
+        preempt_time=info.preempt_time.isoformat() if info and info.preempt_time else None,
+        time_left_s=round(left, 1) if left is not None else None,
+        accounting=evidence.accounting,
+        requeues_left=requeues_left,
+        epoch=outcome.epoch,
+        iteration=outcome.iteration,
+    )
+    logger.warning(
+        "job %s on %s: stopped by SIG%s at epoch %d iteration %d -> %s: %s (self-requeues left: %d)",
+        evidence.env.event_job_id,
+        socket.gethostname(),
+        evidence.signal,
+        outcome.epoch,
+        outcome.iteration,
+        decision.kind,
+        decision.reason,
+        requeues_left,
+    )
+
+
+def limit_error(outcome: TrainingOutcome, max_requeues: int, job_id: str | None) -> RequeueLimitReached:
+    return RequeueLimitReached(
+        f"job {job_id} reached the walltime {max_requeues + 1} times and requeued itself {max_requeues} "
+        f"time(s), the most --max-requeues allows; it stops here. The checkpoint at epoch {outcome.epoch} "
+        f"iteration {outcome.iteration} in {outcome.output_folder} is complete.",
+        hint="submit the same command again to continue from it, with a longer --time or a higher "
+        "--max-requeues.",
+    )
+
+
+@contextlib.contextmanager
+def _ignoring_term() -> Iterator[None]:
+    """SLURM sends TERM around a requeue; the decision's records must still be written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def wait_for_requeue(
+    job_id: str,
+    restart_count: int,
+    seconds: float,
+    clock: Clock = SYSTEM_CLOCK,
+    poll_s: float = POLL_S,
+) -> JobInfo | None:
+    """Poll scontrol until the job is no longer running this incarnation (requeued, cancelled).
+
+    Asks once more at the deadline, then gives up with the last answer."""
+    until = clock.monotonic() + seconds
+    last: JobInfo | None = None
+    while True:
+        try:
+            last = job_info(job_id)
+        except (CommandError, SchedulerError) as error:
+            logger.debug("job %s: %s", job_id, error)
+        else:
+            if last.restarts > restart_count or last.state not in ("RUNNING", "SUSPENDED"):
+                return last
+        if clock.monotonic() >= until:
+            return last
+        clock.sleep(poll_s)
+
+
+def finish_preemption(
+    events: EventLog,
+    env: SlurmEnvironment,
+    evidence: StopEvidence,
+    requeue_job: Callable[[str], None],
+    clock: Clock = SYSTEM_CLOCK,
+) -> None:
+    """Stay alive until SLURM requeues the preempted job; requeue it ourselves if it does not."""
+    job_id = env.qualified_id
+    assert job_id is not None
+    left = evidence.info.time_left() if evidence.info else None
+    wait_s = max(0.0, left or 0.0) + REQUEUE_WAIT_MARGIN_S
+    logger.info(
+        "job %s on %s: checkpoint written; waiting up to %s for SLURM to requeue the preempted job",
+        job_id,
+        socket.gethostname(),
+        describe(wait_s),
+    )
+    started = clock.monotonic()
+    info = wait_for_requeue(job_id, env.restart_count, wait_s, clock)
+    waited = round(clock.monotonic() - started, 1)
+    if info is not None and info.restarts > env.restart_count:
+        events.append(
+            Event.REQUEUED, job_id=env.event_job_id, reason="preemption", by=BY_SLURM, waited_s=waited
+        )
+        logger.info("job %s: SLURM requeued it after %.1f s (Restarts=%d)", job_id, waited, info.restarts)
+        return
+    if info is not None and info.state not in ("RUNNING", "SUSPENDED"):
+        events.append(
+            Event.DECISION,
+            job_id=env.event_job_id,
+            kind=StopKind.CANCEL,
+            requeue_self=False,
+            waited_s=waited,
+            reason=f"preempted, then JobState={info.state} without a requeue (PreemptMode=CANCEL "
+            "or scancel): not requeueing",
+        )
+        logger.warning(
+            "job %s: preempted and ended as %s without a requeue; resubmit to resume", job_id, info.state
+        )
+        return
+    events.append(
+        Event.REQUEUED,
+        job_id=env.event_job_id,
+        reason="preemption",
+        by=BY_NNSLURM,
+        waited_s=waited,
+        note="SLURM had not requeued the preempted job by the end of its grace time",
+    )
+    logger.warning(
+        "job %s: SLURM did not requeue the preempted job within %.0f s; requeueing it", job_id, waited
+    )
+    requeue_job(job_id)

@@ -1,0 +1,263 @@
+"""The one subprocess seam to SLURM, and the parsers of what scontrol, squeue and sacct print.
+
+Every call of sbatch/scontrol/sacct/squeue/scancel that nnslurm makes goes through `run_command`
+(argument lists, never a shell, always a timeout; a failure raises CommandError carrying the
+command, exit status, stdout and stderr). Tests replace the runner with `use_runner`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import subprocess
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from nnslurm.errors import CommandError, SchedulerError
+from nnslurm.scheduler.environment import is_slurm_job
+from nnslurm.timeparse import parse_scontrol_time
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 30.0
+# `nnslurm status` asks squeue and sacct once for all runs; a login node must not hang on them.
+QUERY_TIMEOUT_S = 15.0
+
+
+# --- the subprocess seam ------------------------------------------------------------------------
+
+
+class Runner(Protocol):
+    def __call__(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]: ...
+
+
+def subprocess_runner(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """The real runner: no shell, text output captured, never raises for a non-zero status."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+_runner: list[Runner] = [subprocess_runner]
+
+
+@contextlib.contextmanager
+def use_runner(runner: Runner) -> Iterator[None]:
+    """Replace the runner of every SLURM command (tests: a fake cluster at the subprocess boundary)."""
+    _runner.append(runner)
+    try:
+        yield
+    finally:
+        _runner.remove(runner)
+
+
+def run_command(argv: Sequence[str], timeout: float = DEFAULT_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """Run one SLURM command; raises CommandError (command, status, output) unless it exits 0."""
+    args = [str(arg) for arg in argv]
+    logger.debug("running %s", " ".join(args))
+    try:
+        result = _runner[-1](args, timeout)
+    except FileNotFoundError as error:
+        raise CommandError(
+            args,
+            127,
+            "",
+            f"{args[0]}: command not found ({error.strerror or error})",
+            hint=f"is SLURM installed here and `{args[0]}` on the PATH? Without SLURM use "
+            "`--executor local`, or start the test cluster: scripts/slurm-dev-cluster up",
+        ) from error
+    except subprocess.TimeoutExpired as error:
+        raise CommandError(
+            args,
+            None,
+            _text(error.stdout),
+            _text(error.stderr),
+            hint=f"slurmctld did not answer within {timeout:g} s; check `scontrol ping`.",
+        ) from error
+    if result.returncode != 0:
+        raise CommandError(args, result.returncode, result.stdout or "", result.stderr or "")
+    return result
+
+
+def _text(value: str | bytes | None) -> str:
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+# --- scontrol -----------------------------------------------------------------------------------
+
+# A key starts a token: letters first, then letters, digits and : / _ (AllocNode:Sid, CPUs/Task).
+_KEY = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=")
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """`scontrol show job -o ID`: the fields nnslurm decides on, plus all of them raw."""
+
+    job_id: str  # JobId
+    state: str  # JobState: PENDING, RUNNING, COMPLETING, CANCELLED, ...
+    reason: str  # Reason: None, TimeLimit, BeginTime, ...
+    restarts: int  # Restarts: how often the job has been requeued
+    requeue: bool  # Requeue: 1 when the job may be requeued (--requeue / JobRequeue=1)
+    time_limit_s: int | None  # TimeLimit (None: UNLIMITED)
+    run_time_s: int | None  # RunTime
+    start_time: datetime | None  # StartTime
+    end_time: datetime | None  # EndTime: the limit, or PreemptTime + GraceTime once preempted
+    preempt_time: datetime | None  # PreemptTime: set when the job was chosen for preemption
+    exit_code: str  # ExitCode "status:signal"
+    fields: Mapping[str, str] = field(repr=False, default_factory=dict)  # every key=value
+
+    def time_left(self, now: datetime | None = None) -> float | None:
+        """Seconds until SLURM ends the job (EndTime), else TimeLimit - RunTime."""
+        if self.end_time is not None:
+            return (self.end_time - (now or datetime.now())).total_seconds()
+        if self.time_limit_s is not None and self.run_time_s is not None:
+            return float(self.time_limit_s - self.run_time_s)
+        return None
+
+
+def parse_job_info(text: str) -> JobInfo:
+    """Parse one record of `scontrol show job -o`; SchedulerError (showing the text) if it is not one."""
+    line = next((candidate for candidate in text.splitlines() if candidate.strip()), "")
+    fields: dict[str, str] = {}
+    matches = list(_KEY.finditer(line))
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(line)
+        fields.setdefault(match.group(1), line[match.end() : end].strip())
+    if "JobId" not in fields or "JobState" not in fields:
+        raise SchedulerError(
+            "cannot read the output of `scontrol show job -o`: no JobId=/JobState= in it:\n"
+            + (text.strip()[:2000] or "(empty output)"),
+            hint="nnslurm expects key=value pairs as Slurm 20-24 print them.",
+        )
+    try:
+        return JobInfo(
+            job_id=fields["JobId"],
+            state=fields["JobState"],
+            reason=fields.get("Reason", "None"),
+            restarts=int(fields.get("Restarts", "0")),
+            requeue=fields.get("Requeue", "1") == "1",
+            time_limit_s=parse_scontrol_time(fields.get("TimeLimit", "")),
+            run_time_s=parse_scontrol_time(fields.get("RunTime", "")),
+            start_time=_timestamp(fields.get("StartTime")),
+            end_time=_timestamp(fields.get("EndTime")),
+            preempt_time=_timestamp(fields.get("PreemptTime")),
+            exit_code=fields.get("ExitCode", ""),
+            fields=fields,
+        )
+    except ValueError as error:
+        raise SchedulerError(
+            f"cannot read the output of `scontrol show job -o`: {error}:\n{text.strip()[:2000]}"
+        ) from error
+
+
+def _timestamp(text: str | None) -> datetime | None:
+    if not text or text in ("None", "Unknown", "N/A", "(null)"):
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def job_info(job_id: str, timeout: float = DEFAULT_TIMEOUT_S) -> JobInfo:
+    """The scheduler's view of one job (an array task as "ARRAY_TASK")."""
+    result = run_command(["scontrol", "show", "job", "-o", job_id], timeout)
+    return parse_job_info(result.stdout)
+
+
+def requeue(job_id: str, timeout: float = 60.0) -> None:
+    """`scontrol requeue ID`: SLURM kills the job (TERM, KILL after KillWait) and queues it again."""
+    try:
+        run_command(["scontrol", "requeue", job_id], timeout)
+    except CommandError as error:
+        error.hint = (
+            "the job could not be requeued; the checkpoint is complete, so resubmitting the same "
+            "command resumes it. If the message says the job is not requeueable, the cluster sets "
+            "JobRequeue=0 and the job lacks --requeue."
+        )
+        raise
+
+
+def cancel(job_id: str) -> None:
+    """`scancel ID` (an array id: every task). SLURM sends TERM; the job checkpoints and stays cancelled."""
+    run_command(["scancel", job_id])
+
+
+def available() -> bool:
+    """Whether a SLURM controller answers (sinfo)."""
+    try:
+        run_command(["sinfo", "-h", "-o", "%P"], timeout=15)
+    except CommandError:
+        return False
+    return True
+
+
+# --- squeue and sacct ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SchedulerJob:
+    job_id: str
+    state: str  # squeue %T or sacct State (first word): PENDING, RUNNING, CANCELLED, ...
+    reason: str  # squeue %r ("" from sacct)
+    source: str  # squeue | sacct
+
+
+def parse_sacct(text: str, job_ids: Iterable[str] | None = None) -> dict[str, str]:
+    """`sacct -X -n -P -o JobID,State`: each job's State (first word: "CANCELLED by 0"), its latest record."""
+    wanted = None if job_ids is None else set(job_ids)
+    states: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 2 and parts[1].strip() and (wanted is None or parts[0] in wanted):
+            states[parts[0]] = parts[1].split()[0]
+    return states
+
+
+def accounting_states(job_ids: Sequence[str], timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, str]:
+    """The State of each job in sacct; {} without accounting."""
+    try:
+        result = run_command(
+            ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)], timeout
+        )
+    except CommandError as error:
+        logger.debug("sacct failed: %s", error)
+        return {}
+    return parse_sacct(result.stdout, job_ids)
+
+
+def accounting_state(job_id: str, timeout: float = DEFAULT_TIMEOUT_S) -> str | None:
+    """The job's State in sacct (its latest record), or None without accounting."""
+    return accounting_states([job_id], timeout).get(job_id)
+
+
+def query_scheduler(job_ids: Iterable[str]) -> dict[str, SchedulerJob] | None:
+    """squeue for jobs SLURM still knows, sacct for the ended ones; None without SLURM."""
+    wanted = sorted({job for job in job_ids if is_slurm_job(job)})
+    if not wanted:
+        return {}
+    found: dict[str, SchedulerJob] = {}
+    try:
+        result = run_command(
+            ["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(wanted)], QUERY_TIMEOUT_S
+        )
+        for line in result.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) >= 2 and parts[0] in wanted:
+                reason = parts[2] if len(parts) > 2 else ""
+                found[parts[0]] = SchedulerJob(parts[0], parts[1].strip(), reason.strip(), "squeue")
+    except CommandError as error:
+        if error.returncode == 127 or error.returncode is None:
+            logger.debug("no scheduler: %s", error)
+            return None
+        if "invalid job id" not in (error.stderr + error.stdout).lower():
+            logger.warning("squeue failed; states come from the event logs only: %s", error)
+            return None
+    missing = [job for job in wanted if job not in found]
+    if missing:
+        states = accounting_states(missing, QUERY_TIMEOUT_S)
+        found.update({job: SchedulerJob(job, state, "", "sacct") for job, state in states.items()})
+    return found

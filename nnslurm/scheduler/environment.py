@@ -1,0 +1,112 @@
+"""The one reader of a job's environment: what SLURM (or submitit's local executor) tells a process.
+
+Every `SLURM_*`/`SUBMITIT_*` variable nnslurm decides on is read here, on demand, never at import
+time. The job id as scontrol wants it (`qualified_id`) and as the event log records it
+(`event_job_id`) are derived here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# Set by `nnslurm submit` and the templates: the signal of the job's --signal (walltime warning).
+WARNING_SIGNAL_ENV = "NNSLURM_WARNING_SIGNAL"
+# The event log's job ids of submitit's local executor: "local-<pid of its controller>".
+LOCAL_PREFIX = "local-"
+_SLURM_JOB_ID = re.compile(r"\d+(_\d+)?")
+
+
+@dataclass(frozen=True)
+class SlurmEnvironment:
+    """What SLURM tells a process of a job through its environment (read on demand)."""
+
+    job_id: str | None  # SLURM_JOB_ID: this job (each array task has its own)
+    array_job_id: str | None  # SLURM_ARRAY_JOB_ID: the array's id, for array tasks
+    array_task_id: str | None  # SLURM_ARRAY_TASK_ID: the task's index
+    restart_count: int  # SLURM_RESTART_COUNT: unset on the first run, then 1, 2, ...
+    restart_count_set: bool  # whether SLURM_RESTART_COUNT is set (the event log records it only then)
+    procid: int  # SLURM_PROCID: the task's global rank (0 acts)
+    warning_signal: str | None  # NNSLURM_WARNING_SIGNAL: the --signal of this job, if nnslurm set it
+    executor: str | None  # SUBMITIT_EXECUTOR: "slurm" or "local" inside a submitit job
+    local_job_id: str | None  # SUBMITIT_LOCAL_JOB_ID: submitit's local executor, no SLURM
+    cpus_per_task: int | None  # SLURM_CPUS_PER_TASK: --cpus-per-task, when given
+    job_cpus_per_node: str | None  # SLURM_JOB_CPUS_PER_NODE: as SLURM writes it ("4", "4(x2),2")
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> SlurmEnvironment:
+        env = os.environ if environ is None else environ
+        cpus = _int(env.get("SLURM_CPUS_PER_TASK"), 0)
+        return cls(
+            job_id=env.get("SLURM_JOB_ID") or None,
+            array_job_id=env.get("SLURM_ARRAY_JOB_ID") or None,
+            array_task_id=env.get("SLURM_ARRAY_TASK_ID") or None,
+            restart_count=_int(env.get("SLURM_RESTART_COUNT"), 0),
+            restart_count_set=bool(env.get("SLURM_RESTART_COUNT")),
+            procid=_int(env.get("SLURM_PROCID"), 0),
+            warning_signal=(env.get(WARNING_SIGNAL_ENV) or "").upper().removeprefix("SIG") or None,
+            executor=env.get("SUBMITIT_EXECUTOR") or None,
+            local_job_id=env.get("SUBMITIT_LOCAL_JOB_ID") or None,
+            cpus_per_task=cpus or None,
+            job_cpus_per_node=env.get("SLURM_JOB_CPUS_PER_NODE") or None,
+        )
+
+    @property
+    def in_slurm(self) -> bool:
+        return self.job_id is not None
+
+    @property
+    def local(self) -> bool:
+        """A job of submitit's local executor (no SLURM: nothing to ask, nothing to requeue)."""
+        return not self.in_slurm and (self.executor == "local" or self.local_job_id is not None)
+
+    @property
+    def qualified_id(self) -> str | None:
+        """ "ARRAY_TASK" for array tasks (what scontrol and sacct accept), else the job id."""
+        if self.array_job_id and self.array_task_id:
+            return f"{self.array_job_id}_{self.array_task_id}"
+        return self.job_id
+
+    @property
+    def event_job_id(self) -> str | None:
+        """The job id as the event log records it: the qualified SLURM id, or "local-<id>"."""
+        if self.in_slurm:
+            return self.qualified_id
+        return local_event_id(self.local_job_id) if self.local_job_id else None
+
+    def record_fields(self) -> dict[str, str | int]:
+        """What every event record says about its job: job id and (once restarted) restart count."""
+        fields: dict[str, str | int] = {}
+        if self.event_job_id:
+            fields["job_id"] = self.event_job_id
+        if self.restart_count_set:
+            fields["restart_count"] = self.restart_count
+        return fields
+
+
+def local_event_id(local_job_id: str | int) -> str:
+    """The event log's id of a local-executor job (submitit's job id: its controller's pid)."""
+    return f"{LOCAL_PREFIX}{local_job_id}"
+
+
+def submitted_event_id(job_id: str | int, executor: str) -> str:
+    """The id a submitted job's own events will carry, as the submitter knows it."""
+    return local_event_id(job_id) if executor == "local" else str(job_id)
+
+
+def is_slurm_job(job_id: str | None) -> bool:
+    """Whether an event log's job id is a SLURM job ("123", "123_4"), not "local-..." or None."""
+    return bool(job_id) and _SLURM_JOB_ID.fullmatch(str(job_id)) is not None
+
+
+def is_local_job(job_id: str | None) -> bool:
+    return bool(job_id) and str(job_id).startswith(LOCAL_PREFIX)
+
+
+def _int(text: str | None, default: int) -> int:
+    try:
+        return int(text) if text else default
+    except ValueError:
+        return default

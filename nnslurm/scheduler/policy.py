@@ -1,0 +1,178 @@
+"""What a stop means, and the requeue cap: pure functions, evidence in, decision out (I/O elsewhere).
+
+What a stop signal means is decided by evidence, `scontrol show job -o <id>` read after the
+checkpoint is written, never by guessing. Measured on Slurm 22.05.8 (single node, KillWait=10,
+partition low: PreemptMode=REQUEUE GraceTime=20, cred_expire=5), with a probe that queried
+scontrol/squeue/sacct at the moment each signal arrived:
+
+- walltime warning, --signal=USR1@30: USR1 arrived 45-49 s before the limit (srun step, or the
+  batch shell with B:). scontrol: JobState=RUNNING, PreemptTime=None, Restarts unchanged.
+- time limit reached without a warning: TERM 12-14 s after the limit, KILL 10 s later.
+  scontrol: JobState=COMPLETING Reason=TimeLimit; sacct TIMEOUT.
+- preemption without preempt_send_user_signal: srun step tasks get TERM at once; an `exec`-ed
+  batch process (--signal=B:...) gets nothing until the grace time ends.
+  scontrol: JobState=RUNNING, PreemptTime=<now>, EndTime=PreemptTime+GraceTime.
+- preemption with preempt_send_user_signal: the job's --signal (USR1) at once, to the step or,
+  with B:, to the batch shell. scontrol: as above (RUNNING, PreemptTime set).
+- end of the grace time: TERM to every process, KILL after KillWait.
+  scontrol: JobState=COMPLETING, Restarts already +1; sacct PREEMPTED.
+- scancel: TERM to every process. scontrol: JobState=COMPLETING, Reason=None, Restarts
+  unchanged, ExitCode=0:15; sacct CANCELLED.
+- scontrol requeue from outside: TERM to every process. scontrol: JobState=COMPLETING,
+  Restarts already +1; sacct REQUEUED.
+
+Consequences, all measured:
+- A preempted job whose batch script ends before GraceTime is over is NOT requeued: it ends
+  COMPLETED (or FAILED) and is lost. So after a preemption nnslurm checkpoints, then waits for
+  SLURM to requeue the job at the end of the grace time (Restarts goes up), then exits. Only if
+  SLURM has not done so well past the grace end does it requeue the job itself (one requeue
+  either way: `scontrol requeue` of a job that is no longer running fails).
+- `scontrol requeue` of a job that is COMPLETING after scancel succeeds and brings the cancelled
+  job back: never requeue unless the evidence says walltime.
+- `scontrol requeue` of a job COMPLETING for TimeLimit works: a job that missed the warning is
+  still requeued (and counted against --max-requeues).
+- A self-requeued job starts again 6-7 s after it ended (BeginTime = end + cred_expire + 1 s);
+  a preempted one likewise after its step is gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from nnslurm.runs.events import Event
+from nnslurm.scheduler.commands import JobInfo
+from nnslurm.scheduler.environment import SlurmEnvironment
+from nnslurm.timeparse import describe
+
+
+class StopKind(StrEnum):
+    """What a stop was; the "kind" of a "decision" record."""
+
+    WALLTIME = "walltime"  # the warning before the time limit: requeue ourselves
+    TIMELIMIT = "timelimit"  # the time limit passed without a (usable) warning: requeue ourselves
+    PREEMPTION = "preemption"  # chosen for preemption: SLURM requeues at the end of the grace time
+    REQUEUED = "requeued"  # SLURM already requeued the job (scontrol requeue from outside, or preemption)
+    CANCEL = "cancel"  # scancel: stay cancelled
+    SIGNAL = "signal"  # a stop signal with no scheduler event behind it (kill, scancel --signal TERM)
+    LIMIT = "requeue-limit"  # a self-requeue was due, but --max-requeues were used up
+    REQUEUE_FAILED = "requeue-failed"  # the self-requeue was due and `scontrol requeue` failed
+
+
+# Who requeued a job ("by" of a "requeued" record) and why ("reason").
+BY_NNSLURM = "nnslurm"
+BY_SLURM = "slurm"
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    kind: StopKind
+    requeue_self: bool  # whether this job must requeue itself now
+    reason: str  # the evidence, in words, for the log and the event record
+    wait_for_scheduler: bool = False  # PREEMPTION: stay alive until SLURM has requeued the job
+
+
+@dataclass(frozen=True)
+class StopEvidence:
+    signal: str | None  # the first stop signal received ("USR1", "TERM", ...)
+    env: SlurmEnvironment  # this process's SLURM variables
+    info: JobInfo | None  # scontrol's view after the checkpoint (None: it could not be read)
+    accounting: str | None = None  # sacct State, asked only to tell preemption from requeue
+    now: datetime | None = None  # for time_left; None = now
+
+
+def decide(evidence: StopEvidence) -> StopDecision:
+    """Walltime, preemption, cancel or requeue from outside: the table in this module's docstring."""
+    sig, env, info = evidence.signal, evidence.env, evidence.info
+    warning = env.warning_signal
+    if not env.in_slurm:  # submitit's local executor: its only signal before SIGINT/KILL is the warning
+        if env.local and sig is not None and sig != "TERM" and (warning is None or sig == warning):
+            return StopDecision(
+                StopKind.WALLTIME, True, f"SIG{sig} from the local executor: its --time is nearly up"
+            )
+        return StopDecision(StopKind.SIGNAL, False, f"SIG{sig} outside SLURM: nothing to requeue")
+    if info is None:
+        if sig is not None and sig != "TERM" and (warning is None or sig == warning):
+            return StopDecision(
+                StopKind.WALLTIME,
+                True,
+                f"SIG{sig} and scontrol unreadable: taking it for the walltime warning",
+            )
+        return StopDecision(
+            StopKind.SIGNAL, False, f"SIG{sig} and scontrol unreadable: not requeueing (could be scancel)"
+        )
+    left = info.time_left(evidence.now)
+    left_text = "unlimited" if left is None else describe(max(0.0, left))
+    if info.restarts > env.restart_count:
+        source = "preemption" if evidence.accounting == "PREEMPTED" else "scontrol requeue or preemption"
+        if evidence.accounting == "REQUEUED":
+            source = "scontrol requeue from outside"
+        return StopDecision(
+            StopKind.REQUEUED,
+            False,
+            f"SLURM already requeued the job ({source}): Restarts={info.restarts} > {env.restart_count}",
+        )
+    if info.preempt_time is not None and info.state in ("RUNNING", "SUSPENDED", "COMPLETING"):
+        return StopDecision(
+            StopKind.PREEMPTION,
+            False,
+            f"preempted at {info.preempt_time.isoformat()} (JobState={info.state}, {left_text} of grace "
+            "left): SLURM requeues the job when the grace time ends",
+            wait_for_scheduler=info.state != "COMPLETING",
+        )
+    if info.state in ("COMPLETING", "TIMEOUT") and info.reason == "TimeLimit":
+        return StopDecision(
+            StopKind.TIMELIMIT, True, f"time limit reached (JobState={info.state} Reason=TimeLimit)"
+        )
+    if info.state in ("CANCELLED", "COMPLETING", "COMPLETED", "FAILED"):
+        return StopDecision(
+            StopKind.CANCEL,
+            False,
+            f"JobState={info.state}, Restarts unchanged, no preemption: cancelled (scancel)",
+        )
+    is_warning = sig == warning if warning else sig != "TERM"
+    if info.state == "RUNNING" and is_warning:
+        return StopDecision(
+            StopKind.WALLTIME, True, f"SIG{sig} with {left_text} left, JobState=RUNNING: walltime warning"
+        )
+    return StopDecision(
+        StopKind.SIGNAL,
+        False,
+        f"SIG{sig} with JobState={info.state}, no preemption, no requeue, {left_text} left: "
+        "a signal sent by hand (kill, scancel --signal); not requeueing",
+    )
+
+
+def self_requeues(records: Iterable[Mapping[str, Any]], job_id: str | None) -> int:
+    """How often this job (id) has requeued itself for walltime, from the run's event records.
+
+    The event log is the one counter of --max-requeues (a preemption's fallback requeue is not
+    counted: SLURM would have requeued the job anyway)."""
+    return sum(
+        1
+        for record in records
+        if record.get("event") == Event.REQUEUED
+        and record.get("by") == BY_NNSLURM
+        and record.get("reason") == StopKind.WALLTIME
+        and record.get("job_id") == job_id
+    )
+
+
+def apply_requeue_limit(decision: StopDecision, used: int, max_requeues: int) -> StopDecision:
+    """A self-requeue beyond --max-requeues becomes LIMIT: the job stops with its checkpoint."""
+    if not decision.requeue_self or used < max_requeues:
+        return decision
+    return StopDecision(
+        StopKind.LIMIT,
+        False,
+        f"{decision.reason}; but this job already requeued itself {used} time(s) "
+        f"(--max-requeues {max_requeues})",
+    )
+
+
+def requeues_left(decision: StopDecision, used: int, max_requeues: int) -> int:
+    """Self-requeues still allowed once this decision is carried out."""
+    return max(0, max_requeues - used - (1 if decision.requeue_self else 0))

@@ -5,18 +5,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from nnslurm.checkpoints import (
+    FORMAT_VERSION,
     META_KEY,
     RunIdentity,
+    UnreadableCheckpointError,
     atomic_torch_save,
     candidates,
     check_belongs,
+    legacy_weights_checksum,
     newest_valid,
     read_checkpoint,
     remove_stale_temp_files,
+    safe_load,
     wait_for_discards,
     weights_checksum,
 )
@@ -48,6 +53,7 @@ def checkpoint(
     }
     if iteration is not None:
         state[META_KEY] = {
+            "format": FORMAT_VERSION,
             "epoch": epoch,
             "iteration": iteration,
             "finished": finished,
@@ -114,7 +120,7 @@ def test_truncated_newest_is_skipped_with_warning(tmp_path: Path, caplog: pytest
     (tmp_path / "checkpoint_latest.pth").write_bytes(data[: len(data) // 2])
     chosen, skipped = newest_valid(candidates(tmp_path))
     assert chosen is not None and chosen.position == (10, 0)
-    assert [path.name for path, _ in skipped] == ["checkpoint_latest.pth"]
+    assert [(item.path.name, item.damaged) for item in skipped] == [("checkpoint_latest.pth", True)]
     assert "checkpoint_latest.pth" in caplog.text
 
 
@@ -126,9 +132,10 @@ def test_garbage_and_corrupt_weights_are_skipped(tmp_path: Path) -> None:
     torch.save(checkpoint(5, 0), tmp_path / "checkpoint_best.pth")
     chosen, skipped = newest_valid(candidates(tmp_path))
     assert chosen is not None and chosen.position == (5, 0)
-    reasons = dict((path.name, why) for path, why in skipped)
+    reasons = {item.path.name: item.reason for item in skipped}
     assert "checksum" in reasons["checkpoint_latest.pth"]
     assert "does not load" in reasons["checkpoint_final.pth"]
+    assert all(item.damaged for item in skipped)
 
 
 @pytest.mark.parametrize(
@@ -166,9 +173,74 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
     state["init_args"]["payload"] = RunsCode()
     torch.save(state, tmp_path / "checkpoint_latest.pth")
     torch.save(checkpoint(3, 0), tmp_path / "checkpoint_best.pth")
-    with pytest.raises(CheckpointError, match="could run arbitrary code"):
+    with pytest.raises(UnreadableCheckpointError, match="could run arbitrary code") as error:
         read_checkpoint(tmp_path / "checkpoint_latest.pth")
+    assert "posix.system" in str(error.value) and not error.value.unusable.damaged
     chosen, skipped = newest_valid(candidates(tmp_path))
     assert chosen is not None and chosen.position == (3, 0)
-    assert [path.name for path, _ in skipped] == ["checkpoint_latest.pth"]
+    assert [item.path.name for item in skipped] == ["checkpoint_latest.pth"]
     assert not Path("/tmp/nnslurm-test-pwned").exists()
+
+
+def legacy_weights() -> dict[str, torch.Tensor]:
+    weight = torch.arange(600, dtype=torch.float32).reshape(20, 30) / 7
+    half = torch.arange(7, dtype=torch.bfloat16)
+    return {
+        "encoder.conv.weight": weight,
+        "decoder.encoder.conv.weight": weight,
+        "transposed": weight.t(),
+        "row": weight[3],
+        "empty": torch.empty(0),
+        "half": half,
+        "half.again": half,
+        "ints": torch.arange(5),
+    }
+
+
+# weights_crc32 of legacy_weights() as nnslurm 0.1 (format 1, crc32_combine) computed it.
+FORMAT_1_CHECKSUM = 2898430018
+
+
+@pytest.mark.parametrize("format_field", [{"format": 1}, {}], ids=["format 1", "no format field"])
+def test_file_of_the_old_format_still_verifies(tmp_path: Path, format_field: dict) -> None:
+    assert legacy_weights_checksum(legacy_weights()) == FORMAT_1_CHECKSUM
+    state = checkpoint(4, 2)
+    state["network_weights"] = legacy_weights()
+    state[META_KEY] = {"epoch": 4, "iteration": 2, "weights_crc32": FORMAT_1_CHECKSUM, **format_field}
+    torch.save(state, tmp_path / "checkpoint_latest.pth")
+    assert read_checkpoint(tmp_path / "checkpoint_latest.pth").position == (4, 2)
+
+    state["network_weights"]["half"][3] = 100.0  # one shared value changed after the checksum
+    torch.save(state, tmp_path / "checkpoint_latest.pth")
+    with pytest.raises(UnreadableCheckpointError, match="fails its checksum") as error:
+        read_checkpoint(tmp_path / "checkpoint_latest.pth")
+    assert error.value.unusable.damaged
+
+
+def test_a_newer_format_is_not_damage(tmp_path: Path) -> None:
+    state = checkpoint(4, 2)
+    state[META_KEY]["format"] = FORMAT_VERSION + 1
+    torch.save(state, tmp_path / "checkpoint_latest.pth")
+    with pytest.raises(UnreadableCheckpointError, match=f"checkpoint format {FORMAT_VERSION + 1}") as error:
+        read_checkpoint(tmp_path / "checkpoint_latest.pth")
+    assert not error.value.unusable.damaged
+    assert "cannot be read in this environment" in str(error.value)
+
+
+def test_numpy_values_round_trip_through_the_safe_loader(tmp_path: Path) -> None:
+    """nnU-Net's logger and RNG states hold numpy values; numpy_pickle_globals must allow what
+    numpy pickles them with (checked against numpy 2.4.6: numpy._core.multiarray)."""
+    values = {
+        "float": np.float64(0.25),
+        "int": np.int64(7),
+        "bool": np.bool_(True),
+        "array": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "dtype": np.dtype("<u2"),
+        "rng": np.random.RandomState(3).get_state(),
+    }
+    atomic_torch_save(values, tmp_path / "numpy.pth")
+    loaded = safe_load(tmp_path / "numpy.pth")
+    assert loaded["float"] == values["float"] and type(loaded["float"]) is np.float64
+    assert loaded["int"] == 7 and loaded["bool"] and loaded["dtype"] == values["dtype"]
+    assert np.array_equal(loaded["array"], values["array"]) and loaded["array"].dtype == np.float32
+    assert all(np.array_equal(a, b) for a, b in zip(loaded["rng"], values["rng"], strict=True))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -12,19 +14,23 @@ import torch
 from nnslurm.checkpoints import (
     FORMAT_VERSION,
     META_KEY,
+    NoUsableCheckpointError,
     RunIdentity,
     UnreadableCheckpointError,
     atomic_torch_save,
     candidates,
     check_belongs,
+    choose_checkpoint,
     legacy_weights_checksum,
     newest_valid,
+    read,
     read_checkpoint,
     remove_stale_temp_files,
     safe_load,
     wait_for_discards,
     weights_checksum,
 )
+from nnslurm.checkpoints.choose import UNUSABLE_SUFFIX
 from nnslurm.errors import CheckpointError
 
 IDENTITY = RunIdentity("Dataset501_Synthetic", "nnUNetPlans", "3d_fullres", "0", "nnUNetTrainer")
@@ -244,3 +250,134 @@ def test_numpy_values_round_trip_through_the_safe_loader(tmp_path: Path) -> None
     assert loaded["int"] == 7 and loaded["bool"] and loaded["dtype"] == values["dtype"]
     assert np.array_equal(loaded["array"], values["array"]) and loaded["array"].dtype == np.float32
     assert all(np.array_equal(a, b) for a, b in zip(loaded["rng"], values["rng"], strict=True))
+
+
+# --- files it cannot read are never discarded ------------------------------------------------
+def with_custom_object(state: dict) -> dict:
+    """A custom trainer's init_args holding an object the safe loader refuses (torch.save takes it)."""
+    state["init_args"]["data_root"] = PurePosixPath("/data/custom")
+    return state
+
+
+def folder_bytes(folder: Path) -> dict[str, str]:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ModuleNotFoundError("No module named 'numpy._core'", name="numpy._core"),
+        ImportError("cannot import name 'multiarray' from 'numpy._core'"),
+        AttributeError("module 'numpy' has no attribute 'dtypes'"),
+    ],
+    ids=["ModuleNotFoundError", "ImportError", "AttributeError"],
+)
+def test_environment_failures_are_not_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    torch.save(checkpoint(3, 0), tmp_path / "checkpoint_latest.pth")
+
+    def broken_environment() -> list:
+        raise failure
+
+    monkeypatch.setattr(read, "numpy_pickle_globals", broken_environment)
+    chosen, skipped = newest_valid(candidates(tmp_path))
+    assert chosen is None and len(skipped) == 1 and not skipped[0].damaged
+    assert skipped[0].reason == f"{type(failure).__name__}: {failure}"
+    assert str(skipped[0]) == (
+        f"{tmp_path / 'checkpoint_latest.pth'} cannot be read in this environment: {skipped[0].reason}"
+    )
+
+
+def test_an_object_the_safe_loader_refuses_is_not_damage(tmp_path: Path) -> None:
+    torch.save(with_custom_object(checkpoint(3, 0)), tmp_path / "checkpoint_latest.pth")
+    _, (unusable,) = newest_valid(candidates(tmp_path))
+    assert not unusable.damaged and "pathlib.PurePosixPath" in unusable.reason
+
+
+def test_unreadable_checkpoints_stop_the_run_and_stay_untouched(tmp_path: Path) -> None:
+    torch.save(with_custom_object(checkpoint(3, 2)), tmp_path / "checkpoint_latest.pth")
+    torch.save(with_custom_object(checkpoint(3, 0)), tmp_path / "checkpoint_best.pth")
+    before = folder_bytes(tmp_path)
+    with pytest.raises(NoUsableCheckpointError) as error:
+        choose_checkpoint(tmp_path, "newest", IDENTITY, {})
+    message = str(error.value)
+    assert f"no checkpoint in {tmp_path} can be resumed" in message
+    for name in ("checkpoint_latest.pth", "checkpoint_best.pth"):
+        assert f"{name} cannot be read in this environment: the safe loader" in message
+    assert "pathlib.PurePosixPath" in message
+    hint = error.value.hint or ""
+    assert "--resume-from PATH" in hint and "--start-over" in hint
+    assert {item.path.name for item in error.value.unusable} == {
+        "checkpoint_latest.pth",
+        "checkpoint_best.pth",
+    }
+    assert folder_bytes(tmp_path) == before
+
+
+def test_an_unreadable_file_beside_a_usable_one_stops_the_run(tmp_path: Path) -> None:
+    """It may hold more progress than the usable one: resuming would overwrite it."""
+    torch.save(with_custom_object(checkpoint(4, 2)), tmp_path / "checkpoint_latest.pth")
+    torch.save(checkpoint(3, 0), tmp_path / "checkpoint_best.pth")
+    with pytest.raises(
+        NoUsableCheckpointError, match=r"resuming from checkpoint_best.pth \(epoch 3, iteration 0\)"
+    ):
+        choose_checkpoint(tmp_path, "newest", IDENTITY, {})
+    chosen = choose_checkpoint(tmp_path, str(tmp_path / "checkpoint_best.pth"), IDENTITY, {})
+    assert chosen is not None and chosen.position == (3, 0)  # the way forward the hint names
+
+
+def test_only_damaged_checkpoints_stop_the_run(tmp_path: Path) -> None:
+    torch.save(checkpoint(3, 2), tmp_path / "checkpoint_latest.pth")
+    data = (tmp_path / "checkpoint_latest.pth").read_bytes()
+    (tmp_path / "checkpoint_latest.pth").write_bytes(data[:-100])
+    with pytest.raises(NoUsableCheckpointError, match=r"checkpoint_latest\.pth damaged: does not load"):
+        choose_checkpoint(tmp_path, "newest", IDENTITY, {})
+
+
+def test_a_truncated_file_among_good_ones_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    torch.save(checkpoint(3, 0), tmp_path / "checkpoint_best.pth")
+    torch.save(checkpoint(3, 4), tmp_path / "checkpoint_latest.pth")
+    data = (tmp_path / "checkpoint_latest.pth").read_bytes()
+    (tmp_path / "checkpoint_latest.pth").write_bytes(data[: len(data) // 3])
+    chosen = choose_checkpoint(tmp_path, "newest", IDENTITY, {})
+    assert chosen is not None and chosen.path.name == "checkpoint_best.pth"
+    assert "skipping" in caplog.text and "checkpoint_latest.pth damaged" in caplog.text
+
+
+def test_start_over_moves_the_files_aside_and_starts_fresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    torch.save(with_custom_object(checkpoint(3, 2)), tmp_path / "checkpoint_latest.pth")
+    torch.save(with_custom_object(checkpoint(3, 0)), tmp_path / "checkpoint_best.pth")
+    (tmp_path / "nnslurm_events.jsonl").write_text("{}\n")
+    before = folder_bytes(tmp_path)
+    assert choose_checkpoint(tmp_path, "newest", IDENTITY, {}, start_over=True) is None
+    after = folder_bytes(tmp_path)
+    assert after.pop("nnslurm_events.jsonl") == before.pop("nnslurm_events.jsonl")
+    moved = {re.sub(r"\.unusable-\d{8}T\d{6}$", "", name): digest for name, digest in after.items()}
+    assert moved == before and len(moved) == len(after) == 2  # renamed, byte-identical, none deleted
+    assert all(UNUSABLE_SUFFIX in name for name in after)
+    assert "starting over: moved" in caplog.text and "checkpoint_latest.pth.unusable-" in caplog.text
+    assert candidates(tmp_path) == []
+
+
+def test_start_over_resumes_a_usable_checkpoint(tmp_path: Path) -> None:
+    """A requeued job runs the same command again: --start-over must not discard progress."""
+    torch.save(checkpoint(3, 2), tmp_path / "checkpoint_latest.pth")
+    chosen = choose_checkpoint(tmp_path, "newest", IDENTITY, {}, start_over=True)
+    assert chosen is not None and chosen.position == (3, 2)
+    assert [path.name for path in tmp_path.iterdir()] == ["checkpoint_latest.pth"]
+
+
+def test_an_empty_folder_starts_fresh(tmp_path: Path) -> None:
+    assert choose_checkpoint(tmp_path, "newest", IDENTITY, {}) is None
+
+
+def test_resume_from_an_unreadable_path_names_the_cause(tmp_path: Path) -> None:
+    torch.save(with_custom_object(checkpoint(3, 0)), tmp_path / "mine.pth")
+    with pytest.raises(UnreadableCheckpointError, match="cannot be read in this environment") as error:
+        choose_checkpoint(tmp_path, str(tmp_path / "mine.pth"), IDENTITY, {})
+    assert error.value.unusable.path == tmp_path / "mine.pth"

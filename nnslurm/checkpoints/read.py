@@ -160,11 +160,12 @@ def load(path: Path) -> dict[str, Any] | Unusable:
         refusal = next((line for line in lines if _REFUSAL.search(line)), None)
         if refusal is None:
             return Unusable(path, f"does not load: damaged pickle data ({lines[-1][:200]})", damaged=True)
-        refusal = refusal.removeprefix("(2) ").split("WeightsUnpickler error: ")[-1]
+        name = re.search(r"GLOBAL (\S+)", refusal)
+        what = name.group(1) if name else refusal.split("WeightsUnpickler error: ")[-1][:200]
         return Unusable(
             path,
-            f"the safe loader (torch.load weights_only=True) refuses an object in it ({refusal[:300]}); "
-            "nnslurm loads no Python objects a checkpoint does not need, as they could run arbitrary code",
+            f"the safe loader (torch.load weights_only=True) refuses the Python object {what} in it; "
+            "nnslurm loads no objects a checkpoint does not need, as they could run arbitrary code",
             damaged=False,
         )
     except (EOFError, zipfile.BadZipFile) as error:

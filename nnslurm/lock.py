@@ -9,7 +9,8 @@ Some filesystems have no POSIX locks (lockf fails with ENOSYS, ENOLCK or EOPNOTS
 or GPFS mounted without them, NFS without lockd). There the lock is an exclusive lock file
 (O_CREAT|O_EXCL) naming its holder; nothing releases it when the holder is killed, so a lock
 file is taken over only on evidence that its holder is gone: its pid no longer exists on this
-host, its SLURM job no longer runs, or it was an earlier start of this very job.
+host, its SLURM job no longer runs, or it was an earlier start of this very job. A trainer that
+has a POSIX lock honours a lock file too: clients may mount one filesystem with and without locks.
 """
 
 from __future__ import annotations
@@ -108,6 +109,12 @@ class RunLock:
                 f"{self.path.parent} is already being trained by another process ({describe(holder)}).",
                 hint=STILL_HELD_HINT,
             ) from None
+        if self.exclusive_path.exists():  # a trainer on a host whose mount has no POSIX locks
+            try:
+                self._take_over_if_stale()
+            except RunLockedError:
+                os.close(fd)
+                raise
         previous = os.pread(fd, 4096, 0).decode(errors="replace").strip()
         if previous:
             # The holder ended without releasing (killed): the kernel dropped its lock already.
@@ -160,7 +167,7 @@ class RunLock:
         if gone is None:
             raise RunLockedError(
                 f"{self.path.parent} is already being trained by another process ({describe(text)}; "
-                f"lock file {self.exclusive_path.name}, the filesystem has no POSIX locks).",
+                f"lock file {self.exclusive_path.name} of a trainer without POSIX locks).",
                 hint=STILL_HELD_HINT + " If no trainer of this folder runs any more, remove "
                 f"{self.exclusive_path}.",
             )

@@ -83,7 +83,7 @@ def test_a_second_holder_is_refused_naming_the_holder(tmp_path: Path) -> None:
         with pytest.raises(RunLockedError, match="already being trained") as error:
             RunLock(tmp_path).acquire()
         assert f"pid {sleeper.pid} on {socket.gethostname()}, SLURM job 4242" in str(error.value)
-        assert "no POSIX locks" in str(error.value) and str(path) in str(error.value)
+        assert "without POSIX locks" in str(error.value) and str(path) in str(error.value)
         assert path.read_bytes() == before
     finally:
         sleeper.kill()
@@ -177,10 +177,24 @@ def test_real_trainer_without_posix_locks_trains_and_refuses_a_second(nnunet_env
         second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 1, second.stderr[-3000:]
         assert "already being trained" in second.stderr and f"pid {first.pid}" in second.stderr
-        assert "no POSIX locks" in second.stderr and "Traceback" not in second.stderr
+        assert "without POSIX locks" in second.stderr and "Traceback" not in second.stderr
     finally:
         first.send_signal(signal.SIGTERM)
         _, stderr = first.communicate(timeout=120)
     assert first.returncode == 75, stderr[-3000:]
     assert "has no POSIX locks (lockf: Function not implemented)" in stderr
     assert not exclusive.exists()  # released at the stop
+
+
+def test_with_posix_locks_a_held_lock_file_still_refuses(tmp_path: Path) -> None:
+    """Clients may mount one filesystem with and without POSIX locks: both kinds of lock count."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        write_holder(tmp_path, sleeper.pid)
+        with pytest.raises(RunLockedError, match=f"pid {sleeper.pid}"):
+            RunLock(tmp_path).acquire()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with RunLock(tmp_path):  # its holder is gone now: taken over
+        assert not (tmp_path / EXCLUSIVE_FILE).exists()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
+import zipfile
 from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -250,6 +254,30 @@ def test_numpy_values_round_trip_through_the_safe_loader(tmp_path: Path) -> None
     assert loaded["int"] == 7 and loaded["bool"] and loaded["dtype"] == values["dtype"]
     assert np.array_equal(loaded["array"], values["array"]) and loaded["array"].dtype == np.float32
     assert all(np.array_equal(a, b) for a, b in zip(loaded["rng"], values["rng"], strict=True))
+
+
+class Numpy1Pickler(pickle._Pickler):
+    """Pickles numpy's reconstructors under the names numpy 1.x gave them (numpy.core.multiarray)."""
+
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        if getattr(obj, "__module__", None) == "numpy._core.multiarray":
+            self.write(pickle.GLOBAL + f"numpy.core.multiarray\n{obj.__name__}\n".encode())
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def test_numpy_values_of_a_numpy_1_file_load(tmp_path: Path) -> None:
+    torch.save(
+        {"float": np.float64(0.5), "array": np.arange(3)},
+        tmp_path / "numpy1.pth",
+        pickle_module=SimpleNamespace(Pickler=Numpy1Pickler, __name__="numpy1"),
+    )
+    with zipfile.ZipFile(tmp_path / "numpy1.pth") as archive:
+        pickled = next(archive.read(name) for name in archive.namelist() if name.endswith("data.pkl"))
+    assert b"numpy.core.multiarray\nscalar" in pickled and b"numpy._core" not in pickled
+    loaded = safe_load(tmp_path / "numpy1.pth")
+    assert loaded["float"] == 0.5 and np.array_equal(loaded["array"], np.arange(3))
 
 
 # --- files it cannot read are never discarded ------------------------------------------------

@@ -108,8 +108,9 @@ def numpy_pickle_globals() -> list[Any]:
     The reconstructors of numpy scalars and arrays live in numpy's private numpy._core.multiarray
     (numpy.core before 2.0). They are taken from numpy's own (public) pickling protocol instead of
     that private name, and allowed under both names, so that files written with numpy 1.x load
-    with numpy 2.x. Checked against numpy 2.4.6; tests/test_checkpoints.py::
-    test_numpy_values_round_trip_through_the_safe_loader fails loudly if numpy pickles otherwise.
+    with numpy 2.x. Checked against numpy 2.4.6 (and torch 2.13, which allows globals by their
+    module and name): test_numpy_values_round_trip_through_the_safe_loader and
+    test_numpy_values_of_a_numpy_1_file_load (tests/test_checkpoints.py) fail loudly if that changes.
     """
     scalar: Any = np.float64(0).__reduce__()[0]
     reconstruct: Any = np.zeros(1).__reduce__()[0]

@@ -132,10 +132,9 @@ def _refusal(folder: Path, usable: CheckpointInfo | None, skipped: Sequence[Unus
     return "\n  ".join([what, *(f"{item.path.name} {item.kind}: {item.reason}" for item in skipped)])
 
 
-def set_aside(paths: Iterable[Path]) -> list[Path]:
-    """Rename each file to NAME.unusable-TIME in its folder (never deleted); returns the new names."""
+def set_aside(paths: Iterable[Path]) -> None:
+    """Rename each file to NAME.unusable-TIME in its folder (never deleted)."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    moved = []
     for path in paths:
         target = path.with_name(f"{path.name}{UNUSABLE_SUFFIX}{stamp}")
         number = 1
@@ -145,8 +144,6 @@ def set_aside(paths: Iterable[Path]) -> list[Path]:
         path.rename(target)
         fsync_folder(target.parent)
         logger.warning("starting over: moved %s aside to %s", path, target.name)
-        moved.append(target)
-    return moved
 
 
 def check_belongs(info: CheckpointInfo, expected: RunIdentity, overrides: Mapping[str, int]) -> None:

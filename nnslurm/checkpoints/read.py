@@ -97,8 +97,8 @@ class Unusable:
 class UnreadableCheckpointError(CheckpointError):
     """A checkpoint file is damaged or cannot be read in this environment; carries which and why."""
 
-    def __init__(self, unusable: Unusable, hint: str | None = None) -> None:
-        super().__init__(str(unusable), hint)
+    def __init__(self, unusable: Unusable) -> None:
+        super().__init__(str(unusable))
         self.unusable = unusable
 
 

@@ -22,13 +22,12 @@ from nnslurm.checkpoints import (
     CheckpointInfo,
     RunIdentity,
     candidates,
-    check_belongs,
+    choose_checkpoint,
     newest_valid,
-    read_checkpoint,
     remove_stale_temp_files,
 )
 from nnslurm.config import TrainingOptions, TrainJob
-from nnslurm.errors import CheckpointError, NnslurmError
+from nnslurm.errors import NnslurmError
 from nnslurm.lock import RunLock
 from nnslurm.malloc import fix_malloc_thresholds
 from nnslurm.nnunet import find_trainer_class, load_plans, output_folder
@@ -111,34 +110,6 @@ def new_monitor(
         _abandon(None, None, request, phase, on_abandon)
 
     return StopMonitor(options.stop_signals, options.stop_deadline_s, abandon_startup)
-
-
-def choose_checkpoint(
-    folder: Path, resume_from: str, expected: RunIdentity, overrides: dict[str, int]
-) -> CheckpointInfo | None:
-    """newest | latest | best | PATH -> the checkpoint to resume from (None: start fresh)."""
-    info: CheckpointInfo | None
-    if resume_from in ("latest", "best"):
-        path = folder / f"checkpoint_{resume_from}.pth"
-        if not path.is_file():
-            raise CheckpointError(
-                f"--resume-from {resume_from}: {path} does not exist.",
-                hint="use --resume-from newest to take whatever is newest.",
-            )
-        info = read_checkpoint(path)
-    elif resume_from == "newest":
-        info, _ = newest_valid(candidates(folder))
-    else:
-        path = Path(resume_from).expanduser()
-        if not path.is_file():
-            raise CheckpointError(
-                f"--resume-from {resume_from}: no such file.",
-                hint="pass newest, latest, best or the path of a checkpoint_*.pth file.",
-            )
-        info = read_checkpoint(path)
-    if info is not None:
-        check_belongs(info, expected, overrides)
-    return info
 
 
 def _train(

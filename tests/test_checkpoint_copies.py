@@ -5,17 +5,20 @@ from __future__ import annotations
 import io
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from nnslurm import checkpoints
 from nnslurm.checkpoints import (
+    FORMAT_VERSION,
     META_KEY,
     BackgroundWriter,
     HostCopies,
+    atomic,
     atomic_torch_save,
     read_checkpoint,
+    safe_load,
     weights_checksum,
     write_checkpoint,
 )
@@ -87,13 +90,18 @@ def test_writer_fills_the_weights_checksum(tmp_path: Path) -> None:
     writer.close()
     assert done == [tmp_path / "checkpoint_latest.pth"]
     info = read_checkpoint(tmp_path / "checkpoint_latest.pth")  # verifies the checksum
-    assert info.position == (3, 7) and info.meta["weights_crc32"] == weights_checksum(weights)
-    seconds = write_checkpoint(dict(state, **{META_KEY: dict(state[META_KEY])}), tmp_path / "again.pth")
-    assert seconds > 0 and read_checkpoint(tmp_path / "again.pth").meta["weights_crc32"] is not None
+    assert info.position == (3, 7) and info.meta["format"] == FORMAT_VERSION
+    assert info.meta["weights_crc32"] == weights_checksum(weights)
+    write_checkpoint(dict(state, **{META_KEY: dict(state[META_KEY])}), tmp_path / "again.pth")
+    again = read_checkpoint(tmp_path / "again.pth")
+    assert again.meta["weights_crc32"] == weights_checksum(weights)
+    assert again.meta["weights_crc32"] == weights_checksum(
+        safe_load(tmp_path / "again.pth")["network_weights"]
+    )
 
 
 def test_write_behind_file_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(checkpoints._WriteBehind, "CHUNK", 4096)  # many writeback starts
+    monkeypatch.setattr(atomic._WriteBehind, "CHUNK", 4096)  # many writeback starts
     state = {"a": torch.randn(100_000), "b": list(range(10))}
     atomic_torch_save(state, tmp_path / "c.pth")
     loaded = torch.load(tmp_path / "c.pth", weights_only=True)
@@ -101,20 +109,9 @@ def test_write_behind_file_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert [p.name for p in tmp_path.iterdir()] == ["c.pth"]
 
 
-def reference_checksum(weights: dict[str, torch.Tensor]) -> int:
-    """The checksum's definition, read naively: every key's bytes, in key order."""
-    crc = 0
-    for key in sorted(weights):
-        tensor = weights[key].detach().cpu().contiguous()
-        crc = zlib.crc32(key.encode(), crc)
-        if tensor.numel():
-            crc = zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy().data, crc)
-    return crc
-
-
-def test_checksum_reads_shared_bytes_once_and_gives_the_same_value() -> None:
+def checksum_weights() -> dict[str, torch.Tensor]:
     weight, half = torch.randn(20, 30), torch.randn(7, dtype=torch.bfloat16)
-    weights = {
+    return {
         "encoder.conv.weight": weight,
         "decoder.encoder.conv.weight": weight,
         "all_modules.0.weight": weight.detach(),
@@ -126,5 +123,40 @@ def test_checksum_reads_shared_bytes_once_and_gives_the_same_value() -> None:
         "half.again": half,
         "ints": torch.arange(5),
     }
-    assert weights_checksum(weights) == reference_checksum(weights)
-    assert weights_checksum(shared_state()) != weights_checksum({"x": torch.zeros(3)})
+
+
+def test_checksum_reads_each_shared_storage_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = checksum_weights()
+    expected = weights_checksum(weights)
+    fed: list[bytes] = []
+
+    def counting_crc32(data: Any, value: int = 0) -> int:
+        fed.append(bytes(data))
+        return real_crc32(data, value)
+
+    real_crc32 = zlib.crc32
+    monkeypatch.setattr(zlib, "crc32", counting_crc32)
+    assert weights_checksum(weights) == expected
+    monkeypatch.undo()
+    header, *storages = fed
+    assert header.decode().count("\n") == len(weights)  # one header line per key
+    # The storages the sorted keys first use: the shared weight (6 keys), half (2 keys), ints.
+    weight, half = weights["encoder.conv.weight"], weights["half"]
+    assert [len(data) for data in storages] == [20 * 30 * 4, 7 * 2, 5 * 8]
+    assert storages[0] == weight.numpy().tobytes() and storages[1] == half.view(torch.uint8).numpy().tobytes()
+
+
+def test_checksum_sees_every_byte_and_every_view() -> None:
+    weights = checksum_weights()
+    before = weights_checksum(weights)
+    assert weights_checksum(dict(weights, row=weights["encoder.conv.weight"][4])) != before  # another view
+    weights["half"][6] += 1  # a byte only two keys share
+    assert weights_checksum(weights) != before
+
+
+def test_checksum_is_the_same_on_the_snapshot_and_the_file(tmp_path: Path) -> None:
+    weights = checksum_weights()
+    snapshot = HostCopies().copy(weights)
+    atomic_torch_save(snapshot, tmp_path / "w.pth")
+    loaded = safe_load(tmp_path / "w.pth")  # mmapped: storages shared as they were written
+    assert weights_checksum(snapshot) == weights_checksum(weights) == weights_checksum(loaded)

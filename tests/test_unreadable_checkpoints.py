@@ -1,0 +1,48 @@
+"""Checkpoints the real trainer cannot read are never discarded: the run stops, the folder stays as it was."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path, PurePosixPath
+
+import pytest
+import torch
+from conftest import TINY_TRAINING, NnunetEnv, nnslurm
+
+pytestmark = pytest.mark.nnunet
+
+
+def folder_digests(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (the empty run lock file too: a released lock names no holder)."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_unreadable_but_undamaged_checkpoints_stop_the_run(nnunet_env: NnunetEnv) -> None:
+    env = nnunet_env.env()
+    args = ["train", *TINY_TRAINING, "--epochs", "1", "--no-final-validation"]
+    first = nnslurm(args, env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_folder = nnunet_env.run_folder()
+    checkpoints = sorted(run_folder.glob("checkpoint_*.pth"))
+    assert checkpoints
+    for path in checkpoints:  # as a custom trainer would: an object in init_args the safe loader refuses
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        state["init_args"]["data_root"] = PurePosixPath("/data/custom")
+        torch.save(state, path)
+    before = folder_digests(run_folder)
+
+    result = nnslurm(args, env)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"no checkpoint in {run_folder} can be resumed" in result.stderr
+    for path in checkpoints:
+        assert f"{path.name} cannot be read in this environment: the safe loader" in result.stderr
+    assert "pathlib.PurePosixPath" in result.stderr
+    assert (
+        "HINT:" in result.stderr and "--resume-from PATH" in result.stderr and "--start-over" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert folder_digests(run_folder) == before

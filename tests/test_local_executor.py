@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 from conftest import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm, read_events
 
+from nnslurm.synthetic import PACED_TRAINER
+
 pytestmark = pytest.mark.nnunet
 
-PACED = "slurm.paced_trainer:nnUNetTrainerPaced"
 # >= 0.5 s per iteration (paced): 60 iterations outlast the 25 s a start has before its warning, anywhere
 EPOCHS, ITERATIONS = 3, 20
 
 
 def test_local_executor_stops_requeues_and_finishes(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
     started = time.time()
-    env = nnunet_env.env(nnUNet_n_proc_DA="0", NNSLURM_TEST_MIN_ITERATION_S="0.5")
+    env = nnunet_env.env(nnUNet_n_proc_DA="0", NNSLURM_MIN_ITERATION_S="0.5")
     result = nnslurm(
         [
             "submit",
@@ -32,7 +33,7 @@ def test_local_executor_stops_requeues_and_finishes(nnunet_env: NnunetEnv, tmp_p
             "-p",
             TINY_PLANS,
             "-tr",
-            PACED,
+            PACED_TRAINER,
             "--epochs",
             str(EPOCHS),
             "--iterations-per-epoch",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import submitit
 from conftest import REPO
+from submitit.core.job_environment import SignalHandler
 from submitit.local import local as submitit_local
+from submitit.local.local import LocalJobEnvironment
 
 from nnslurm import EXIT_RESUMABLE
 from nnslurm.config import RunSpec, TrainingOptions, TrainJob
@@ -182,6 +186,21 @@ def test_submitit_handler_hands_over_and_the_event_log_counts(run_folder: Path) 
         "walltime",
         "requeue-limit",
     ]
+
+
+def test_submitits_countdown_never_decides(run_folder: Path, tmp_path: Path) -> None:
+    """submitit's real handler, with its countdown used up (it would refuse to requeue): the job's
+    checkpoint() takes over, and the event log's cap (2 left) requeues it."""
+    job = TrainingJob(TrainJob(RunSpec("Dataset501_Synthetic"), TrainingOptions(max_requeues=2)))
+    delayed = submitit.helpers.DelayedSubmission(job)
+    delayed.set_timeout(timeout_min=60, max_num_timeout=-1)  # submitit: "timed-out too many times"
+    paths = submitit.core.utils.JobPaths(tmp_path / "submitit", job_id="4711")
+    paths.folder.mkdir()
+    handler = SignalHandler(LocalJobEnvironment(), paths, delayed)
+    with pytest.raises(SystemExit) as caught:
+        handler.checkpoint_and_try_requeue(signal.SIGUSR2)
+    assert caught.value.code == LOCAL_REQUEUE_EXIT
+    assert [e["by"] for e in read_events(run_folder) if e["event"] == "requeued"] == ["nnslurm"]
 
 
 def test_local_executor_clamps_the_cap_to_its_controller(run_folder: Path) -> None:

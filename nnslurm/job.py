@@ -1,19 +1,31 @@
 """The submitit callable: nnU-Net training in the job's process, requeued by evidence.
 
 submitit's `process_job` installs its handlers (SIGTERM and SIGCONT: log only; its USR signal:
-checkpoint and requeue inside the handler), then calls this object. It replaces them at once with
-nnslurm's recording handlers for the stop signals (restored on return), so a signal during the
-seconds of imports is not lost, and the loop, not a handler, checkpoints.
+checkpoint and requeue inside the handler), then calls this object, which trains through
+`nnslurm.stoppable.run_stoppable`: nnslurm's recording handlers replace submitit's at once (a
+signal during the seconds of imports is not lost), and the loop, not a handler, checkpoints.
 
 After a stop (see `nnslurm.scheduler.policy` for the evidence):
-- walltime: requeue through submitit's own job environment (`scontrol requeue` on SLURM, exit
-  status 144 that the local controller restarts), then leave with SystemExit: no result pickle,
-  so submitit keeps waiting for the next run;
+- walltime: requeue (`scontrol requeue` on SLURM; on submitit's local executor exit status 144,
+  which its controller takes as "start again"), then leave without a result pickle, so submitit
+  keeps waiting for the next run;
 - preemption: wait until SLURM has requeued the job (exiting during the grace time ends the job
-  as COMPLETED, never to return), then SystemExit;
-- scancel, a requeue from outside: SystemExit at once, no requeue;
+  as COMPLETED, never to return), then leave;
+- scancel, a requeue from outside: leave at once, no requeue;
 - --max-requeues used up: RequeueLimitReached, an Exception, so submitit records the error and
   `job.result()` raises it with the message.
+
+One requeue authority. Two counters could cap self-requeues: nnslurm's, counted from the run's
+event log (`slurm.self_requeues`, which also covers `nnslurm train` in the sbatch templates, where
+submitit is not involved), and submitit's `max_num_timeout`, a countdown in the pickled
+submission that only submitit's own signal handler reads and decrements
+(`SignalHandler.checkpoint_and_try_requeue`, submitit 1.5.4), after judging "timed out" by its
+80 %-of-walltime heuristic. The event log is the truth. submitit's counter cannot disagree because
+its handler never gets to decide: `run_stoppable` replaces it for the whole training, and where it
+still fires (a signal just before or after training), it calls `checkpoint()`, which hands the
+signal to nnslurm's stop path and never returns to submitit's countdown. `max_num_timeout` is set
+to the same cap (`requeue_cap`) so that the two numbers at least read the same. The one clamp the
+event log must respect is the local controller's: it starts a job at most 6 times.
 """
 
 from __future__ import annotations
@@ -21,28 +33,33 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import submitit
+from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
 from nnslurm import EXIT_RESUMABLE
-from nnslurm.config import TrainingOptions, TrainJob, parse_signal
-from nnslurm.errors import CommandError
-from nnslurm.signals import StopMonitor
+from nnslurm.config import TrainJob
+from nnslurm.scheduler.environment import SlurmEnvironment
+from nnslurm.stoppable import run_stoppable, stop_outside_training
 
 if TYPE_CHECKING:
     from nnslurm.training import TrainingOutcome
 
 logger = logging.getLogger(__name__)
 
-# submitit's local controller starts a job at most 6 times (Controller.run(max_retry=6)).
+# submitit's local controller starts a job at most 6 times (Controller.run(max_retry=6), 1.5.4):
+# the first start and 5 restarts. tests/test_stoppable.py fails if that changes.
 LOCAL_MAX_REQUEUES = 5
-LOCAL_REQUEUE_EXIT = 144  # submitit.local.local.LOCAL_REQUEUE_RETURN_CODE
+# The exit status that makes the local controller start the job again (LocalJobEnvironment._requeue
+# exits with it; nnslurm exits with it itself, through nnslurm.stoppable.exit_process).
+LOCAL_REQUEUE_EXIT = LOCAL_REQUEUE_RETURN_CODE
+
+
+def requeue_cap(max_requeues: int, local: bool) -> int:
+    """The most self-requeues a job may make: --max-requeues, and on submitit's local executor
+    no more than its controller will restart."""
+    return min(max_requeues, LOCAL_MAX_REQUEUES) if local else max_requeues
 
 
 class TrainingJob(submitit.helpers.Checkpointable):
@@ -56,112 +73,45 @@ class TrainingJob(submitit.helpers.Checkpointable):
             from nnslurm.cli import configure_logging
 
             configure_logging(verbose=False)  # the per-epoch progress lines reach the job's log
-        if os.environ.get("SUBMITIT_EXECUTOR") == "local":
+        if _on_local_executor():
             _remove_literal_job_id_folder()
-        options = self.job.options
-        monitor = StopMonitor(options.stop_signals, options.stop_deadline_s, _exit_during_imports)
-        with monitor:
-            from nnslurm.training import new_monitor, run_training
-
-            monitor.on_deadline = new_monitor(options, self._on_abandon).on_deadline
-            outcome = run_training(self.job, on_abandon=self._on_abandon, monitor=monitor)
-            if outcome.status == "stopped":
-                self._after_stop(outcome)  # leaves by SystemExit or RequeueLimitReached
-        # Finished: a walltime warning that arrives now (it may come right after the last iteration)
-        # must neither kill the process nor make submitit's handler requeue a finished job.
-        for name in options.stop_signals:
-            signal.signal(parse_signal(name), signal.SIG_IGN)
+        outcome = run_stoppable(self.job, after_stop=self._after_stop)
         logger.info("training finished: %s", outcome.output_folder)
         return outcome
 
-    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
-        """submitit's handler calls this only outside `__call__`'s training: resubmit as is."""
-        return submitit.helpers.DelayedSubmission(self)
+    def checkpoint(self) -> NoReturn:
+        """submitit's handler calls this when its signal arrives outside `run_stoppable`'s training
+        (just before or after it): nnslurm's stop path decides, and the process leaves from there."""
+        stop_outside_training(self.job, submitit.JobEnvironment.USR_SIG, self._after_stop)
 
-    # --- after a stop ------------------------------------------------------------------------------
+    def _after_stop(self, outcome: TrainingOutcome) -> int:
+        """What the stop means for this job (nnslurm.scheduler.after_stop), and the exit status."""
+        from nnslurm.scheduler.after_stop import after_stop
 
-    def _options(self) -> tuple[TrainingOptions, bool]:
-        local = os.environ.get("SUBMITIT_EXECUTOR") == "local"
+        local = _on_local_executor()
         options = self.job.options
-        if local and options.max_requeues > LOCAL_MAX_REQUEUES:
-            logger.info(
-                "local executor: at most %d requeues (submitit restarts a job 6 times)", LOCAL_MAX_REQUEUES
-            )
-            options = dataclasses.replace(options, max_requeues=LOCAL_MAX_REQUEUES)
-        return options, local
-
-    def _after_stop(self, outcome: TrainingOutcome) -> None:
-        from nnslurm.scheduler.after_stop import after_stop
-
-        options, _local = self._options()
-        decision = after_stop(self._with_folder(outcome), options, requeue_job=_submitit_requeue)
-        # Not requeued by us (preemption: SLURM has requeued it by now; scancel; requeue from
-        # outside): leave without a result, as a killed job would.
+        cap = requeue_cap(options.max_requeues, local)
+        if cap != options.max_requeues:
+            logger.info("local executor: at most %d requeues (submitit restarts a job 6 times)", cap)
+            options = dataclasses.replace(options, max_requeues=cap)
+        requeued: list[str] = []
+        # Local: the requeue is the exit status; on SLURM after_stop's own `scontrol requeue`.
+        requeue_job = requeued.append if local else None
+        decision = after_stop(outcome, options, requeue_job=requeue_job)
+        if requeued:
+            return LOCAL_REQUEUE_EXIT
+        # Requeued by scontrol, or not by us (preemption: SLURM has requeued it by now; scancel;
+        # requeue from outside): leave without a result, as a killed job would.
         logger.info("leaving without a result (%s); the run resumes from its checkpoint", decision.kind)
-        raise SystemExit(EXIT_RESUMABLE)
-
-    def _on_abandon(self, outcome: TrainingOutcome) -> None:
-        """Watchdog thread: no iteration boundary before the deadline; the core exits 75 after this."""
-        from nnslurm.processes import kill_children
-        from nnslurm.scheduler.after_stop import after_stop
-
-        options, local = self._options()
-
-        def requeue_now(job_id: str) -> None:
-            if local:  # SystemExit in a thread would end only the thread
-                kill_children()
-                logging.shutdown()
-                os._exit(LOCAL_REQUEUE_EXIT)
-            _scontrol_requeue(job_id)
-
-        after_stop(self._with_folder(outcome), options, requeue_job=requeue_now)
-
-    def _with_folder(self, outcome: TrainingOutcome) -> TrainingOutcome:
-        """A stop during start-up knows no run folder yet: find it, so the events land there."""
-        if Path(outcome.output_folder) != Path("."):
-            return outcome
-        try:
-            from nnslurm.nnunet import output_folder
-
-            return dataclasses.replace(outcome, output_folder=output_folder(self.job.run))
-        except Exception as error:  # the event log is a nicety here; the decision is not
-            logger.warning("run folder unknown during start-up (%s); events go to %s", error, Path.cwd())
-            return outcome
+        return EXIT_RESUMABLE
 
     def __repr__(self) -> str:
         run = self.job.run
         return f"TrainingJob(dataset={run.dataset}, configuration={run.configuration}, fold={run.fold})"
 
 
-def _submitit_requeue(job_id: str) -> None:
-    """Requeue through submitit's job environment, so its own bookkeeping stays right."""
-    env = submitit.JobEnvironment()
-    try:
-        env._requeue(0)  # SLURM: scontrol requeue <id>; local: sys.exit(144)
-    except subprocess.CalledProcessError as error:
-        argv = [str(arg) for arg in error.cmd] if isinstance(error.cmd, list) else [str(error.cmd)]
-        raise CommandError(argv, error.returncode, _text(error.output), _text(error.stderr)) from error
-    except subprocess.TimeoutExpired as error:
-        raise CommandError(["scontrol", "requeue", job_id], None, "", str(error)) from error
-
-
-def _scontrol_requeue(job_id: str) -> None:
-    from nnslurm.scheduler.commands import requeue
-
-    requeue(job_id)
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return "" if value is None else str(value)
-
-
-def _exit_during_imports(request: object, phase: str) -> None:
-    """A stop signal and no progress at all yet: nothing to save; the next start redoes the imports."""
-    logging.shutdown()
-    sys.stderr.flush()
-    os._exit(EXIT_RESUMABLE)
+def _on_local_executor() -> bool:
+    return SlurmEnvironment.from_environ().local
 
 
 def _remove_literal_job_id_folder() -> None:

@@ -28,7 +28,7 @@ from nnslurm.cluster import ClusterSettings
 from nnslurm.config import TrainJob
 from nnslurm.directives import check_log_folder, check_value, escape_backslashes
 from nnslurm.errors import NnslurmError, NnunetSetupError, UsageError
-from nnslurm.job import LOCAL_MAX_REQUEUES, TrainingJob
+from nnslurm.job import TrainingJob, requeue_cap
 from nnslurm.runs.events import POSITION_EVENTS, Event, EventLog, read_events
 from nnslurm.scheduler.environment import WARNING_SIGNAL_ENV, submitted_event_id
 from nnslurm.timeparse import slurm_minutes
@@ -215,13 +215,14 @@ def make_executor(submission: Submission) -> submitit.Executor:
                 "--executor slurm, but sbatch/srun are not on the PATH.",
                 hint="run on a SLURM login node, use --executor local, or --dry-run to see the script.",
             )
+        # submitit's countdown never decides (nnslurm.job: one requeue authority); it reads the same cap.
         slurm_executor = submitit.SlurmExecutor(
-            folder=submission.folder, max_num_timeout=submission.max_requeues
+            folder=submission.folder, max_num_timeout=requeue_cap(submission.max_requeues, local=False)
         )
         slurm_executor.update_parameters(**slurm_parameters(submission))
         return slurm_executor
     local_executor = submitit.LocalExecutor(
-        folder=submission.folder, max_num_timeout=min(submission.max_requeues, LOCAL_MAX_REQUEUES)
+        folder=submission.folder, max_num_timeout=requeue_cap(submission.max_requeues, local=True)
     )
     cluster = submission.cluster
     if cluster.setup:

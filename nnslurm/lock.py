@@ -28,6 +28,7 @@ from types import TracebackType
 
 from nnslurm.errors import CommandError, RunLockedError, SchedulerError
 from nnslurm.scheduler.commands import job_info
+from nnslurm.scheduler.environment import SlurmEnvironment
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Holder:
         return cls(
             pid=os.getpid(),
             host=socket.gethostname(),
-            job_id=os.environ.get("SLURM_JOB_ID") or None,
+            job_id=SlurmEnvironment.from_environ().qualified_id,
             since=time.strftime("%Y-%m-%d %H:%M:%S"),
         )
 

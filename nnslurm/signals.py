@@ -44,8 +44,7 @@ class StopMonitor:
     ) -> None:
         self._signals = [parse_signal(name) for name in signals]
         self._deadline_s = deadline_s
-        # Replaced as start-up learns more (the run folder); called from the watchdog thread.
-        self.on_deadline = on_deadline
+        self._on_deadline = on_deadline  # called from the watchdog thread, once
         self._owner_pid = os.getpid()
         self._previous: dict[signal.Signals, Any] = {}
         self._received: list[StopRequest] = []
@@ -101,7 +100,7 @@ class StopMonitor:
             if request is None or self._acknowledged.is_set() or self.phase == "saving":
                 continue
             if time.time() - request.received_at >= self._deadline_s:
-                self.on_deadline(request, self.phase)
+                self._on_deadline(request, self.phase)
                 return
 
     def __enter__(self) -> StopMonitor:

@@ -1,13 +1,22 @@
-"""A tiny real nnU-Net dataset (noise plus a bright sphere, label = sphere) for demos and tests."""
+"""A tiny real nnU-Net dataset (noise plus a bright sphere, label = sphere) for demos and tests,
+and the paced trainer that makes its training outlast one start anywhere.
+
+`-tr nnslurm.synthetic:nnUNetTrainerPaced` is nnU-Net's trainer with a floor on the time per
+training iteration, NNSLURM_MIN_ITERATION_S (default 0.15 s): the demo (`nnslurm demo`) and the
+tests that rely on a real time limit (SLURM --time, the local executor's timeout) need training
+that a start cannot finish, however fast the machine.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +26,9 @@ from nnslurm.nnunet import env_folder
 logger = logging.getLogger(__name__)
 
 TINY_PLANS = "nnslurmTinyPlans"  # nnUNetPlans with a 4-channel-wide network: ~0.1 s/iteration on a CPU
+PACED_TRAINER = f"{__name__}:nnUNetTrainerPaced"  # -tr value of the paced trainer
+MIN_ITERATION_ENV = "NNSLURM_MIN_ITERATION_S"
+DEFAULT_MIN_ITERATION_S = 0.15
 
 
 def make_synthetic_dataset(
@@ -124,3 +136,32 @@ def _write_tiny_plans(dataset: str) -> None:
                 min(4 * 2**i, 32) for i in range(len(arguments["features_per_stage"]))
             ]
     (base / f"{TINY_PLANS}.json").write_text(json.dumps(plans, indent=2))
+
+
+def min_iteration_s() -> float:
+    """The paced trainer's floor per training iteration, read when each iteration ends."""
+    return float(os.environ.get(MIN_ITERATION_ENV) or DEFAULT_MIN_ITERATION_S)
+
+
+def __getattr__(name: str) -> Any:
+    """`-tr nnslurm.synthetic:nnUNetTrainerPaced`, built on first use (nnU-Net imports take seconds)."""
+    if name == "nnUNetTrainerPaced":
+        return _paced_trainer()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _paced_trainer() -> type:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    class nnUNetTrainerPaced(nnUNetTrainer):
+        """nnU-Net's trainer, at least `min_iteration_s()` per training iteration."""
+
+        def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
+            began = time.perf_counter()
+            result: dict[str, Any] = super().train_step(batch)
+            time.sleep(max(0.0, min_iteration_s() - (time.perf_counter() - began)))
+            return result
+
+    nnUNetTrainerPaced.__module__ = __name__
+    return nnUNetTrainerPaced

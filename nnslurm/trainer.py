@@ -22,6 +22,7 @@ from nnslurm.checkpoints import FORMAT_VERSION, META_KEY, BackgroundWriter
 from nnslurm.progress import TrainingProgress
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.signals import StopMonitor, StopRequest
+from nnslurm.timeparse import format_time
 
 logger = logging.getLogger(__name__)
 
@@ -307,8 +308,7 @@ class PreemptibleTrainerMixin:
         values = self.logger.get_checkpoint()
         loss = values.get("train_losses", [None])[-1] if values.get("train_losses") else None
         dice = values.get("ema_fg_dice", [None])[-1] if values.get("ema_fg_dice") else None
-        remaining = self.num_epochs - epoch - 1
-        eta = time.strftime("%H:%M:%S", time.gmtime(max(0.0, remaining * seconds)))
+        eta = eta_text(self.num_epochs - epoch - 1, seconds)
         logger.info(
             "epoch %d/%d done: %.2f it/s, train loss %s, pseudo-Dice (EMA) %s, ETA %s",
             epoch + 1,
@@ -318,6 +318,12 @@ class PreemptibleTrainerMixin:
             "n/a" if dice is None else f"{dice:.4f}",
             eta,
         )
+
+
+def eta_text(remaining_epochs: int, seconds_per_epoch: float) -> str:
+    """The time the remaining epochs take at this pace, as SLURM writes times: [D-]HH:MM:SS
+    (1000 epochs run for days; a bare HH:MM:SS would wrap after 24 h)."""
+    return format_time(round(max(0.0, remaining_epochs * seconds_per_epoch)))
 
 
 def _disable_benchmarking(transform: Any) -> None:

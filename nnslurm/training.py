@@ -1,14 +1,14 @@
 """One training process: lock the run folder, pick the checkpoint, run nnU-Net's trainer, report.
 
 `run_training` returns a TrainingOutcome ("finished" or "stopped" with a durable checkpoint);
-what happens next (exit 75, requeue, nothing) is the caller's decision.
+what happens next (exit 75, requeue, nothing) is decided by the stop path (`nnslurm.stoppable`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from nnslurm import EXIT_RESUMABLE, rng
+from nnslurm import rng
 from nnslurm.checkpoints import (
     BackgroundWriter,
     CheckpointInfo,
@@ -27,11 +27,12 @@ from nnslurm.checkpoints import (
     remove_stale_temp_files,
 )
 from nnslurm.config import TrainingOptions, TrainJob
+from nnslurm.cpus import WORKERS_ENV, CpuBudget, read_cpu_budget
 from nnslurm.errors import NnslurmError
 from nnslurm.lock import RunLock
 from nnslurm.malloc import fix_malloc_thresholds
 from nnslurm.nnunet import find_trainer_class, load_plans, output_folder
-from nnslurm.processes import children_die_with_this_process, kill_children
+from nnslurm.processes import children_die_with_this_process
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.signals import StopMonitor, StopRequest
 from nnslurm.trainer import NEVER, LoopContext, ResumePoint, TrainingStopped, preemptible_class
@@ -58,20 +59,13 @@ class TrainingOutcome:
 
 
 def run_training(
-    job: TrainJob,
-    on_abandon: Callable[[TrainingOutcome], None] | None = None,
-    monitor: StopMonitor | None = None,
+    job: TrainJob, monitor: StopMonitor, on_run_folder: Callable[[Path], None] | None = None
 ) -> TrainingOutcome:
-    """Train (or resume) one nnU-Net run in this process.
+    """Train (or resume) one nnU-Net run in this process, under an installed stop `monitor`.
 
-    `on_abandon` runs when a stop request found no iteration boundary before the deadline
-    (start-up, final validation); the process then exits with status 75 right after it.
-    Pass an installed `monitor` to cover the start-up before this call (imports take seconds).
+    `on_run_folder` learns the run folder once this process holds its lock (the stop path records
+    a stop without an iteration boundary there). Callers go through `nnslurm.stoppable`.
     """
-    if monitor is None:
-        monitor = new_monitor(job.options, on_abandon)
-        with monitor:
-            return run_training(job, on_abandon, monitor)
     run, options = job.run, job.options
     plans, dataset_json = load_plans(run)
     base_class = find_trainer_class(run.trainer)
@@ -96,20 +90,10 @@ def run_training(
     with lock:
         events = EventLog(folder)
         remove_stale_temp_files(folder)
-        monitor.on_deadline = lambda request, phase: _abandon(folder, events, request, phase, on_abandon)
+        if on_run_folder is not None:
+            on_run_folder(folder)
         chosen = choose_checkpoint(folder, options.resume_from, expected, options.overrides)
         return _train(job, plans, dataset_json, base_class, folder, chosen, monitor, events)
-
-
-def new_monitor(
-    options: TrainingOptions, on_abandon: Callable[[TrainingOutcome], None] | None = None
-) -> StopMonitor:
-    """A stop monitor for start-up: before the run folder is known, abandoning writes nothing."""
-
-    def abandon_startup(request: StopRequest, phase: str) -> None:
-        _abandon(None, None, request, phase, on_abandon)
-
-    return StopMonitor(options.stop_signals, options.stop_deadline_s, abandon_startup)
 
 
 def _train(
@@ -224,7 +208,7 @@ def _prepare_process(options: TrainingOptions) -> None:
         else (DETERMINISTIC_DEFAULT_SEED if options.deterministic else None)
     )
     if options.deterministic:
-        os.environ["nnUNet_n_proc_DA"] = "0"  # single-process augmentation: one RNG stream
+        os.environ[WORKERS_ENV] = "0"  # single-process augmentation: one RNG stream
     if seed is not None:
         rng.seed_everything(seed)
 
@@ -237,36 +221,45 @@ def _device(name: str) -> torch.device:
             "--device cuda, but no CUDA device is visible to this process.",
             hint="check --gpus / CUDA_VISIBLE_DEVICES, or use --device cpu.",
         )
-    if name == "cpu":
-        # nnU-Net would take every core of the node; take the cores this job was given.
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    _follow_allocation(read_cpu_budget(), threads=name == "cpu")
     return torch.device(name)
 
 
-def _since(request: StopRequest) -> float:
-    import time
+def _follow_allocation(budget: CpuBudget, threads: bool) -> None:
+    """nnU-Net would take every core of the node (threads) and 12 augmentation workers: take
+    what this job was given (nnslurm.cpus). Torch threads on the CPU device only, as nnU-Net."""
+    if threads:
+        torch.set_num_threads(budget.cpus)
+    if budget.workers is not None:
+        os.environ[WORKERS_ENV] = str(budget.workers)
+    workers = os.environ.get(WORKERS_ENV)
+    logger.info(
+        "CPUs: %d (%s): torch threads %s, augmentation workers %s",
+        budget.cpus,
+        budget.source,
+        budget.cpus if threads else "torch's default (CUDA device)",
+        "nnU-Net's default" if workers is None else f"{workers} ({WORKERS_ENV})",
+    )
 
+
+def _since(request: StopRequest) -> float:
     return time.time() - request.received_at
 
 
-def _abandon(
-    folder: Path | None,
-    events: EventLog | None,
-    request: StopRequest,
-    phase: str,
-    on_abandon: Callable[[TrainingOutcome], None] | None,
-) -> None:
-    """Runs in the watchdog thread: no boundary came in time; what is on disk is resumable."""
-    logger.warning(
-        "SIG%s during %s: no iteration boundary within the deadline; exiting resumable (host %s)",
-        request.signal,
-        phase,
-        socket.gethostname(),
-    )
-    newest = newest_valid(candidates(folder))[0] if folder is not None else None
+def abandoned_outcome(
+    job: TrainJob, folder: Path | None, request: StopRequest, phase: str
+) -> TrainingOutcome:
+    """A stop that found no iteration boundary: the run stands at its newest valid checkpoint.
+
+    `folder` is the run folder this process holds (None: not yet, during start-up); there the
+    stop is recorded. Without it the outcome names the folder the run will have, so that what
+    follows the stop (the scheduler's decision) is recorded with the run.
+    """
+    where = folder if folder is not None else _named_run_folder(job)
+    newest = newest_valid(candidates(where))[0] if where is not None else None
     epoch, iteration = newest.position if newest else (0, 0)
-    if events is not None:
-        events.append(
+    if folder is not None:
+        EventLog(folder).append(
             Event.STOPPED,
             signal=request.signal,
             phase=phase,
@@ -274,18 +267,19 @@ def _abandon(
             epoch=epoch,
             iteration=iteration,
         )
-    outcome = TrainingOutcome(
+    return TrainingOutcome(
         status="stopped",
-        output_folder=folder or Path("."),
+        output_folder=where or Path("."),
         epoch=epoch,
         iteration=iteration,
         stop_signal=request.signal,
         phase=phase,
     )
+
+
+def _named_run_folder(job: TrainJob) -> Path | None:
     try:
-        if on_abandon is not None:
-            on_abandon(outcome)
-    finally:
-        kill_children()
-        logging.shutdown()
-        os._exit(EXIT_RESUMABLE)
+        return output_folder(job.run)
+    except Exception as error:  # the record is a nicety here; the decision is not
+        logger.warning("run folder unknown during start-up (%s); events go to %s", error, Path.cwd())
+        return None

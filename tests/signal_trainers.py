@@ -2,14 +2,18 @@
 
 NNSLURM_TEST_SIGNALS="1:3,2:0,v1:1,final" sends SIGNNSLURM_TEST_SIGNAL (default USR1) to its own
 process at epoch 1 iteration 3, epoch 2 iteration 0, in epoch 1's validation step 1, and during
-the final validation ("after_final": right after checkpoint_final.pth was written); each point
-fires once (NNSLURM_TEST_SIGNAL_STATE records what fired).
+the final validation ("startup": at the end of on_train_start, before the first iteration;
+"after_final": right after checkpoint_final.pth was written); each point fires once
+(NNSLURM_TEST_SIGNAL_STATE records what fired). After a point fired, the trainer goes on
+NNSLURM_TEST_AFTER_SIGNAL_S seconds (default 0) before it continues: a phase without an iteration
+boundary that outlasts --stop-deadline.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -27,9 +31,14 @@ def _fire(point: str) -> None:
     state.write_text("\n".join([*fired, point]))
     name = os.environ.get("NNSLURM_TEST_SIGNAL", "USR1")
     os.kill(os.getpid(), getattr(signal, "SIG" + name))
+    time.sleep(float(os.environ.get("NNSLURM_TEST_AFTER_SIGNAL_S", "0")))
 
 
 class nnUNetTrainerSignals(nnUNetTrainer):
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        _fire("startup")
+
     def train_step(self, batch: dict) -> dict:
         epoch, iteration = self.nnslurm.position
         _fire(f"{epoch}:{iteration}")

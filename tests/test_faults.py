@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events
-from test_resume import processes_with_marker, stops_and_resumes, train_until_finished
+from support import wait_for
+from test_resume import SIGNAL_TRAINER, processes_with_marker, stops_and_resumes, train_until_finished
 
 pytestmark = pytest.mark.nnunet
 
@@ -31,15 +32,6 @@ def start(env: dict[str, str], args: list[str]) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(predicate, timeout: float = 120, step: float = 0.01) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    pytest.fail("condition not reached in time")
 
 
 def loadable(run_folder: Path) -> list[str]:
@@ -65,7 +57,12 @@ def test_sigkill_at_random_instants(nnunet_env: NnunetEnv) -> None:
     run_folder = nnunet_env.run_folder("nnUNetTrainerBigState")
     for _ in range(3):
         process = start(env, args)
-        wait_for(lambda p=process: (run_folder / "checkpoint_latest.pth").exists() or p.poll() is not None)
+        wait_for(
+            lambda p=process: (run_folder / "checkpoint_latest.pth").exists() or p.poll() is not None,
+            120,
+            "the first checkpoint",
+            interval=0.01,
+        )
         time.sleep(chooser.uniform(0.0, 2.0))
         process.kill()
         process.wait(timeout=30)
@@ -86,7 +83,7 @@ def test_signal_storm_ends_resumable(nnunet_env: NnunetEnv, first: int, second: 
     args = [*TINY_TRAINING, "--epochs", "4", "--no-final-validation"]
     run_folder = nnunet_env.run_folder()
     process = start(env, args)
-    wait_for(lambda: (run_folder / "checkpoint_best.pth").exists())
+    wait_for(lambda: (run_folder / "checkpoint_best.pth").exists(), 120, "the first epoch", interval=0.01)
     process.send_signal(first)
     time.sleep(gap)
     process.send_signal(second)
@@ -105,7 +102,7 @@ def test_term_during_checkpoint_write(nnunet_env: NnunetEnv) -> None:
     args = [*TINY_TRAINING, "-tr", "signal_trainers:nnUNetTrainerBigState", "--no-final-validation"]
     run_folder = nnunet_env.run_folder("nnUNetTrainerBigState")
     process = start(env, args)
-    wait_for(lambda: bool(list(run_folder.glob(".*nnslurm-tmp-*"))), step=0.002)
+    wait_for(lambda: list(run_folder.glob(".*nnslurm-tmp-*")), 120, "a checkpoint write", interval=0.002)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 75, stderr[-3000:]
@@ -116,17 +113,33 @@ def test_term_during_checkpoint_write(nnunet_env: NnunetEnv) -> None:
     assert stops == resumes
 
 
-def test_signal_during_startup(nnunet_env: NnunetEnv) -> None:
-    """USR1 while nnU-Net imports and builds the trainer: no boundary yet, still a clean exit 75."""
-    env = nnunet_env.env()
-    args = [*TINY_TRAINING, "--no-final-validation"]
-    process = start(env, args)
-    time.sleep(2.0)  # handlers are in place; torch and nnU-Net are still importing
-    process.send_signal(signal.SIGUSR1)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 75, stderr[-3000:]
+def test_signal_during_startup(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
+    """USR1 while the trainer starts (data loaders built, no iteration yet), and start-up goes on
+    longer than --stop-deadline: no boundary to stop at, so the deadline exits 75 from start-up,
+    with nothing written by the stop; the next start trains from the beginning and finishes.
+    (The same during the imports, before the run folder is known: tests/test_stoppable.py.)"""
+    env = nnunet_env.env(
+        NNSLURM_TEST_SIGNALS="startup",
+        NNSLURM_TEST_SIGNAL_STATE=str(tmp_path / "fired"),
+        NNSLURM_TEST_AFTER_SIGNAL_S="60",  # start-up outlasts the deadline
+    )
+    args = [*TINY_TRAINING, *SIGNAL_TRAINER, "--no-final-validation", "--stop-deadline", "1"]
+    first = nnslurm(["train", *args], env)
+    assert first.returncode == 75, first.stderr[-3000:]
+    assert "SIGUSR1 during startup: no iteration boundary within the deadline" in first.stderr
+    run_folder = nnunet_env.run_folder("nnUNetTrainerSignals")
+    events = read_events(run_folder)
+    assert [e["event"] for e in events] == ["started", "stopped"]  # no "signal": no boundary reached
+    assert {k: events[1][k] for k in ("signal", "phase", "reason", "epoch", "iteration")} == {
+        "signal": "USR1",
+        "phase": "startup",
+        "reason": "deadline",
+        "epoch": 0,
+        "iteration": 0,
+    }
+    assert not list(run_folder.glob("checkpoint_*.pth"))
     assert train_until_finished(env, args) == [0]
-    assert (nnunet_env.run_folder() / "checkpoint_final.pth").is_file()
+    assert (run_folder / "checkpoint_final.pth").is_file()
 
 
 @pytest.fixture
@@ -158,7 +171,9 @@ def test_disk_full_during_save_fails_clearly_and_keeps_previous(
     run_folder = run_folder / "fold_0"
     # fill the disk once the first checkpoint exists, leaving too little for the next one
     process = start(env, args)
-    wait_for(lambda: (run_folder / "checkpoint_latest.pth").exists())
+    wait_for(
+        lambda: (run_folder / "checkpoint_latest.pth").exists(), 120, "the first checkpoint", interval=0.01
+    )
     filler = small_disk / "filler"
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=100"], capture_output=True)
     _, stderr = process.communicate(timeout=120)

@@ -9,17 +9,19 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm, read_events
+from support import wait_for
+
+from nnslurm.synthetic import PACED_TRAINER
 
 pytestmark = pytest.mark.nnunet
 
-PACED = "slurm.paced_trainer:nnUNetTrainerPaced"
 # >= 0.5 s per iteration (paced): 60 iterations outlast the 25 s a start has before its warning, anywhere
 EPOCHS, ITERATIONS = 3, 20
 
 
 def test_local_executor_stops_requeues_and_finishes(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
     started = time.time()
-    env = nnunet_env.env(nnUNet_n_proc_DA="0", NNSLURM_TEST_MIN_ITERATION_S="0.5")
+    env = nnunet_env.env(nnUNet_n_proc_DA="0", NNSLURM_MIN_ITERATION_S="0.5")
     result = nnslurm(
         [
             "submit",
@@ -32,7 +34,7 @@ def test_local_executor_stops_requeues_and_finishes(nnunet_env: NnunetEnv, tmp_p
             "-p",
             TINY_PLANS,
             "-tr",
-            PACED,
+            PACED_TRAINER,
             "--epochs",
             str(EPOCHS),
             "--iterations-per-epoch",
@@ -54,7 +56,7 @@ def test_local_executor_stops_requeues_and_finishes(nnunet_env: NnunetEnv, tmp_p
         timeout=400,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "finished [COMPLETED]" in result.stdout or "finished [FINISHED]" in result.stdout, result.stdout
+    assert "finished [COMPLETED]" in result.stdout, result.stdout  # launch.job_state: a result pickle
 
     run_folder = nnunet_env.run_folder("nnUNetTrainerPaced")
     assert (run_folder / "checkpoint_final.pth").is_file()
@@ -94,13 +96,12 @@ def test_local_submit_without_wait_returns_at_once_and_leaves_a_clean_log_folder
     assert result.returncode == 0, result.stderr[-3000:]
     run_folder = nnunet_env.run_folder()
     assert "finished" not in [e["event"] for e in read_events(run_folder)]  # returned while it trains
-    deadline = time.time() + 240
-    while time.time() < deadline and "finished" not in [e["event"] for e in read_events(run_folder)]:
-        time.sleep(1)
+    wait_for(lambda: "finished" in [e["event"] for e in read_events(run_folder)], 240, "the run to finish")
     assert read_events(run_folder)[-1]["event"] == "finished"
     assert (run_folder / "checkpoint_final.pth").is_file()
     (job_id,) = {e["job_id"] for e in read_events(run_folder)}
-    time.sleep(2)  # the controller writes its last files
+    job_folder = logs / job_id.removeprefix("local-")
+    wait_for(lambda: list(job_folder.glob("*_result.pkl")), 60, "the job's result pickle (its last file)")
     folders = sorted(p.name for p in logs.iterdir() if p.is_dir())
     assert folders == [job_id.removeprefix("local-")], folders  # no literal "%j" folder beside it
     assert (logs / "local-controller.log").is_file()

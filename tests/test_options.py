@@ -20,6 +20,7 @@ from nnslurm.commands.options import (
 )
 from nnslurm.commands.submit import make_submission
 from nnslurm.config import RunSpec, TrainingOptions, TrainJob
+from nnslurm.synthetic import PACED_TRAINER
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -95,7 +96,7 @@ def test_the_demo_shows_a_command_that_makes_its_submission(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no ./nnslurm.toml
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    run = RunSpec("501", "3d_fullres", "0", "nnslurm.commands.demo:nnUNetTrainerDemo", "nnslurmTinyPlans")
+    run = RunSpec("501", "3d_fullres", "0", PACED_TRAINER, "nnslurmTinyPlans")
     options = TrainingOptions(
         num_epochs=3,
         iterations_per_epoch=40,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events
+from support import wait_for
 
 pytestmark = pytest.mark.nnunet
 
@@ -110,9 +111,7 @@ def test_signal_from_outside_during_training(nnunet_env: NnunetEnv) -> None:
         text=True,
     )
     run_folder = nnunet_env.run_folder()
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run_folder / "checkpoint_best.pth").exists():
-        time.sleep(0.05)
+    wait_for((run_folder / "checkpoint_best.pth").exists, 120, "the first epoch", interval=0.05)
     sent = time.time()
     process.send_signal(signal.SIGUSR1)
     _, stderr = process.communicate(timeout=60)
@@ -148,20 +147,23 @@ def test_signal_during_final_validation_is_resumable(nnunet_env: NnunetEnv, tmp_
 
 
 def test_signal_after_final_checkpoint_ends_finished(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
-    """The warning arrives right after checkpoint_final.pth was written, before the process ends."""
+    """The warning arrives right after checkpoint_final.pth was written, and the process takes
+    longer than --stop-deadline to end: the run is finished; the stop is not acted on (exit 0)."""
     env = nnunet_env.env(
-        NNSLURM_TEST_SIGNALS="after_final", NNSLURM_TEST_SIGNAL_STATE=str(tmp_path / "fired")
+        NNSLURM_TEST_SIGNALS="after_final",
+        NNSLURM_TEST_SIGNAL_STATE=str(tmp_path / "fired"),
+        NNSLURM_TEST_AFTER_SIGNAL_S="3",  # the deadline (1 s) passes before the process ends
     )
     args = [*TINY_TRAINING, *SIGNAL_TRAINER, "--no-final-validation", "--stop-deadline", "1"]
     run_folder = nnunet_env.run_folder("nnUNetTrainerSignals")
-    codes = train_until_finished(env, args)
+    result = nnslurm(["train", *args], env)
+    assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "fired").read_text().split() == ["after_final"]
-    assert codes[-1] == 0 and len(codes) <= 2  # finished now, or resumable and finished on the next start
     final = torch.load(run_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 3
-    finished = [e for e in read_events(run_folder) if e["event"] == "finished"]
-    assert finished and finished[-1]["epoch"] == 3
-    assert not [e for e in read_events(run_folder) if e["event"] == "resumed" and e.get("epoch", 0) < 3]
+    names = [e["event"] for e in read_events(run_folder)]
+    assert names[-1] == "finished" and "stopped" not in names and "signal" not in names, names
+    assert read_events(run_folder)[-1]["epoch"] == 3
 
 
 def test_sigkill_during_checkpoint_write_keeps_previous(nnunet_env: NnunetEnv) -> None:
@@ -184,16 +186,12 @@ def test_sigkill_during_checkpoint_write_keeps_previous(nnunet_env: NnunetEnv) -
         stderr=subprocess.DEVNULL,
     )
     # wait until a checkpoint exists, then until the next write is in flight
-    deadline = time.time() + 180
-    while time.time() < deadline and not (run_folder / "checkpoint_latest.pth").exists():
-        time.sleep(0.01)
-    while time.time() < deadline and not list(run_folder.glob(".*nnslurm-tmp-*")):
-        time.sleep(0.002)
-    assert list(run_folder.glob(".*nnslurm-tmp-*")), "never caught a write in flight"
+    wait_for((run_folder / "checkpoint_latest.pth").exists, 180, "the first checkpoint", interval=0.01)
+    wait_for(lambda: list(run_folder.glob(".*nnslurm-tmp-*")), 180, "a write in flight", interval=0.002)
     process.kill()
     process.wait(timeout=30)
-    time.sleep(0.5)
-    assert not processes_with_marker(marker), "workers outlived the SIGKILLed trainer"
+    # the kernel kills them when their parent dies (PR_SET_PDEATHSIG), a moment after it
+    wait_for(lambda: not processes_with_marker(marker), 10, "the workers of the SIGKILLed trainer to die")
     for name in ("checkpoint_latest.pth", "checkpoint_best.pth"):
         if (run_folder / name).exists():
             torch.load(run_folder / name, map_location="cpu", weights_only=False)  # loads: not torn
@@ -216,9 +214,7 @@ def test_second_trainer_in_same_folder_is_refused(nnunet_env: NnunetEnv) -> None
     )
     try:
         lock = nnunet_env.run_folder() / ".nnslurm.lock"
-        deadline = time.time() + 60
-        while time.time() < deadline and not (lock.exists() and lock.read_text()):
-            time.sleep(0.05)
+        wait_for(lambda: lock.exists() and lock.read_text(), 60, "the first trainer's lock", interval=0.05)
         second = nnslurm(args, env)
         assert second.returncode == 1
         assert "already being trained" in second.stderr and f"pid {first.pid}" in second.stderr
@@ -254,9 +250,7 @@ def test_signal_to_every_process_spares_the_workers(nnunet_env: NnunetEnv) -> No
         text=True,
     )
     run_folder = nnunet_env.run_folder()
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run_folder / "checkpoint_best.pth").exists():
-        time.sleep(0.05)
+    wait_for((run_folder / "checkpoint_best.pth").exists, 120, "the first epoch", interval=0.05)
     workers = [pid for pid in processes_with_marker(marker) if pid != process.pid]
     assert len(workers) >= 2, "expected data-augmentation worker processes"
     os.killpg(process.pid, signal.SIGUSR1)
@@ -264,5 +258,4 @@ def test_signal_to_every_process_spares_the_workers(nnunet_env: NnunetEnv) -> No
     assert process.returncode == 75, stderr[-3000:]
     stops = [e for e in read_events(run_folder) if e["event"] in ("signal", "stopped")]
     assert [e["event"] for e in stops] == ["signal", "stopped"]  # acted on once, by the trainer
-    time.sleep(0.5)
-    assert not processes_with_marker(marker)
+    wait_for(lambda: not processes_with_marker(marker), 10, "the workers to end with the trainer")

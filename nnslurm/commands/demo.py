@@ -7,7 +7,6 @@ SLURM login node `--executor slurm` shows the same on the cluster.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import shlex
@@ -21,7 +20,7 @@ from nnslurm.commands.options import checked
 from nnslurm.config import RunSpec, TrainingOptions, TrainJob
 from nnslurm.nnunet import FOLDER_VARIABLES, output_folder
 from nnslurm.runs.events import Event, read_events
-from nnslurm.synthetic import TINY_PLANS, make_synthetic_dataset
+from nnslurm.synthetic import PACED_TRAINER, TINY_PLANS, make_synthetic_dataset
 from nnslurm.timeparse import format_time, parse_time
 
 if TYPE_CHECKING:  # nnslurm.launch imports submitit: only when a command submits
@@ -30,8 +29,7 @@ if TYPE_CHECKING:  # nnslurm.launch imports submitit: only when a command submit
 logger = logging.getLogger(__name__)
 
 DATASET_ID, DATASET_NAME = 501, "Synthetic"
-DEMO_TRAINER = f"{__name__}:nnUNetTrainerDemo"
-MIN_ITERATION_S = 0.15  # so the run outlasts one start on any machine: the demo always shows a stop
+DEMO_TRAINER = PACED_TRAINER  # so the run outlasts one start on any machine: the demo always shows a stop
 SUBFOLDERS = {"nnUNet_raw": "raw", "nnUNet_preprocessed": "preprocessed", "nnUNet_results": "results"}
 
 
@@ -177,27 +175,3 @@ _STORY = (
     Event.FINISHED,
     Event.FAILED,
 )
-
-
-def __getattr__(name: str) -> Any:
-    """`-tr nnslurm.commands.demo:nnUNetTrainerDemo`, built on first use (nnU-Net imports take seconds)."""
-    if name == "nnUNetTrainerDemo":
-        return _demo_trainer()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-@functools.cache
-def _demo_trainer() -> type:
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-    class nnUNetTrainerDemo(nnUNetTrainer):
-        """nnU-Net's trainer, at least MIN_ITERATION_S per iteration: the demo's run outlasts a start."""
-
-        def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
-            began = time.perf_counter()
-            result: dict[str, Any] = super().train_step(batch)
-            time.sleep(max(0.0, MIN_ITERATION_S - (time.perf_counter() - began)))
-            return result
-
-    nnUNetTrainerDemo.__module__ = __name__
-    return nnUNetTrainerDemo

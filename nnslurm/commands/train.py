@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 from nnslurm import EXIT_RESUMABLE
@@ -15,7 +14,7 @@ from nnslurm.commands.options import (
     training_job_from_args,
 )
 from nnslurm.config import TrainJob
-from nnslurm.signals import StopMonitor
+from nnslurm.stoppable import AfterStop, run_stoppable
 
 if TYPE_CHECKING:
     from nnslurm.training import TrainingOutcome
@@ -52,48 +51,37 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Returns 0 when training finished; a stop leaves through `nnslurm.stoppable` with status 75."""
     job = training_job_from_args(args)
-    in_slurm = bool(os.environ.get("SLURM_JOB_ID"))
-    on_abandon = _after_stop_hook(job) if in_slurm else None
-    # Handlers first: importing torch and nnU-Net takes seconds, and a stop signal that arrives
-    # then must not kill the process (the deadline makes it exit 75 instead).
-    monitor = StopMonitor(job.options.stop_signals, job.options.stop_deadline_s, _exit_during_imports)
-    with monitor:
-        from nnslurm.training import new_monitor, run_training
-
-        monitor.on_deadline = new_monitor(job.options, on_abandon).on_deadline
-        outcome = run_training(job, on_abandon=on_abandon, monitor=monitor)
-        if outcome.status == "finished":
-            monitor.ignore_after_restore()
-    return exit_status(outcome, job, in_slurm)
+    outcome = run_stoppable(job, after_stop=_after_stop_hook(job, _inside_slurm_job()))
+    logger.info("training finished: %s", outcome.output_folder)
+    return 0
 
 
-def _exit_during_imports(request: object, phase: str) -> None:
-    os._exit(EXIT_RESUMABLE)
+def _inside_slurm_job() -> bool:
+    from nnslurm.scheduler.environment import SlurmEnvironment
+
+    return SlurmEnvironment.from_environ().in_slurm
 
 
-def exit_status(outcome: TrainingOutcome, job: TrainJob, in_slurm: bool) -> int:
-    if outcome.status == "finished":
-        logger.info("training finished: %s", outcome.output_folder)
-        return 0
-    logger.warning(
-        "stopped at epoch %d iteration %d by SIG%s; checkpoint %s. Run the same command to resume.",
-        outcome.epoch,
-        outcome.iteration,
-        outcome.stop_signal,
-        outcome.checkpoint,
-    )
-    if in_slurm:
-        _after_stop_hook(job)(outcome)
-    return EXIT_RESUMABLE
+def _after_stop_hook(job: TrainJob, in_slurm: bool) -> AfterStop:
+    """A stop is resumable (75); inside SLURM the scheduler's evidence first decides what it means
+    (walltime -> requeue ourselves, preemption -> wait for SLURM's requeue, scancel -> nothing)."""
 
+    def after_stop(outcome: TrainingOutcome) -> int:
+        logger.warning(
+            "stopped at epoch %d iteration %d by SIG%s during %s; checkpoint %s. Run the same command "
+            "to resume.",
+            outcome.epoch,
+            outcome.iteration,
+            outcome.stop_signal,
+            outcome.phase,
+            outcome.checkpoint or "not rewritten (the newest valid one is kept)",
+        )
+        if in_slurm:
+            from nnslurm.scheduler.after_stop import after_stop as decide
 
-def _after_stop_hook(job: TrainJob) -> Any:
-    """Inside SLURM the scheduler decides what a stop means (walltime -> requeue ourselves)."""
-
-    def after_stop(outcome: TrainingOutcome) -> None:
-        from nnslurm.scheduler.after_stop import after_stop as decide
-
-        decide(outcome, job.options)
+            decide(outcome, job.options)
+        return EXIT_RESUMABLE
 
     return after_stop

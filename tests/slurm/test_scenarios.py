@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 import submitit
 from conftest import TINY_PLANS, NnunetEnv, nnslurm
+from support import wait_for
 
-from .tools import Background, Cluster, check_story, events, kinds, wait_for, wait_for_event
+from nnslurm.synthetic import PACED_TRAINER
+
+from .tools import Background, Cluster, check_story, events, kinds, wait_for_event
 
 # Every scenario trains with a floor of MIN_ITERATION_S per iteration (the paced trainer), so that
 # training outlasts what each scenario waits for on any machine, however fast: after the epoch-0
@@ -25,7 +28,7 @@ EPOCHS, ITERATIONS = 3, 60
 LONG_EPOCHS, LONG_ITERATIONS = 3, 50
 MIN_ITERATION_S = "0.25"
 TRAINER = "nnUNetTrainerPaced"
-PACED = ["-tr", f"slurm.paced_trainer:{TRAINER}"]
+PACED = ["-tr", PACED_TRAINER]
 RUN = [
     "-d",
     "501",
@@ -50,13 +53,13 @@ def training(epochs: int, iterations: int) -> list[str]:
 
 def job_env(nnunet_env: NnunetEnv) -> dict[str, str]:
     # Single-process augmentation: two cores, and the node is shared by two jobs in some tests.
-    return nnunet_env.env(nnUNet_n_proc_DA="0", NNSLURM_TEST_MIN_ITERATION_S=MIN_ITERATION_S)
+    return nnunet_env.env(nnUNet_n_proc_DA="0", NNSLURM_MIN_ITERATION_S=MIN_ITERATION_S)
 
 
 def template_setup(env: dict[str, str]) -> list[str]:
     """The template's setup block: sbatch runs the script with the submitting shell's environment,
     which is pytest's, not the test's; only the nnUNet_* variables are exported by the template."""
-    exports = f"PYTHONPATH={env['PYTHONPATH']} NNSLURM_TEST_MIN_ITERATION_S={MIN_ITERATION_S}"
+    exports = f"PYTHONPATH={env['PYTHONPATH']} NNSLURM_MIN_ITERATION_S={MIN_ITERATION_S}"
     return ["--setup", f"export {exports}"]
 
 
@@ -344,15 +347,16 @@ def test_array_with_one_task_preempted(idle_cluster: Cluster, nnunet_env: Nnunet
     started = time.time()
     folders = [nnunet_env.run_folder(TRAINER, fold=fold) for fold in ("0", "1")]
     run = [arg for arg in training(EPOCHS, ITERATIONS) if arg not in ("-f", "0")]
-    cpus = max(1, idle_cluster.cpus // 2)  # two tasks fill the node
-    args = submit_args(tmp_path / "logs", *run, "--fold", "0-1", "--time", "10", "--cpus-per-task", str(cpus))
+    # One CPU per task: each trains with 1 torch thread whatever the node's binding (nnslurm.cpus),
+    # so the two tasks do not slow each other down on a 2-CPU node.
+    args = submit_args(tmp_path / "logs", *run, "--fold", "0-1", "--time", "10", "--cpus-per-task", "1")
     waiting = Background.start(args, job_env(nnunet_env), tmp_path / "submit.out")
     ids = [wait_for_event(folder, "submitted", 60)["job_id"] for folder in folders]
     assert ids[0].endswith("_0") and ids[1].endswith("_1") and ids[0].split("_")[0] == ids[1].split("_")[0]
     idle_cluster.own.update(ids)
     for folder in folders:
         wait_for_event(folder, "checkpoint", 300, reason="periodic")
-    idle_cluster.preempt(cpus=cpus)
+    idle_cluster.preempt(cpus=max(1, idle_cluster.cpus - 1))  # more than is free: one task must go
     code, output = waiting.finish(400)
     assert code == 0, output
     preempted = []

@@ -6,14 +6,14 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from support import wait_for
 
 from nnslurm.scheduler import commands as slurm
 
-T = TypeVar("T")
 DONE_STATES = (
     "COMPLETED",
     "FAILED",
@@ -111,18 +111,7 @@ class Cluster:
             states = self.states(job_id)
             return states[-1] if states and states[-1] in DONE_STATES else None
 
-        return wait_for(finished, timeout, f"job {job_id} to end")
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 1.0) -> T:
-    deadline = time.time() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+        return wait_for(finished, timeout, f"job {job_id} to end", interval=1.0)
 
 
 def events(run_folder: Path) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ class TrainingOptions:
     save_every_epochs: int = 1  # replaces nnU-Net's save_every (50)
     save_every_minutes: float | None = 15.0  # also save mid-epoch when this much time has passed
     resume_from: str = "newest"  # newest | latest | best | a checkpoint path
+    start_over: bool = False  # --start-over: checkpoints none of which is usable are moved aside, not resumed
     deterministic: bool = False  # single-process augmentation + seeding: bitwise reproducible resume
     seed: int | None = None  # seeds python/numpy/torch before the trainer is built
     device: str = "auto"  # nnUNetv2_train -device: cpu | cuda | auto (cuda when available)
@@ -107,6 +108,8 @@ class TrainingOptions:
         if self.save_every_minutes is None:
             words.append("--no-timed-saves")
         give("--resume-from", self.resume_from, default.resume_from)
+        if self.start_over:
+            words.append("--start-over")
         if self.deterministic:
             words.append("--deterministic")
         give("--seed", self.seed, default.seed)

@@ -92,7 +92,9 @@ def run_training(
         remove_stale_temp_files(folder)
         if on_run_folder is not None:
             on_run_folder(folder)
-        chosen = choose_checkpoint(folder, options.resume_from, expected, options.overrides)
+        chosen = choose_checkpoint(
+            folder, options.resume_from, expected, options.overrides, start_over=options.start_over
+        )
         return _train(job, plans, dataset_json, base_class, folder, chosen, monitor, events)
 
 

@@ -38,6 +38,7 @@ ROUND_TRIP_CASES = [
     TrainingOptions(save_every_minutes=None, deterministic=True, seed=7, device="cpu"),
     TrainingOptions(final_validation=False, stop_signals=("USR2", "INT"), stop_deadline_s=3.5),
     TrainingOptions(max_requeues=0, resume_from="/runs/fold_0/checkpoint_latest.pth"),
+    TrainingOptions(start_over=True),
 ]
 
 

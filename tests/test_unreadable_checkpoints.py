@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import torch
-from conftest import TINY_TRAINING, NnunetEnv, nnslurm
+from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events
 
 pytestmark = pytest.mark.nnunet
 
@@ -46,3 +46,15 @@ def test_unreadable_but_undamaged_checkpoints_stop_the_run(nnunet_env: NnunetEnv
     )
     assert "Traceback" not in result.stderr
     assert folder_digests(run_folder) == before
+
+    # The way forward the hint names: --start-over keeps every old file (renamed) and trains anew.
+    again = nnslurm([*args, "--start-over"], env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    kept = {
+        path.name.split(".unusable-")[0]: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in run_folder.glob("checkpoint_*.pth.unusable-*")
+    }
+    assert kept == {path.name: before[path.name] for path in checkpoints}
+    last_start = [event for event in read_events(run_folder) if event["event"] in ("started", "resumed")][-1]
+    assert (last_start["event"], last_start["epoch"], last_start["iteration"]) == ("started", 0, 0)
+    assert (run_folder / "checkpoint_final.pth").is_file()

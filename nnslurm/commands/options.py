@@ -138,6 +138,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="newest: the valid checkpoint with the most progress among final/latest/best "
         "(default); latest/best: that file; PATH: a checkpoint file of this run",
     )
+    group.add_argument(
+        "--start-over",
+        action="store_true",
+        help="when checkpoint files exist but none can be used (damaged, or unreadable here), move "
+        "them aside as NAME.unusable-TIME and train from epoch 0; without it such a run refuses to "
+        "start. A usable checkpoint is still resumed",
+    )
     group = parser.add_argument_group("reproducibility and device")
     group.add_argument(
         "--deterministic",
@@ -288,6 +295,7 @@ def training_options_from_args(args: argparse.Namespace) -> TrainingOptions:
         save_every_epochs=args.save_every_epochs,
         save_every_minutes=None if args.no_timed_saves else args.save_every_minutes,
         resume_from=args.resume_from,
+        start_over=args.start_over,
         deterministic=args.deterministic,
         seed=args.seed,
         device=args.device,

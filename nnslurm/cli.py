@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("interrupted")
         return 130
+    except SystemExit as leaving:  # a stopped `train` leaves through nnslurm.stoppable.exit_process
+        return leaving.code if isinstance(leaving.code, int) else 1
 
 
 def entry_point() -> None:

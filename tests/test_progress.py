@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from conftest import TINY_TRAINING, NnunetEnv, nnslurm, run_on_a_terminal
 
 from nnslurm.progress import TrainingProgress
@@ -35,6 +36,7 @@ def test_bar_can_be_switched_off(monkeypatch) -> None:  # type: ignore[no-untype
     assert terminal.getvalue() == ""
 
 
+@pytest.mark.nnunet  # real training
 def test_terminal_gets_a_live_bar_and_a_log_file_gets_lines(nnunet_env: NnunetEnv) -> None:
     env = nnunet_env.env()
     env.pop("NNSLURM_NO_PROGRESS", None)

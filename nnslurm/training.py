@@ -276,6 +276,7 @@ def _validate(trainer: Any, folder: Path, validation: Validation, monitor: StopM
     except Exception:
         if monitor.request is None:
             raise
+        monitor.acknowledge()  # acted on here: the deadline watchdog must not stop it a second time
         # A stop signal reaches every process of a SLURM step; nnU-Net's spawned export workers
         # have no handler and die of it, so the validation fails: that is the stop, not a failure.
         logger.warning(

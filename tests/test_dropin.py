@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,8 @@ from conftest import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm, read_events
 from nnslurm.checkpoints import CheckpointInfo, RunIdentity
 from nnslurm.errors import CheckpointError, NnslurmError, UsageError
 from nnslurm.pretrained import META_FIELD, PretrainedWeights, record_for_resume
+from nnslurm.signals import StopMonitor
+from nnslurm.training import _validate
 from nnslurm.validation import RECORD, Validation, begin, checkpoint_for, is_done
 
 SIGNALS = ["-tr", "signal_trainers:nnUNetTrainerSignals"]
@@ -53,6 +57,30 @@ def test_validating_a_missing_checkpoint_says_what_to_do(tmp_path: Path) -> None
     with pytest.raises(NnslurmError, match=r"checkpoint_best\.pth does not exist") as error:
         checkpoint_for(tmp_path, Validation("best", False))
     assert "drop --val_best" in str(error.value)
+
+
+class FailingValidation:
+    """Stands in for nnU-Net's trainer: its validation fails as when SLURM's stop signal killed its
+    spawned export workers (they have no handler)."""
+
+    def __init__(self) -> None:
+        self.calls: list[bool] = []
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        self.calls.append(save_probabilities)
+        raise RuntimeError("Some background worker is 6 feet under. Yuck.")
+
+
+def test_a_validation_that_fails_after_a_stop_signal_is_that_stop(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint_final.pth").write_bytes(b"")
+    trainer, validation = FailingValidation(), Validation("final", npz=True)
+    with StopMonitor(["USR1"], 60, lambda request, phase: None) as monitor:
+        with pytest.raises(RuntimeError, match="6 feet under"):  # no stop asked: a failure
+            _validate(trainer, tmp_path, validation, monitor)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert _validate(trainer, tmp_path, validation, monitor) is monitor.request is not None
+    assert trainer.calls == [True, True] and monitor.phase == "final validation"
+    assert not is_done(tmp_path, validation)
 
 
 # --- pretrained weights on resume (nnslurm.pretrained) -----------------------------------------

@@ -86,7 +86,7 @@ def run_training(
         trainer=base_class.__name__,
     )
     # Checked before anything is written:
-    pretrained = PretrainedWeights.of_file(options.pretrained_weights) if options.pretrained_weights else None
+    pretrained = _given_pretrained(options, folder)
     if options.validation_only:
         _finished_checkpoint(folder)
     try:
@@ -118,6 +118,8 @@ def run_training(
             if chosen is not None:
                 carried = record_for_resume(pretrained, chosen)  # refuses other weights: nothing written yet
             else:
+                if options.pretrained_weights is not None and pretrained is None:  # gone, nothing to resume
+                    pretrained = PretrainedWeights.of_file(options.pretrained_weights)  # says: no such file
                 carried = pretrained.record() if pretrained else None
         start = _Start(chosen, pretrained if chosen is None else None, carried)
         return _train(job, plans, dataset_json, base_class, folder, start, monitor, events)
@@ -130,6 +132,18 @@ class _Start:
     chosen: CheckpointInfo | None  # the checkpoint to load (None: a fresh start)
     load_pretrained: PretrainedWeights | None  # loaded at a fresh start only
     pretrained_record: Mapping[str, Any] | None  # what every checkpoint of the run records
+
+
+def _given_pretrained(options: TrainingOptions, folder: Path) -> PretrainedWeights | None:
+    """-pretrained_weights, read (sha256). A resume needs only its checkpoint, which records the
+    weights the run started from: a file removed since does not stop a requeued job."""
+    path = options.pretrained_weights
+    if path is None:
+        return None
+    if not path.is_file() and candidates(folder):
+        logger.warning("-pretrained_weights %s no longer exists; resuming from the checkpoint", path)
+        return None
+    return PretrainedWeights.of_file(path)
 
 
 def _finished_checkpoint(folder: Path) -> Path:

@@ -253,6 +253,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.nnunet
 def test_pretrained_weights_start_a_fresh_run_only(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
     # The pretrained file: a short finished run in other results.
+    (tmp_path / "pretraining").mkdir()
     other = nnunet_env.env(nnUNet_results=str(tmp_path / "pretraining"))
     short = ["--epochs", "1", "--iterations-per-epoch", "2", "--no-final-validation"]
     result = nnslurm(["train", *TINY_TRAINING, *short], other)

@@ -42,7 +42,7 @@ class TrainingOptions:
     seed: int | None = None  # seeds python/numpy/torch before the trainer is built
     device: str = "auto"  # nnUNetv2_train -device: cpu | cuda | auto (cuda when available)
     final_validation: bool = True  # run nnU-Net's final validation (--no-final-validation: skip it)
-    npz: bool = False  # nnUNetv2_train --npz: the final validation also writes softmax .npz files
+    npz: bool = False  # nnUNetv2_train --npz: the final validation also writes softmax .npz (+ .pkl)
     validation_only: bool = False  # nnUNetv2_train --val: only validate the finished run
     validation_checkpoint: str = "final"  # nnUNetv2_train --val_best: "best" validates checkpoint_best
     pretrained_weights: Path | None = None  # nnUNetv2_train -pretrained_weights: a fresh start's weights
@@ -70,25 +70,37 @@ class TrainingOptions:
             raise UsageError(
                 f"validation_checkpoint must be final or best, got {self.validation_checkpoint!r}."
             )
-        self._refuse_what_is_not_supported_yet()
+        self._refuse_contradictions()
 
-    def _refuse_what_is_not_supported_yet(self) -> None:
-        """nnUNetv2_train options nnslurm takes but does not carry out yet: refused, never ignored.
-        When one is carried out, drop its line here and write its flag in to_argv."""
-        finished_run = "on the finished run (nnslurm leaves nnU-Net's own folder)"
-        unsupported = (
-            ("--npz", self.npz, f"meanwhile run `nnUNetv2_train ... --val --npz` {finished_run}."),
-            ("--val", self.validation_only, f"meanwhile run `nnUNetv2_train ... --val` {finished_run}."),
-            (
-                "--val_best",
-                self.validation_checkpoint == "best",
-                f"meanwhile run `nnUNetv2_train ... --val --val_best` {finished_run}.",
-            ),
-            ("-pretrained_weights", self.pretrained_weights is not None, "train without it for now."),
+    def _refuse_contradictions(self) -> None:
+        """nnUNetv2_train's validation flags next to nnslurm's: combinations that cannot all be
+        carried out are refused, never half ignored."""
+        if not self.final_validation:
+            for flag, given in (
+                ("--val", self.validation_only),
+                ("--val_best", self.validation_checkpoint == "best"),
+                ("--npz", self.npz),
+            ):
+                if given:
+                    raise UsageError(
+                        f"{flag} and --no-final-validation contradict each other: {flag} is about "
+                        "the final validation.",
+                        hint=f"drop one of {flag} and --no-final-validation.",
+                    )
+        if not self.validation_only:
+            return
+        only_for_training = (
+            ("-pretrained_weights", self.pretrained_weights is not None),
+            ("--start-over", self.start_over),
+            ("--resume-from", self.resume_from != "newest"),
         )
-        for flag, given, hint in unsupported:
+        for flag, given in only_for_training:
             if given:
-                raise UsageError(f"{flag} is not supported yet by nnslurm.", hint=hint)
+                raise UsageError(
+                    f"{flag} is about training, and --val trains nothing: it validates "
+                    "checkpoint_final.pth (checkpoint_best.pth with --val_best) of the finished run.",
+                    hint=f"drop {flag}, or drop --val to train.",
+                )
 
     def to_argv(self) -> list[str]:
         """The `nnslurm train` flags that reproduce these options: each one that differs from its
@@ -116,6 +128,13 @@ class TrainingOptions:
         give("--device", self.device, default.device)
         if not self.final_validation:
             words.append("--no-final-validation")
+        if self.npz:
+            words.append("--npz")
+        if self.validation_only:
+            words.append("--val")
+        if self.validation_checkpoint == "best":
+            words.append("--val_best")
+        give("-pretrained_weights", self.pretrained_weights, default.pretrained_weights)
         give("--stop-signals", ",".join(self.stop_signals), ",".join(default.stop_signals))
         give("--stop-deadline", self.stop_deadline_s, default.stop_deadline_s)
         words.extend(["--max-requeues", str(self.max_requeues)])

@@ -19,6 +19,7 @@ import torch
 
 from nnslurm import rng
 from nnslurm.checkpoints import FORMAT_VERSION, META_KEY, BackgroundWriter
+from nnslurm.pretrained import META_FIELD
 from nnslurm.progress import TrainingProgress
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.signals import StopMonitor, StopRequest
@@ -62,6 +63,7 @@ class LoopContext:
     overrides: Mapping[str, int]
     save_every_minutes: float | None
     deterministic: bool
+    pretrained: Mapping[str, Any] | None = None  # -pretrained_weights the run started from (path, sha256)
     resume: ResumePoint | None = None
     position: tuple[int, int] = (0, 0)  # (epoch, iteration) of the last iteration boundary
     last_save: float = field(default_factory=time.monotonic)
@@ -279,6 +281,7 @@ class PreemptibleTrainerMixin:
                 "overrides": dict(self.nnslurm.overrides),
                 "rng": copied["rng"],
                 "train_outputs": copied["train_outputs"],
+                META_FIELD: dict(self.nnslurm.pretrained) if self.nnslurm.pretrained else None,
                 "weights_crc32": None,  # filled in by the writer (checkpoints.write_checkpoint)
                 "saved_at": time.time(),
             },

@@ -1,5 +1,9 @@
 """One training process: lock the run folder, pick the checkpoint, run nnU-Net's trainer, report.
 
+As nnUNetv2_train: a fresh start may load -pretrained_weights (nnslurm.pretrained); after training
+comes the final validation (nnslurm.validation: --npz, --val_best), and --val only validates a
+finished run.
+
 `run_training` returns a TrainingOutcome ("finished" or "stopped" with a durable checkpoint);
 what happens next (exit 75, requeue, nothing) is decided by the stop path (`nnslurm.stoppable`).
 """
@@ -9,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +26,10 @@ from nnslurm.checkpoints import (
     CheckpointInfo,
     RunIdentity,
     candidates,
+    check_belongs,
     choose_checkpoint,
     newest_valid,
+    read_checkpoint,
     remove_stale_temp_files,
 )
 from nnslurm.config import TrainingOptions, TrainJob
@@ -32,10 +38,12 @@ from nnslurm.errors import NnslurmError
 from nnslurm.lock import RunLock
 from nnslurm.malloc import fix_malloc_thresholds
 from nnslurm.nnunet import find_trainer_class, load_plans, output_folder
+from nnslurm.pretrained import META_FIELD, PretrainedWeights, load_into, record_for_resume
 from nnslurm.processes import children_die_with_this_process
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.signals import StopMonitor, StopRequest
 from nnslurm.trainer import NEVER, LoopContext, ResumePoint, TrainingStopped, preemptible_class
+from nnslurm.validation import Validation, begin, checkpoint_for, is_done, requested
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +85,10 @@ def run_training(
         fold=str(run.fold_value),
         trainer=base_class.__name__,
     )
+    # Checked before anything is written:
+    pretrained = _given_pretrained(options, folder)
+    if options.validation_only:
+        _finished_checkpoint(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock = RunLock(folder)
@@ -92,10 +104,58 @@ def run_training(
         remove_stale_temp_files(folder)
         if on_run_folder is not None:
             on_run_folder(folder)
-        chosen = choose_checkpoint(
-            folder, options.resume_from, expected, options.overrides, start_over=options.start_over
+        chosen: CheckpointInfo | None
+        carried: Mapping[str, Any] | None
+        if options.validation_only:
+            chosen = read_checkpoint(_finished_checkpoint(folder))
+            # --val takes nnU-Net's command line: the run's own epoch settings, whatever it says
+            check_belongs(chosen, expected, chosen.meta.get("overrides") or {})
+            carried = chosen.meta.get(META_FIELD)
+        else:
+            chosen = choose_checkpoint(
+                folder, options.resume_from, expected, options.overrides, start_over=options.start_over
+            )
+            if chosen is not None:
+                carried = record_for_resume(pretrained, chosen)  # refuses other weights: nothing written yet
+            else:
+                if options.pretrained_weights is not None and pretrained is None:  # gone, nothing to resume
+                    pretrained = PretrainedWeights.of_file(options.pretrained_weights)  # says: no such file
+                carried = pretrained.record() if pretrained else None
+        start = _Start(chosen, pretrained if chosen is None else None, carried)
+        return _train(job, plans, dataset_json, base_class, folder, start, monitor, events)
+
+
+@dataclass(frozen=True)
+class _Start:
+    """Where this process starts from: a checkpoint, or fresh (perhaps from pretrained weights)."""
+
+    chosen: CheckpointInfo | None  # the checkpoint to load (None: a fresh start)
+    load_pretrained: PretrainedWeights | None  # loaded at a fresh start only
+    pretrained_record: Mapping[str, Any] | None  # what every checkpoint of the run records
+
+
+def _given_pretrained(options: TrainingOptions, folder: Path) -> PretrainedWeights | None:
+    """-pretrained_weights, read (sha256). A resume needs only its checkpoint, which records the
+    weights the run started from: a file removed since does not stop a requeued job."""
+    path = options.pretrained_weights
+    if path is None:
+        return None
+    if not path.is_file() and candidates(folder):
+        logger.warning("-pretrained_weights %s no longer exists; resuming from the checkpoint", path)
+        return None
+    return PretrainedWeights.of_file(path)
+
+
+def _finished_checkpoint(folder: Path) -> Path:
+    """--val validates a finished run only, as nnUNetv2_train."""
+    path = folder / "checkpoint_final.pth"
+    if not path.is_file():
+        raise NnslurmError(
+            f"--val: the run in {folder} is not finished: there is no checkpoint_final.pth.",
+            hint="train it first (the same command without --val resumes it); its final validation "
+            "follows the training.",
         )
-        return _train(job, plans, dataset_json, base_class, folder, chosen, monitor, events)
+    return path
 
 
 def _train(
@@ -104,13 +164,18 @@ def _train(
     dataset_json: dict[str, Any],
     base_class: type,
     folder: Path,
-    chosen: CheckpointInfo | None,
+    start_from: _Start,
     monitor: StopMonitor,
     events: EventLog,
 ) -> TrainingOutcome:
     run, options = job.run, job.options
+    chosen = start_from.chosen
+    overrides = options.overrides
+    if options.validation_only and chosen is not None:
+        overrides = dict(chosen.meta.get("overrides") or {})
+    validation = requested(options)
     _prepare_process(options)
-    trainer_plans = dict(plans, continue_training=chosen is not None)
+    trainer_plans = dict(plans, continue_training=chosen is not None)  # --val too: the same run goes on
     trainer = preemptible_class(base_class)(
         plans=trainer_plans,
         configuration=run.configuration,
@@ -118,7 +183,7 @@ def _train(
         dataset_json=dataset_json,
         device=_device(options.device),
     )
-    for name, value in options.overrides.items():
+    for name, value in overrides.items():
         setattr(trainer, name, value)
     trainer.save_every = options.save_every_epochs or NEVER
     writer = BackgroundWriter()
@@ -126,9 +191,10 @@ def _train(
         monitor=monitor,
         writer=writer,
         events=events,
-        overrides=options.overrides,
+        overrides=overrides,
         save_every_minutes=options.save_every_minutes,
         deterministic=options.deterministic,
+        pretrained=start_from.pretrained_record,
     )
     start = {"epoch": 0, "iteration": 0}
     if chosen is not None:
@@ -142,16 +208,21 @@ def _train(
         start = {"epoch": chosen.epoch, "iteration": chosen.iteration}
         events.append(Event.RESUMED, checkpoint=chosen.path.name, finished=chosen.finished, **start)
         logger.info("resuming from %s at epoch %d iteration %d", chosen.path, chosen.epoch, chosen.iteration)
+    recorded = {"pretrained_weights": start_from.pretrained_record} if start_from.pretrained_record else {}
     events.append(
         Event.STARTED,
         num_epochs=trainer.num_epochs,
         iterations_per_epoch=trainer.num_iterations_per_epoch,
         trainer=base_class.__name__,
         deterministic=options.deterministic,
+        **({"validation_only": True} if options.validation_only else {}),
+        **recorded,
         **start,
     )
     try:
-        if chosen is None or not chosen.finished:
+        if start_from.load_pretrained is not None:  # a fresh start (_Start): never over a checkpoint
+            load_into(trainer, start_from.load_pretrained)  # as nnUNetv2_train: after initialize
+        if not options.validation_only and (chosen is None or not chosen.finished):
             try:
                 trainer.run_training()
             except TrainingStopped as stop:
@@ -173,10 +244,13 @@ def _train(
                     checkpoint=stop.checkpoint,
                     phase="training",
                 )
-        if options.final_validation and not (folder / "validation" / "summary.json").is_file():
-            monitor.phase = "final validation"
-            trainer.perform_actual_validation(False)
-        events.append(Event.FINISHED, epoch=trainer.num_epochs, iteration=0)
+        validated: dict[str, Any] = {}
+        if validation is not None and (options.validation_only or not is_done(folder, validation)):
+            request = _validate(trainer, folder, validation, monitor)
+            if request is not None:
+                return abandoned_outcome(job, folder, request, monitor.phase, reason="export workers stopped")
+            validated = {"validation": validation.record()}
+        events.append(Event.FINISHED, epoch=trainer.num_epochs, iteration=0, **validated)
         return TrainingOutcome(
             status="finished",
             output_folder=folder,
@@ -199,6 +273,33 @@ def _train(
         writer.close()
         if hasattr(trainer, "shutdown_dataloaders"):
             trainer.shutdown_dataloaders()
+
+
+def _validate(trainer: Any, folder: Path, validation: Validation, monitor: StopMonitor) -> StopRequest | None:
+    """nnU-Net's final validation, redone wholly (nnslurm.validation); returns the stop request
+    when the validation failed because of it."""
+    monitor.phase = "final validation"
+    path = checkpoint_for(folder, validation)
+    if validation.checkpoint == "best":  # as nnUNetv2_train --val_best: load it over the trained weights
+        read_checkpoint(path)  # a damaged file is refused, not validated
+        trainer.load_checkpoint(str(path))
+    begin(folder, validation)
+    logger.info("final validation of %s%s", path.name, " with softmax .npz files" if validation.npz else "")
+    try:
+        trainer.perform_actual_validation(validation.npz)
+    except Exception:
+        if monitor.request is None:
+            raise
+        monitor.acknowledge()  # acted on here: the deadline watchdog must not stop it a second time
+        # A stop signal reaches every process of a SLURM step; nnU-Net's spawned export workers
+        # have no handler and die of it, so the validation fails: that is the stop, not a failure.
+        logger.warning(
+            "the final validation ended after SIG%s (its export workers stopped); the next start redoes it",
+            monitor.request.signal,
+            exc_info=True,
+        )
+        return monitor.request
+    return None
 
 
 def _prepare_process(options: TrainingOptions) -> None:
@@ -249,7 +350,7 @@ def _since(request: StopRequest) -> float:
 
 
 def abandoned_outcome(
-    job: TrainJob, folder: Path | None, request: StopRequest, phase: str
+    job: TrainJob, folder: Path | None, request: StopRequest, phase: str, reason: str = "deadline"
 ) -> TrainingOutcome:
     """A stop that found no iteration boundary: the run stands at its newest valid checkpoint.
 
@@ -265,7 +366,7 @@ def abandoned_outcome(
             Event.STOPPED,
             signal=request.signal,
             phase=phase,
-            reason="deadline",
+            reason=reason,
             epoch=epoch,
             iteration=iteration,
         )

@@ -39,6 +39,10 @@ ROUND_TRIP_CASES = [
     TrainingOptions(final_validation=False, stop_signals=("USR2", "INT"), stop_deadline_s=3.5),
     TrainingOptions(max_requeues=0, resume_from="/runs/fold_0/checkpoint_latest.pth"),
     TrainingOptions(start_over=True),
+    TrainingOptions(
+        npz=True, validation_checkpoint="best", pretrained_weights=Path("/w/checkpoint_final.pth")
+    ),
+    TrainingOptions(validation_only=True, npz=True),
 ]
 
 
@@ -117,15 +121,8 @@ def test_the_demo_shows_a_command_that_makes_its_submission(
 
 # --- nnUNetv2_train's command lines ---------------------------------------------------------------
 
-NOT_SUPPORTED_YET = {  # TrainingOptions fields refused until their behaviour exists (issue 11)
-    "npz": ["--npz"],
-    "validation_only": ["--val"],
-    "validation_checkpoint": ["--val_best"],
-    "pretrained_weights": ["-pretrained_weights", "/weights/checkpoint_final.pth"],
-}
 
-
-def test_every_supported_field_has_a_round_trip_case() -> None:
+def test_every_field_has_a_round_trip_case() -> None:
     """A new TrainingOptions field needs a flag, a to_argv word and a case above."""
     default = TrainingOptions()
     covered = {
@@ -134,7 +131,7 @@ def test_every_supported_field_has_a_round_trip_case() -> None:
         for f in fields(case)
         if getattr(case, f.name) != getattr(default, f.name)
     }
-    assert {f.name for f in fields(TrainingOptions)} - set(NOT_SUPPORTED_YET) == covered
+    assert {f.name for f in fields(TrainingOptions)} == covered
 
 
 def test_nnunet_positional_form_is_the_same_run() -> None:
@@ -159,6 +156,18 @@ def test_submit_takes_the_positional_form_too() -> None:
     assert [job.run.fold for job in jobs] == ["0", "1", "2", "3", "4"]
 
 
+def test_nnunet_validation_flags_and_pretrained_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "501", "3d_fullres", "0", "--npz", "--val_best", "-pretrained_weights", "w.pth"]
+    options = training_job_from_args(parse(argv)).options
+    assert (options.npz, options.validation_only, options.validation_checkpoint) == (True, False, "best")
+    assert options.pretrained_weights == tmp_path / "w.pth"  # absolute: a job may start elsewhere
+    options = training_job_from_args(parse(["train", "501", "3d_fullres", "0", "--val", "--npz"])).options
+    assert (options.npz, options.validation_only, options.validation_checkpoint) == (True, True, "final")
+
+
 def test_nnunet_single_dash_spellings_and_continue_flag() -> None:
     plain = training_job_from_args(parse(["train", "501", "3d_fullres", "0", "--device", "cpu"]))
     nnunet = parse(["train", "501", "3d_fullres", "0", "-device", "cpu", "--c", "-num_gpus", "1"])
@@ -172,7 +181,14 @@ def test_nnunet_single_dash_spellings_and_continue_flag() -> None:
         (["--disable_checkpointing"], ["--disable_checkpointing is refused", "lose the training"]),
         (["-num_gpus", "2"], ["-num_gpus 2: multi-GPU training is not supported yet", "-num_gpus 1"]),
         (["-num_gpus", "0"], ["-num_gpus must be 1"]),
-        *[(flags, [f"{flags[0]} is not supported yet", "HINT"]) for flags in NOT_SUPPORTED_YET.values()],
+        *[
+            ([flag, "--no-final-validation"], [f"{flag} and --no-final-validation contradict", "HINT"])
+            for flag in ("--val", "--val_best", "--npz")
+        ],
+        *[
+            (["--val", *flags], [f"{flags[0]} is about training, and --val trains nothing", "HINT"])
+            for flags in (["-pretrained_weights", "/w.pth"], ["--start-over"], ["--resume-from", "best"])
+        ],
         (["-d", "502"], ["the dataset is given twice: '501' and -d 502"]),
         (["-f", "1"], ["the fold is given twice"]),
     ],

@@ -168,7 +168,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "-pretrained_weights",
         type=Path,
         metavar="PATH",
-        help="as nnUNetv2_train: start from these weights (not supported yet)",
+        help="as nnUNetv2_train: a fresh start loads these weights (nnU-Net's "
+        "load_pretrained_weights: all but the segmentation layers); recorded with the run (path, "
+        "sha256). A resume keeps its checkpoint's weights and refuses another file",
     )
     group.add_argument(
         "-num_gpus",
@@ -185,17 +187,20 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--npz",
         action="store_true",
-        help="as nnUNetv2_train: also write the softmax .npz files (not supported yet)",
+        help="as nnUNetv2_train: the final validation also writes the softmax .npz (and .pkl) "
+        "of every validation case (nnUNetv2_find_best_configuration needs them)",
     )
     group.add_argument(
         "--val",
         action="store_true",
-        help="as nnUNetv2_train: only validate the finished run (not supported yet)",
+        help="as nnUNetv2_train: only validate the finished run (checkpoint_final.pth) into "
+        "validation/; stoppable: the same command redoes it",
     )
     group.add_argument(
         "--val_best",
         action="store_true",
-        help="as nnUNetv2_train: validate with checkpoint_best.pth (not supported yet)",
+        help="as nnUNetv2_train: validate with checkpoint_best.pth instead of "
+        "checkpoint_final.pth (without --val: after training), into the same validation/",
     )
     group = parser.add_argument_group("accepted for nnUNetv2_train's command lines")
     group.add_argument(
@@ -306,7 +311,8 @@ def training_options_from_args(args: argparse.Namespace) -> TrainingOptions:
         npz=args.npz,
         validation_only=args.val,
         validation_checkpoint="best" if args.val_best else "final",
-        pretrained_weights=args.pretrained_weights,
+        # absolute: a job may start in another folder, and a resume compares the recorded path
+        pretrained_weights=args.pretrained_weights.absolute() if args.pretrained_weights else None,
     )
 
 

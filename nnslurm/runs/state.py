@@ -99,9 +99,12 @@ _SLURM_STATES = {
 
 
 def slurm_says(job: SchedulerJob | None) -> Slurm:
-    if job is None:
-        return Slurm.NONE
-    return next((kind for kind, states in _SLURM_STATES.items() if job.state in states), Slurm.OTHER)
+    return Slurm.NONE if job is None else slurm_kind(job.state)
+
+
+def slurm_kind(state: str) -> Slurm:
+    """The group of a squeue/sacct State."""
+    return next((kind for kind, states in _SLURM_STATES.items() if state in states), Slurm.OTHER)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,13 @@ KINDS = tuple(Kind)
 # write its stop record before `nnslurm cancel` writes its own).
 CANCEL_WINDOW_S = 120.0
 _WALLTIME_DECISIONS = (StopKind.WALLTIME, StopKind.TIMELIMIT, StopKind.LIMIT)
+# Preempted: requeued by SLURM, or (where SLURM does not requeue) resubmitted by nnslurm.
+_PREEMPTION_DECISIONS = (
+    StopKind.PREEMPTION,
+    StopKind.RESUBMIT,
+    StopKind.RESUBMIT_LIMIT,
+    StopKind.RESUBMIT_FAILED,
+)
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,7 @@ def classify(segment: Segment, cancel_requests: Iterable[Mapping[str, Any]] = ()
     decision = segment.decision
     if decision in _WALLTIME_DECISIONS:
         return Kind.WALLTIME, segment.decision_reason or "walltime"
-    if decision == StopKind.PREEMPTION:
+    if decision in _PREEMPTION_DECISIONS:
         return Kind.PREEMPTION, segment.decision_reason or "preempted"
     if decision == StopKind.REQUEUED:
         if segment.accounting == "PREEMPTED" or segment.requeue_reason == "preemption":

@@ -86,6 +86,7 @@ class History:
     checkpoints: tuple[Checkpoint, ...]
     submitted: tuple[Mapping[str, Any], ...]  # "submitted" and "resubmitted" records (each names its job)
     cancel_requests: tuple[Mapping[str, Any], ...]
+    interrupted: tuple[Mapping[str, Any], ...]  # what a restart learned ended the start before it
     num_epochs: int | None
     iterations_per_epoch: int | None
 
@@ -175,6 +176,7 @@ def read_history(folder: Path) -> History:
         checkpoints=checkpoints,
         submitted=tuple(record for record in records if record.get("event") in SUBMISSION_EVENTS),
         cancel_requests=tuple(record for record in records if record.get("event") == Event.CANCEL_REQUESTED),
+        interrupted=tuple(record for record in records if record.get("event") == Event.INTERRUPTED),
         num_epochs=_last_int(started, "num_epochs"),
         iterations_per_epoch=_last_int(started, "iterations_per_epoch"),
     )

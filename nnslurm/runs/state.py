@@ -55,6 +55,7 @@ class LogSays(StrEnum):
     CANCEL_DECISION = "the job's decision: cancelled"
     SIGNAL = "a stop signal, no scheduler behind it"
     RESUBMITTED = "preempted, resubmitted as a new job"
+    NODE_FAILURE = "node failure, requeued by SLURM"
     RESUBMIT_ENDED = "preempted, not resubmitted (cap used up, or submitting failed)"
 
 
@@ -76,6 +77,7 @@ LOG_STATE: dict[LogSays, RunState] = {
     LogSays.CANCEL_DECISION: RunState.CANCELLED,
     LogSays.SIGNAL: RunState.STOPPED,
     LogSays.RESUBMITTED: RunState.PENDING,
+    LogSays.NODE_FAILURE: RunState.REQUEUED,
     LogSays.RESUBMIT_ENDED: RunState.STOPPED,
 }
 
@@ -140,7 +142,7 @@ FINISHED_LOG = of(L.FINISHED, L.NO_LOG_FINAL)
 CANCELLED_LOG = of(L.CANCELLED_BEFORE_START, L.CANCEL_REQUESTED, L.CANCEL_DECISION)
 PENDING_LOG = of(L.SUBMITTED, L.SUBMITTED_AGAIN, L.RESUBMITTED)
 NOT_STARTED = of(L.CANCELLED_BEFORE_START, L.SUBMITTED, L.NO_LOG)
-REQUEUED_LOG = of(L.WALLTIME, L.REQUEUED_FROM_OUTSIDE)
+REQUEUED_LOG = of(L.WALLTIME, L.REQUEUED_FROM_OUTSIDE, L.NODE_FAILURE)
 PREEMPTED_LOG = of(L.PREEMPTED_IN_GRACE, L.PREEMPTED)
 WAITING = PREEMPTED_LOG | REQUEUED_LOG | PENDING_LOG  # to be started (again) by SLURM
 ANSWERED = frozenset(Slurm) - {S.NONE}
@@ -229,6 +231,8 @@ def what_the_log_says(history: History, final_checkpoint: bool) -> tuple[LogSays
         return verdict, "preempted: SLURM requeues it"
     if kind == Kind.REQUEUE:
         return LogSays.REQUEUED_FROM_OUTSIDE, "requeued from outside"
+    if kind == Kind.NODE_FAILURE:
+        return LogSays.NODE_FAILURE, "node failure: requeued by SLURM"
     if kind == Kind.CANCEL:
         return LogSays.CANCEL_DECISION, reason
     return LogSays.SIGNAL, f"stopped by SIG{last.signal or '?'}: run the same command to resume"

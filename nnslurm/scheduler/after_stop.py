@@ -21,6 +21,7 @@ from nnslurm.errors import CommandError, RequeueLimitReached, SchedulerError
 from nnslurm.runs.events import Event, EventLog, read_events
 from nnslurm.scheduler.commands import (
     JobInfo,
+    accounting_runs,
     accounting_state,
     job_info,
     partition_preempt_mode,
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# The "reason" of SLURM's requeue by sacct's State of the start it ended ("external": scontrol requeue).
+REQUEUE_SOURCES = {"PREEMPTED": "preemption", "NODE_FAIL": "node failure"}
 # After the grace time of a preemption ends, how long to wait for SLURM's requeue before doing it.
 REQUEUE_WAIT_MARGIN_S = 45.0
 # How often to ask scontrol while waiting.
@@ -129,7 +132,7 @@ def after_stop(
         elif decision.wait_for_scheduler and env.qualified_id:
             finish_preemption(events, env, evidence, requeue_job or requeue, clock)
         elif decision.kind == StopKind.REQUEUED:
-            source = "preemption" if evidence.accounting == "PREEMPTED" else "external"
+            source = REQUEUE_SOURCES.get(evidence.accounting or "", "external")
             events.append(Event.REQUEUED, job_id=job_id, reason=source, by=BY_SLURM, requeues_left=left)
     return decision
 
@@ -149,8 +152,15 @@ def gather_evidence(signal_name: str | None, env: SlurmEnvironment | None = None
         info = None
     accounting = None
     if info is not None and info.restarts > env.restart_count:
-        accounting = accounting_state(job_id)
+        accounting = this_run_state(job_id, env.restart_count)
     return StopEvidence(signal_name, env, info, accounting, preempt_mode=_preempt_mode(info, env))
+
+
+def this_run_state(job_id: str, restart_count: int) -> str | None:
+    """sacct's State of this start of the job (`sacct -D`: one record per start, NODE_FAIL for a
+    node that went down), else the job's newest record."""
+    runs = accounting_runs(job_id)
+    return runs[restart_count] if len(runs) > restart_count else accounting_state(job_id)
 
 
 def _preempt_mode(info: JobInfo | None, env: SlurmEnvironment) -> str | None:

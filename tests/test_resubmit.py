@@ -303,3 +303,17 @@ def cluster_settings() -> Any:
     from nnslurm.cluster import ClusterSettings
 
     return ClusterSettings()
+
+
+def test_the_resubmission_waits_for_the_old_job_and_keeps_the_settings(tmp_path: Path) -> None:
+    from nnslurm.cluster import ClusterSettings
+
+    jobs = tuple(TrainJob(RunSpec("501", "3d_fullres", fold), TrainingOptions()) for fold in ("0", "1"))
+    submission = launch.Submission(jobs, ClusterSettings(partition="cancel"), "slurm", tmp_path, "x")
+    again = launch.single(submission, jobs[1])
+    assert again.jobs == (jobs[1],) and again.cluster == submission.cluster and again.log_dir == tmp_path
+    params = launch.slurm_parameters(again, {}, dependency="afterany:14_1")
+    script = launch.submitit_sbatch_text("python -m x", again.folder, None, params)
+    assert "#SBATCH --dependency=afterany:14_1" in script and "#SBATCH --partition=cancel" in script
+    assert "#SBATCH --requeue" in script and "--array" not in script  # one job, not the array again
+    assert "--dependency" not in launch.render_sbatch(submission, {})  # a first submission waits for nothing

@@ -11,6 +11,8 @@ After a stop (see `nnslurm.scheduler.policy` for the evidence):
   keeps waiting for the next run;
 - preemption: wait until SLURM has requeued the job (exiting during the grace time ends the job
   as COMPLETED, never to return), then leave;
+- preemption SLURM will not requeue (PreemptMode=CANCEL, Requeue=0): submit the run again as a
+  new submitit job with the same settings (`again`), which starts once this one ended, then leave;
 - scancel, a requeue from outside: leave at once, no requeue;
 - --max-requeues used up: RequeueLimitReached, an Exception, so submitit records the error and
   `job.result()` raises it with the message.
@@ -40,10 +42,13 @@ from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
 from nnslurm import EXIT_RESUMABLE
 from nnslurm.config import TrainJob
+from nnslurm.errors import SchedulerError
 from nnslurm.scheduler.environment import SlurmEnvironment
 from nnslurm.stoppable import run_stoppable, stop_outside_training
 
 if TYPE_CHECKING:
+    from nnslurm.launch import Submission
+    from nnslurm.scheduler.resubmit import ResubmittedJob
     from nnslurm.training import TrainingOutcome
 
 logger = logging.getLogger(__name__)
@@ -63,10 +68,14 @@ def requeue_cap(max_requeues: int, local: bool) -> int:
 
 
 class TrainingJob(submitit.helpers.Checkpointable):
-    """One nnU-Net run (dataset, configuration, fold) as a submitit job; every start resumes it."""
+    """One nnU-Net run (dataset, configuration, fold) as a submitit job; every start resumes it.
 
-    def __init__(self, job: TrainJob) -> None:
+    `again` is the run's own submission (one job, the settings it was submitted with): a job
+    preempted where SLURM will not requeue it submits it as a new job (nnslurm.launch.resubmit)."""
+
+    def __init__(self, job: TrainJob, again: Submission | None = None) -> None:
         self.job = job
+        self.again = again
 
     def __call__(self) -> TrainingOutcome:
         if not logging.getLogger().handlers:  # in a submitit job nobody configured logging yet
@@ -75,6 +84,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
             configure_logging(verbose=False)  # the per-epoch progress lines reach the job's log
         if _on_local_executor():
             _remove_literal_job_id_folder()
+        else:
+            _note_previous_end(self.job)
         outcome = run_stoppable(self.job, after_stop=self._after_stop)
         logger.info("training finished: %s", outcome.output_folder)
         return outcome
@@ -97,7 +108,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         requeued: list[str] = []
         # Local: the requeue is the exit status; on SLURM after_stop's own `scontrol requeue`.
         requeue_job = requeued.append if local else None
-        decision = after_stop(outcome, options, requeue_job=requeue_job)
+        decision = after_stop(outcome, options, requeue_job=requeue_job, resubmit=self._resubmit)
         if requeued:
             return LOCAL_REQUEUE_EXIT
         # Requeued by scontrol, or not by us (preemption: SLURM has requeued it by now; scancel;
@@ -105,9 +116,34 @@ class TrainingJob(submitit.helpers.Checkpointable):
         logger.info("leaving without a result (%s); the run resumes from its checkpoint", decision.kind)
         return EXIT_RESUMABLE
 
+    def _resubmit(self, old_job_id: str) -> ResubmittedJob:
+        """A new submitit job of this run, with the settings it was submitted with (not the job's
+        own script: the new job id needs its own pickle where submitit looks for it)."""
+        from nnslurm.launch import resubmit
+
+        if self.again is None:
+            raise SchedulerError(
+                f"job {old_job_id} does not carry its submission settings, so it cannot resubmit itself.",
+                hint="submit the same command again to continue from the checkpoint.",
+            )
+        return resubmit(self.again, old_job_id)
+
     def __repr__(self) -> str:
         run = self.job.run
         return f"TrainingJob(dataset={run.dataset}, configuration={run.configuration}, fold={run.fold})"
+
+
+def _note_previous_end(job: TrainJob) -> None:
+    """A restarted job whose previous start left no stop record (a node failure): say why, by sacct."""
+    from nnslurm.launch import run_folder
+    from nnslurm.scheduler.restart import note_previous_end
+
+    folder = run_folder(job)
+    if folder is not None and SlurmEnvironment.from_environ().restart_count > 0:
+        try:
+            note_previous_end(folder)
+        except Exception:  # evidence for the log must never stop the training
+            logger.exception("could not record what ended the previous start")
 
 
 def _on_local_executor() -> bool:

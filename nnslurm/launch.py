@@ -9,6 +9,7 @@ submission only (the local controller inherits it then).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shlex
@@ -31,6 +32,7 @@ from nnslurm.errors import NnslurmError, NnunetSetupError, UsageError
 from nnslurm.job import TrainingJob, requeue_cap
 from nnslurm.runs.events import POSITION_EVENTS, Event, EventLog, read_events
 from nnslurm.scheduler.environment import WARNING_SIGNAL_ENV, submitted_event_id
+from nnslurm.scheduler.resubmit import ResubmittedJob, after_job
 from nnslurm.timeparse import slurm_minutes
 
 logger = logging.getLogger(__name__)
@@ -113,7 +115,9 @@ def job_environment_lines(cluster: ClusterSettings, environ: Mapping[str, str] |
     return lines
 
 
-def slurm_parameters(submission: Submission, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def slurm_parameters(
+    submission: Submission, environ: Mapping[str, str] | None = None, dependency: str | None = None
+) -> dict[str, Any]:
     """Keyword arguments of SlurmExecutor.update_parameters (submitit's names).
 
     submitit writes `#SBATCH --key=<shlex.quote(value)>`, which sbatch reads back except for
@@ -143,6 +147,8 @@ def slurm_parameters(submission: Submission, environ: Mapping[str, str] | None =
         "signal": f"{cluster.signal_name}@{cluster.signal_delay_s}",  # to the srun step: no B:
         "requeue": True,  # clusters may default to JobRequeue=0
     }
+    if dependency is not None:  # a resubmission: after the preempted job (nnslurm.scheduler.resubmit)
+        additional["dependency"] = dependency
     for key, value in cluster.sbatch_args:
         additional[key] = True if value is None else escape_backslashes(value)
     paths = submitit.core.utils.JobPaths(folder=submission.folder)
@@ -208,7 +214,7 @@ def controller_output(log_dir: Path) -> Iterator[None]:
             os.close(copy)
 
 
-def make_executor(submission: Submission) -> submitit.Executor:
+def make_executor(submission: Submission, dependency: str | None = None) -> submitit.Executor:
     if submission.executor == "slurm":
         if shutil.which("sbatch") is None or shutil.which("srun") is None:
             raise UsageError(
@@ -219,7 +225,7 @@ def make_executor(submission: Submission) -> submitit.Executor:
         slurm_executor = submitit.SlurmExecutor(
             folder=submission.folder, max_num_timeout=requeue_cap(submission.max_requeues, local=False)
         )
-        slurm_executor.update_parameters(**slurm_parameters(submission))
+        slurm_executor.update_parameters(**slurm_parameters(submission, dependency=dependency))
         return slurm_executor
     local_executor = submitit.LocalExecutor(
         folder=submission.folder, max_num_timeout=requeue_cap(submission.max_requeues, local=True)
@@ -238,7 +244,7 @@ def make_executor(submission: Submission) -> submitit.Executor:
 def submit(submission: Submission) -> list[submitit.Job[Any]]:
     """Submit every run (an array when more than one) and record "submitted" in each run's log."""
     executor = make_executor(submission)
-    callables = [TrainingJob(job) for job in submission.jobs]
+    callables = [TrainingJob(job, single(submission, job)) for job in submission.jobs]
     signal_name = submission.cluster.signal_name
     detach = controller_output(submission.log_dir) if submission.executor == "local" else nullcontext()
     exported = {PREEMPT_SIGNAL_ENV: signal_name, WARNING_SIGNAL_ENV: signal_name}
@@ -265,6 +271,29 @@ def submit(submission: Submission) -> list[submitit.Job[Any]]:
             max_requeues=train_job.options.max_requeues,
         )
     return jobs
+
+
+def single(submission: Submission, job: TrainJob) -> Submission:
+    """The submission of one of its runs alone (what a resubmission of that run sends: one job)."""
+    return dataclasses.replace(submission, jobs=(job,))
+
+
+def resubmit(submission: Submission, old_job_id: str) -> ResubmittedJob:
+    """From inside a preempted job SLURM will not requeue: the same run with the same settings as a
+    new submitit job, which starts once the old one ended (`--dependency=afterany:OLD`).
+
+    A new SlurmExecutor submission rather than `sbatch` of the old job's script: the script runs
+    `submitit.core._submit <folder>/%j`, which needs a pickle under the *new* job's id; submitit
+    writes that pickle, the script and the result paths itself, so `job.result()`, `submit --wait`
+    and `nnslurm logs` find the new job's files where submitit puts every job's."""
+    (train_job,) = submission.jobs
+    executor = make_executor(submission, dependency=after_job(old_job_id))
+    with submitit.helpers.clean_env():  # this job's SLURM_* must not become the new job's options
+        try:
+            job = executor.submit(TrainingJob(train_job, submission))
+        except submitit.core.utils.FailedJobError as error:
+            raise SubmissionRefused(str(error).strip()) from error
+    return ResubmittedJob(str(job.job_id), str(job.paths.folder))
 
 
 class SubmissionRefused(NnslurmError):
@@ -310,6 +339,7 @@ class JobReport:
     num_epochs: int | None
     stops: int  # stop events in the run's log
     requeues: int  # requeued events in the run's log
+    earlier_jobs: tuple[str, ...] = ()  # the jobs this one was resubmitted after, oldest first
 
 
 def progress(train_job: TrainJob) -> dict[str, Any]:
@@ -352,6 +382,26 @@ def job_state(job: submitit.Job[Any]) -> tuple[str, str]:
     return FAILED, f"{state}, ended without a result: see {job.paths.stderr}"
 
 
+def resubmitted_as(train_job: TrainJob, job_id: str) -> str | None:
+    """The job the run was resubmitted as after `job_id` (its "resubmitted" record), if it was."""
+    folder = run_folder(train_job)
+    for record in read_events(folder) if folder else ():
+        if record.get("event") == Event.RESUBMITTED and record.get("old_job_id") == job_id:
+            return str(record["job_id"]) if record.get("job_id") else None
+    return None
+
+
+def follow_resubmission(
+    job: submitit.Job[Any], train_job: TrainJob, submission: Submission
+) -> submitit.Job[Any] | None:
+    """The submitit job of the run's resubmission after `job`, or None. An ended job without a
+    result whose run was resubmitted is not over: the new job carries the run on."""
+    new_id = resubmitted_as(train_job, str(job.job_id))
+    if new_id is None:
+        return None
+    return submitit.SlurmJob(folder=submission.folder, job_id=new_id)
+
+
 def wait(
     jobs: Sequence[submitit.Job[Any]],
     submission: Submission,
@@ -359,15 +409,27 @@ def wait(
     echo: Callable[[str], None] = print,
     clock: Callable[[], float] = time.time,
 ) -> list[JobReport]:
-    """Block until every job ended; echo a line whenever a job's state or position changes."""
+    """Block until every job ended; echo a line whenever a job's state or position changes.
+
+    A job whose run was resubmitted (preempted where SLURM does not requeue) is followed by its
+    new job (the run's event log names it); the report is the last job's."""
     shown: dict[str, str] = {}
     started = clock()
-    pending = list(zip(jobs, submission.jobs, strict=True))
-    reports: dict[str, JobReport] = {}
-    while pending:
-        still = []
-        for job, train_job in pending:
+    current = list(jobs)
+    earlier: list[tuple[str, ...]] = [() for _ in jobs]
+    reports: dict[int, JobReport] = {}
+    while len(reports) < len(current):
+        for index, (job, train_job) in enumerate(zip(current, submission.jobs, strict=True)):
+            if index in reports:
+                continue
             state, detail = job_state(job)
+            following = follow_resubmission(job, train_job, submission) if state != RUNNING else None
+            if following is not None:
+                echo(f"[{clock() - started:6.0f} s] job {job.job_id}: {state} [{detail}]; run resubmitted")
+                echo(f"[{clock() - started:6.0f} s] following its new job {following.job_id}")
+                earlier[index] = (*earlier[index], str(job.job_id))
+                current[index] = following
+                continue
             info = progress(train_job)
             report = JobReport(
                 job_id=str(job.job_id),
@@ -379,19 +441,17 @@ def wait(
                 num_epochs=info["num_epochs"],
                 stops=info["stops"],
                 requeues=info["requeues"],
+                earlier_jobs=earlier[index],
             )
             line = describe_report(report)
             if shown.get(report.job_id) != line:
                 shown[report.job_id] = line
                 echo(f"[{clock() - started:6.0f} s] {line}")
-            if state == RUNNING:
-                still.append((job, train_job))
-            else:
-                reports[report.job_id] = report
-        pending = still
-        if pending:
+            if state != RUNNING:
+                reports[index] = report
+        if len(reports) < len(current):
             time.sleep(poll_s)
-    return [reports[str(job.job_id)] for job in jobs]
+    return [reports[index] for index in range(len(current))]
 
 
 def describe_report(report: JobReport) -> str:
@@ -404,4 +464,5 @@ def describe_report(report: JobReport) -> str:
         f", {report.stops} stop(s), {report.requeues} requeue(s)" if report.stops or report.requeues else ""
     )
     name = f"job {report.job_id} ({run.configuration} fold {run.fold})"
-    return f"{name}: {report.state} [{report.detail}]{where}{story}"
+    after = f", resubmitted after job {', '.join(report.earlier_jobs)}" if report.earlier_jobs else ""
+    return f"{name}: {report.state} [{report.detail}]{where}{story}{after}"

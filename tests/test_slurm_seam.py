@@ -342,7 +342,7 @@ def test_requeue_cap(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("in_job")
 def test_preemption_waits_for_slurm_and_does_not_requeue(tmp_path: Path) -> None:
     # scontrol: preempted (evidence), still running twice while waiting, then requeued by SLURM.
-    fake = FakeCluster(answers={"scontrol show": [PREEMPTED, PREEMPTED, PREEMPTED, GRACE_END]})
+    fake = FakeCluster(answers={"scontrol show job": [PREEMPTED, PREEMPTED, PREEMPTED, GRACE_END]})
     time = FakeClock()
     with commands.use_runner(fake):
         decision = after_stop(outcome(tmp_path, "TERM"), TrainingOptions(), clock=time.clock)
@@ -350,7 +350,7 @@ def test_preemption_waits_for_slurm_and_does_not_requeue(tmp_path: Path) -> None
     assert fake.ran("scontrol requeue") == []
     (requeued,) = events_of(tmp_path, "requeued")
     assert (requeued["by"], requeued["reason"]) == ("slurm", "preemption")
-    assert len(fake.ran("scontrol show")) == 4 and time.sleeps == [1.0, 1.0]  # asked each second
+    assert len(fake.ran("scontrol show job")) == 4 and time.sleeps == [1.0, 1.0]  # asked each second
     assert requeued["waited_s"] == 2.0
 
 

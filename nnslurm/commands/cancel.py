@@ -23,9 +23,9 @@ from nnslurm.runs.discovery import resolve
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.runs.history import History, Outcome, read_history
 from nnslurm.runs.state import RunState
-from nnslurm.runs.status import process_alive, run_status
+from nnslurm.runs.status import live_process, run_status
 from nnslurm.scheduler.commands import cancel as scancel
-from nnslurm.scheduler.environment import LOCAL_PREFIX, is_local_job, is_slurm_job
+from nnslurm.scheduler.environment import is_local_job, is_slurm_job
 
 logger = logging.getLogger(__name__)
 
@@ -121,26 +121,18 @@ def local_target(history: History, job_id: str | None) -> int:
     segments = [s for s in history.segments if job_id is None or s.job_id == job_id]
     here = socket.gethostname()
     last = segments[-1] if segments else None
-    if last is not None and last.pid is not None and last.outcome == Outcome.OPEN:
-        if last.host != here:
-            raise NothingToCancel(
-                f"{_describe(job_id)} runs on {last.host}, not on this host ({here}).",
-                hint=f"run `nnslurm cancel {history.folder}` on {last.host}.",
-            )
-        if process_alive(last.pid):
-            return last.pid
-    if job_id is not None and is_local_job(job_id):
-        controller = job_id.removeprefix(LOCAL_PREFIX)
-        submitted_here = any(
-            record.get("job_id") == job_id and record.get("host") in (None, here)
-            for record in history.submitted
+    if last is not None and last.pid is not None and last.outcome == Outcome.OPEN and last.host != here:
+        raise NothingToCancel(
+            f"{_describe(job_id)} runs on {last.host}, not on this host ({here}).",
+            hint=f"run `nnslurm cancel {history.folder}` on {last.host}.",
         )
-        if controller.isdigit() and submitted_here and process_alive(int(controller)):
-            return int(controller)
-    raise NothingToCancel(
-        f"{history.folder}: no running process of {_describe(job_id)} on this host; nothing to cancel.",
-        hint="`nnslurm status` shows the run's state.",
-    )
+    pid = live_process(history, job_id if job_id is not None else (last.job_id if last else None))
+    if pid is None:
+        raise NothingToCancel(
+            f"{history.folder}: no running process of {_describe(job_id)} on this host; nothing to cancel.",
+            hint="`nnslurm status` shows the run's state.",
+        )
+    return pid
 
 
 def record(folder: Path, job_id: str | None, method: str, target_pid: int | None = None) -> None:

@@ -55,7 +55,8 @@ UTC offset, durations in seconds; null where unknown.
     num_epochs, iterations_per_epoch    the training length
     progress        fraction done, 0..1
     starts          how many processes trained (segments of the event log)
-    interruptions   {walltime, preemption, requeue, cancel, kill, signal, failure}: counts
+    interruptions   {walltime, preemption, requeue, cancel, kill, "node failure", signal, failure}:
+                    counts (preemption includes one resubmitted where SLURM does not requeue)
     interruptions_total, iterations_redone (furthest position before an interruption minus
                     the position resumed from, summed; a kill's last position is its last record)
     newest_checkpoint {file, epoch, iteration, reason, time, age_s} or null

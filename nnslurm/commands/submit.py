@@ -23,6 +23,7 @@ from nnslurm.errors import NnslurmError
 
 if TYPE_CHECKING:  # nnslurm.launch imports submitit: only when a command submits
     from nnslurm.launch import Submission
+    from nnslurm.runs.holder import Holder
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ settings: defaults < profile (./nnslurm.toml, then ~/.config/nnslurm/config.toml
 [profiles.NAME]; [profiles.default] without --profile) < these flags.
 
 exit status: 0 submitted (with --wait: every job finished), 1 a job failed or was cancelled
-(--wait), 2 bad input. Nothing is submitted when the input is bad.
+(--wait), or a run is already queued or running (its job is named), 2 bad input. Nothing is
+submitted when the input is bad or any run is held by a job; a stopped run is submitted as usual.
 """
 
 
@@ -127,6 +129,9 @@ def send(submission: Submission, wait: bool) -> int:
 
     jobs = submission.jobs
     launch.check_runs(jobs)
+    held = held_runs(jobs)
+    if held:
+        raise RunAlreadyQueued(held)
     submitted = launch.submit(submission)
     where = "SLURM" if submission.executor == "slurm" else "this machine (submitit's local executor)"
     print(f"submitted {len(submitted)} job(s) to {where}")
@@ -177,6 +182,34 @@ def dry_run(submission: Submission) -> int:
         launch.check_runs(submission.jobs)
     except NnslurmError as error:
         print(f"# WARNING: this submission would fail: {error}".replace("\n", "\n# "))
+    held = held_runs(submission.jobs)
+    if held:
+        print(f"# WARNING: this submission would be refused: {RunAlreadyQueued(held)}".replace("\n", "\n# "))
     print()
     print(launch.render_sbatch(submission), end="")
     return 0
+
+
+class RunAlreadyQueued(NnslurmError):
+    """A run to submit is already queued or running: a second job would only collide with it."""
+
+    def __init__(self, held: Sequence[Holder]) -> None:
+        jobs = [holder.job_id for holder in held if holder.job_id]
+        cancel = f"`nnslurm cancel {jobs[0]}`" if jobs else "`nnslurm cancel RUN_FOLDER`"
+        super().__init__(
+            "nothing was submitted: "
+            + ("a run is" if len(held) == 1 else f"{len(held)} runs are")
+            + " already queued or running:\n"
+            + "\n".join(f"  {holder.describe()}" for holder in held),
+            hint=f"`nnslurm status` shows it; to restart it, {cancel} first (it checkpoints and stays "
+            "resumable), then submit again.",
+        )
+
+
+def held_runs(jobs: Sequence[TrainJob]) -> list[Holder]:
+    """Runs of this submission that a queued or running job holds (nnslurm.runs.holder)."""
+    from nnslurm import launch
+    from nnslurm.runs.holder import holders
+
+    folders = [folder for folder in (launch.run_folder(job) for job in jobs) if folder is not None]
+    return holders(folders)

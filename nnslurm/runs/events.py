@@ -38,6 +38,8 @@ class Event(StrEnum):
     FINISHED = "finished"  # training completed
     FAILED = "failed"  # the trainer raised (error)
     CANCEL_REQUESTED = "cancel_requested"  # nnslurm cancel (by, method, job id or target pid)
+    RESUBMITTED = "resubmitted"  # the run was submitted again as a new job (job_id: the new one, old_job_id)
+    INTERRUPTED = "interrupted"  # at a restart: what ended the job's previous start (sacct State, Reason)
 
 
 # Records that carry a training position (epoch, iteration).

@@ -20,6 +20,8 @@ SEGMENT_EVENTS = (Event.RESUMED, Event.STARTED)
 # Records written by the training process (a different process starts a new segment). Others
 # ("submitted", "cancel_requested", anything newer) belong to the run, not to a segment.
 TRAINING_EVENTS = (*POSITION_EVENTS, Event.REQUEUED, Event.FAILED)
+# Records that name a new job of the run: `nnslurm submit`, and a preempted job's resubmission.
+SUBMISSION_EVENTS = (Event.SUBMITTED, Event.RESUBMITTED)
 
 
 class Outcome(StrEnum):
@@ -82,8 +84,9 @@ class History:
     records: tuple[Mapping[str, Any], ...]
     segments: tuple[Segment, ...]
     checkpoints: tuple[Checkpoint, ...]
-    submitted: tuple[Mapping[str, Any], ...]
+    submitted: tuple[Mapping[str, Any], ...]  # "submitted" and "resubmitted" records (each names its job)
     cancel_requests: tuple[Mapping[str, Any], ...]
+    interrupted: tuple[Mapping[str, Any], ...]  # what a restart learned ended the start before it
     num_epochs: int | None
     iterations_per_epoch: int | None
 
@@ -171,8 +174,9 @@ def read_history(folder: Path) -> History:
         records=records,
         segments=tuple(segments),
         checkpoints=checkpoints,
-        submitted=tuple(record for record in records if record.get("event") == Event.SUBMITTED),
+        submitted=tuple(record for record in records if record.get("event") in SUBMISSION_EVENTS),
         cancel_requests=tuple(record for record in records if record.get("event") == Event.CANCEL_REQUESTED),
+        interrupted=tuple(record for record in records if record.get("event") == Event.INTERRUPTED),
         num_epochs=_last_int(started, "num_epochs"),
         iterations_per_epoch=_last_int(started, "iterations_per_epoch"),
     )

@@ -20,7 +20,8 @@ class Kind(StrEnum):
     PREEMPTION = "preemption"  # preempted: SLURM requeued (or will requeue) the job
     REQUEUE = "requeue"  # `scontrol requeue` from outside
     CANCEL = "cancel"  # scancel / `nnslurm cancel`
-    KILL = "kill"  # no stop event at all: SIGKILL, OOM, node failure
+    KILL = "kill"  # no stop event at all: SIGKILL, OOM, a node failure SLURM did not record
+    NODE_FAILURE = "node failure"  # the node went down (sacct NODE_FAIL): SLURM requeued the job
     SIGNAL = "signal"  # a stop signal with no scheduler behind it (plain `nnslurm train`, kill -TERM)
     FAILURE = "failure"  # the trainer raised; the run was started again afterwards
 
@@ -29,7 +30,15 @@ KINDS = tuple(Kind)
 # A cancel record explains a segment's end when written before it, or this soon after (the job may
 # write its stop record before `nnslurm cancel` writes its own).
 CANCEL_WINDOW_S = 120.0
+NODE_FAIL = "NODE_FAIL"  # sacct's State of a job's run that ended with its node going down
 _WALLTIME_DECISIONS = (StopKind.WALLTIME, StopKind.TIMELIMIT, StopKind.LIMIT)
+# Preempted: requeued by SLURM, or (where SLURM does not requeue) resubmitted by nnslurm.
+_PREEMPTION_DECISIONS = (
+    StopKind.PREEMPTION,
+    StopKind.RESUBMIT,
+    StopKind.RESUBMIT_LIMIT,
+    StopKind.RESUBMIT_FAILED,
+)
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ def interruptions(history: History, last_is_running: bool = False) -> list[Inter
             is_last and segment.outcome == Outcome.OPEN and last_is_running
         ):
             continue
-        kind, reason = classify(segment, history.cancel_requests)
+        kind, reason = classify(segment, history.cancel_requests, history.interrupted)
         following = segments[index + 1] if not is_last else None
         found.append(
             Interruption(
@@ -71,19 +80,29 @@ def interruptions(history: History, last_is_running: bool = False) -> list[Inter
     return found
 
 
-def classify(segment: Segment, cancel_requests: Iterable[Mapping[str, Any]] = ()) -> tuple[Kind, str]:
-    """(kind, evidence) of the end of a segment that did not finish."""
+def classify(
+    segment: Segment,
+    cancel_requests: Iterable[Mapping[str, Any]] = (),
+    interrupted: Iterable[Mapping[str, Any]] = (),
+) -> tuple[Kind, str]:
+    """(kind, evidence) of the end of a segment that did not finish (`interrupted`: the
+    "interrupted" records a restart wrote about the start before it)."""
     if segment.outcome == Outcome.FAILED:
         return Kind.FAILURE, segment.error or "the trainer raised"
     request = cancel_request_for(segment, cancel_requests, window_s=CANCEL_WINDOW_S)
     if segment.outcome == Outcome.OPEN:
         if request is not None:
             return Kind.CANCEL, f"cancelled by {request.get('by', 'a user')}; the process left no stop record"
+        told = restart_record_for(segment, interrupted)
+        if told is not None and told.get("accounting") == NODE_FAIL:
+            return Kind.NODE_FAILURE, str(told.get("reason") or "node failure (sacct NODE_FAIL)")
         return Kind.KILL, "no stop record: killed without a signal (SIGKILL, out of memory, node failure)"
+    if segment.accounting == NODE_FAIL or segment.requeue_reason == Kind.NODE_FAILURE:
+        return Kind.NODE_FAILURE, segment.decision_reason or "node failure: requeued by SLURM"
     decision = segment.decision
     if decision in _WALLTIME_DECISIONS:
         return Kind.WALLTIME, segment.decision_reason or "walltime"
-    if decision == StopKind.PREEMPTION:
+    if decision in _PREEMPTION_DECISIONS:
         return Kind.PREEMPTION, segment.decision_reason or "preempted"
     if decision == StopKind.REQUEUED:
         if segment.accounting == "PREEMPTED" or segment.requeue_reason == "preemption":
@@ -113,6 +132,20 @@ def cancel_request_for(
             return request
         if segment.pid is not None and request.get("target_pid") == segment.pid:
             return request
+    return None
+
+
+def restart_record_for(
+    segment: Segment, interrupted: Iterable[Mapping[str, Any]]
+) -> Mapping[str, Any] | None:
+    """The "interrupted" record the next start of the segment's job wrote about it."""
+    for record in interrupted:
+        if (
+            segment.job_id
+            and record.get("job_id") == segment.job_id
+            and float(record.get("time", 0)) > segment.end
+        ):
+            return record
     return None
 
 

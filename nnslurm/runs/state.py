@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from nnslurm.runs.events import Event
 from nnslurm.runs.history import History, Outcome
 from nnslurm.runs.interruptions import Kind, cancel_request_for, classify
 from nnslurm.scheduler.commands import SchedulerJob
@@ -53,6 +54,9 @@ class LogSays(StrEnum):
     REQUEUED_FROM_OUTSIDE = "requeued from outside"
     CANCEL_DECISION = "the job's decision: cancelled"
     SIGNAL = "a stop signal, no scheduler behind it"
+    RESUBMITTED = "preempted, resubmitted as a new job"
+    NODE_FAILURE = "node failure, requeued by SLURM"
+    RESUBMIT_ENDED = "preempted, not resubmitted (cap used up, or submitting failed)"
 
 
 LOG_STATE: dict[LogSays, RunState] = {
@@ -72,6 +76,9 @@ LOG_STATE: dict[LogSays, RunState] = {
     LogSays.REQUEUED_FROM_OUTSIDE: RunState.REQUEUED,
     LogSays.CANCEL_DECISION: RunState.CANCELLED,
     LogSays.SIGNAL: RunState.STOPPED,
+    LogSays.RESUBMITTED: RunState.PENDING,
+    LogSays.NODE_FAILURE: RunState.REQUEUED,
+    LogSays.RESUBMIT_ENDED: RunState.STOPPED,
 }
 
 
@@ -99,9 +106,12 @@ _SLURM_STATES = {
 
 
 def slurm_says(job: SchedulerJob | None) -> Slurm:
-    if job is None:
-        return Slurm.NONE
-    return next((kind for kind, states in _SLURM_STATES.items() if job.state in states), Slurm.OTHER)
+    return Slurm.NONE if job is None else slurm_kind(job.state)
+
+
+def slurm_kind(state: str) -> Slurm:
+    """The group of a squeue/sacct State."""
+    return next((kind for kind, states in _SLURM_STATES.items() if state in states), Slurm.OTHER)
 
 
 @dataclass(frozen=True)
@@ -130,9 +140,9 @@ ANY = None
 OPEN = of(L.NO_END_RECORD)
 FINISHED_LOG = of(L.FINISHED, L.NO_LOG_FINAL)
 CANCELLED_LOG = of(L.CANCELLED_BEFORE_START, L.CANCEL_REQUESTED, L.CANCEL_DECISION)
-PENDING_LOG = of(L.SUBMITTED, L.SUBMITTED_AGAIN)
+PENDING_LOG = of(L.SUBMITTED, L.SUBMITTED_AGAIN, L.RESUBMITTED)
 NOT_STARTED = of(L.CANCELLED_BEFORE_START, L.SUBMITTED, L.NO_LOG)
-REQUEUED_LOG = of(L.WALLTIME, L.REQUEUED_FROM_OUTSIDE)
+REQUEUED_LOG = of(L.WALLTIME, L.REQUEUED_FROM_OUTSIDE, L.NODE_FAILURE)
 PREEMPTED_LOG = of(L.PREEMPTED_IN_GRACE, L.PREEMPTED)
 WAITING = PREEMPTED_LOG | REQUEUED_LOG | PENDING_LOG  # to be started (again) by SLURM
 ANSWERED = frozenset(Slurm) - {S.NONE}
@@ -151,6 +161,7 @@ RULES: tuple[Rule, ...] = (
     Rule(of(L.PREEMPTED_IN_GRACE),  of(S.ACTIVE),           ANY,       None,         IN_GRACE),
     Rule(OPEN,                      of(S.ACTIVE, S.COMPLETING), ANY,   R.RUNNING,    ""),
     Rule(ANY,                       of(S.ACTIVE),           ANY,       R.RUNNING,    "{slurm}"),
+    Rule(of(L.RESUBMITTED),         of(S.QUEUED),           ANY,       R.PENDING,    "{log}; {slurm}"),
     Rule(NOT_STARTED | PENDING_LOG, of(S.QUEUED),           ANY,       R.PENDING,    "{slurm}"),
     Rule(PREEMPTED_LOG | REQUEUED_LOG, of(S.QUEUED),        ANY,       None,         "{log}; {slurm}"),
     Rule(ANY,                       of(S.QUEUED),           ANY,       R.REQUEUED,   "{slurm}"),
@@ -198,6 +209,9 @@ def what_the_log_says(history: History, final_checkpoint: bool) -> tuple[LogSays
         return LogSays.FINISHED, ""
     request = cancel_request_for(last, history.cancel_requests)
     if history.resubmitted:
+        newest = history.last_submission or {}
+        if newest.get("event") == Event.RESUBMITTED:
+            return LogSays.RESUBMITTED, f"preempted: resubmitted as job {newest.get('job_id')}"
         return LogSays.SUBMITTED_AGAIN, "submitted again, not started"
     if request is not None:
         return LogSays.CANCEL_REQUESTED, f"cancelled by {request.get('by', 'a user')}"
@@ -210,11 +224,15 @@ def what_the_log_says(history: History, final_checkpoint: bool) -> tuple[LogSays
         if last.decision == StopKind.LIMIT:
             return LogSays.REQUEUE_LIMIT, "walltime, --max-requeues used up: submit again to continue"
         return LogSays.WALLTIME, "walltime: requeued"
+    if kind == Kind.PREEMPTION and last.decision in (StopKind.RESUBMIT_LIMIT, StopKind.RESUBMIT_FAILED):
+        return LogSays.RESUBMIT_ENDED, f"preempted, {last.decision}: submit again to continue"
     if kind == Kind.PREEMPTION:
         verdict = LogSays.PREEMPTED_IN_GRACE if last.requeued_by is None else LogSays.PREEMPTED
         return verdict, "preempted: SLURM requeues it"
     if kind == Kind.REQUEUE:
         return LogSays.REQUEUED_FROM_OUTSIDE, "requeued from outside"
+    if kind == Kind.NODE_FAILURE:
+        return LogSays.NODE_FAILURE, "node failure: requeued by SLURM"
     if kind == Kind.CANCEL:
         return LogSays.CANCEL_DECISION, reason
     return LogSays.SIGNAL, f"stopped by SIG{last.signal or '?'}: run the same command to resume"

@@ -16,11 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from nnslurm.runs.discovery import RunName
-from nnslurm.runs.history import SEGMENT_EVENTS, Checkpoint, History, Point, Segment, read_history
+from nnslurm.runs.history import (
+    SEGMENT_EVENTS,
+    Checkpoint,
+    History,
+    Outcome,
+    Point,
+    Segment,
+    read_history,
+)
 from nnslurm.runs.interruptions import KINDS, interruptions, iterations_redone
 from nnslurm.runs.state import LogSays, RunState, run_state, what_the_log_says
 from nnslurm.scheduler.commands import SchedulerJob, query_scheduler
-from nnslurm.scheduler.environment import is_local_job, is_slurm_job
+from nnslurm.scheduler.environment import LOCAL_PREFIX, is_local_job, is_slurm_job
 from nnslurm.scheduler.policy import StopKind
 from nnslurm.timeparse import describe
 
@@ -190,6 +198,25 @@ def segment_alive(segment: Segment) -> bool | None:
     if segment.pid is None or segment.host != socket.gethostname():
         return None
     return process_alive(segment.pid)
+
+
+def live_process(history: History, job_id: str | None) -> int | None:
+    """The pid on this host that runs (or restarts) the run's job `job_id` (None: a plain `nnslurm
+    train`): its open training process, or else submitit's local controller; None if neither lives."""
+    segments = [segment for segment in history.segments if segment.job_id == job_id]
+    last = segments[-1] if segments else None
+    if last is not None and last.pid is not None and last.outcome == Outcome.OPEN and segment_alive(last):
+        return last.pid
+    if job_id is not None and is_local_job(job_id):
+        controller = job_id.removeprefix(LOCAL_PREFIX)
+        here = socket.gethostname()
+        submitted_here = any(
+            record.get("job_id") == job_id and record.get("host") in (None, here)
+            for record in history.submitted
+        )
+        if controller.isdigit() and submitted_here and process_alive(int(controller)):
+            return int(controller)
+    return None
 
 
 def process_alive(pid: int) -> bool:

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING
 
 from nnslurm.errors import CommandError, RequeueLimitReached, SchedulerError
 from nnslurm.runs.events import Event, EventLog, read_events
-from nnslurm.scheduler.commands import JobInfo, accounting_state, job_info, requeue
+from nnslurm.scheduler.commands import (
+    JobInfo,
+    accounting_runs,
+    accounting_state,
+    job_info,
+    partition_preempt_mode,
+    requeue,
+)
 from nnslurm.scheduler.environment import SlurmEnvironment
 from nnslurm.scheduler.policy import (
     BY_NNSLURM,
@@ -28,10 +35,14 @@ from nnslurm.scheduler.policy import (
     StopEvidence,
     StopKind,
     apply_requeue_limit,
+    apply_resubmit_limit,
     decide,
     requeues_left,
+    resubmissions,
+    resubmit_rule,
     self_requeues,
 )
+from nnslurm.scheduler.resubmit import Resubmit, sbatch_again
 from nnslurm.timeparse import describe
 
 if TYPE_CHECKING:
@@ -40,6 +51,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# The "reason" of SLURM's requeue by sacct's State of the start it ended ("external": scontrol requeue).
+REQUEUE_SOURCES = {"PREEMPTED": "preemption", "NODE_FAIL": "node failure"}
 # After the grace time of a preemption ends, how long to wait for SLURM's requeue before doing it.
 REQUEUE_WAIT_MARGIN_S = 45.0
 # How often to ask scontrol while waiting.
@@ -62,14 +75,17 @@ def after_stop(
     options: TrainingOptions,
     requeue_job: Callable[[str], None] | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    resubmit: Resubmit | None = None,
 ) -> StopDecision:
     """Inside a SLURM job, after training stopped on a signal with a complete checkpoint.
 
     Walltime (warning or limit) -> requeue this job (`requeue_job`, default `scontrol requeue`),
     unless it already did so --max-requeues times: then RequeueLimitReached. Preemption -> wait
     for SLURM's own requeue at the end of the grace time (exiting earlier loses the job).
-    scancel, requeue from outside, a signal by hand -> nothing. Every decision is logged and
-    recorded in the run's event log.
+    Preemption SLURM will not requeue (PreemptMode=CANCEL, Requeue=0) -> submit the run again as
+    a new job (`resubmit`, default: sbatch of the job's own script), at most --max-requeues times
+    per `nnslurm submit`. scancel, requeue from outside, a signal by hand -> nothing. Every
+    decision is logged and recorded in the run's event log.
     """
     env = SlurmEnvironment.from_environ()
     folder = Path(outcome.output_folder)
@@ -77,13 +93,22 @@ def after_stop(
     with _ignoring_term():
         evidence = gather_evidence(outcome.stop_signal, env)
         job_id = env.event_job_id
-        used = self_requeues(read_events(folder), job_id)
+        records = read_events(folder)
+        used = self_requeues(records, job_id)
+        resubmitted = resubmissions(records)
         decision = apply_requeue_limit(decide(evidence), used, options.max_requeues)
+        decision = apply_resubmit_limit(resubmit_rule(decision, evidence), resubmitted, options.max_requeues)
         left = requeues_left(decision, used, options.max_requeues)
         record_decision(events, decision, evidence, outcome, left)
         if decision.kind == StopKind.LIMIT:
             raise limit_error(outcome, options.max_requeues, job_id)
+        if decision.kind == StopKind.RESUBMIT_LIMIT:
+            raise resubmit_limit_error(outcome, options.max_requeues, job_id)
         target = env.qualified_id or job_id
+        if decision.resubmit and env.qualified_id:
+            left_after = max(0, options.max_requeues - resubmitted - 1)
+            resubmit_run(events, env, resubmit or sbatch_again, left_after)
+            return decision
         if decision.requeue_self and target:
             events.append(
                 Event.REQUEUED,
@@ -107,7 +132,7 @@ def after_stop(
         elif decision.wait_for_scheduler and env.qualified_id:
             finish_preemption(events, env, evidence, requeue_job or requeue, clock)
         elif decision.kind == StopKind.REQUEUED:
-            source = "preemption" if evidence.accounting == "PREEMPTED" else "external"
+            source = REQUEUE_SOURCES.get(evidence.accounting or "", "external")
             events.append(Event.REQUEUED, job_id=job_id, reason=source, by=BY_SLURM, requeues_left=left)
     return decision
 
@@ -127,8 +152,23 @@ def gather_evidence(signal_name: str | None, env: SlurmEnvironment | None = None
         info = None
     accounting = None
     if info is not None and info.restarts > env.restart_count:
-        accounting = accounting_state(job_id)
-    return StopEvidence(signal_name, env, info, accounting)
+        accounting = this_run_state(job_id, env.restart_count)
+    return StopEvidence(signal_name, env, info, accounting, preempt_mode=_preempt_mode(info, env))
+
+
+def this_run_state(job_id: str, restart_count: int) -> str | None:
+    """sacct's State of this start of the job (`sacct -D`: one record per start, NODE_FAIL for a
+    node that went down), else the job's newest record."""
+    runs = accounting_runs(job_id)
+    return runs[restart_count] if len(runs) > restart_count else accounting_state(job_id)
+
+
+def _preempt_mode(info: JobInfo | None, env: SlurmEnvironment) -> str | None:
+    """The partition's PreemptMode, asked only of a preempted job SLURM has not requeued yet."""
+    if info is None or info.preempt_time is None or info.restarts > env.restart_count:
+        return None
+    partition = info.fields.get("Partition")
+    return partition_preempt_mode(partition) if partition else None
 
 
 def record_decision(
@@ -177,6 +217,55 @@ def limit_error(outcome: TrainingOutcome, max_requeues: int, job_id: str | None)
         hint="submit the same command again to continue from it, with a longer --time or a higher "
         "--max-requeues.",
     )
+
+
+def resubmit_limit_error(
+    outcome: TrainingOutcome, max_requeues: int, job_id: str | None
+) -> RequeueLimitReached:
+    return RequeueLimitReached(
+        f"job {job_id} was preempted on a partition that does not requeue, and the run was already "
+        f"resubmitted {max_requeues} time(s), the most --max-requeues allows; it stops here. The "
+        f"checkpoint at epoch {outcome.epoch} iteration {outcome.iteration} in {outcome.output_folder} "
+        "is complete.",
+        hint="submit the same command again to continue from it (on a partition without preemption, or "
+        "with a higher --max-requeues).",
+    )
+
+
+def resubmit_run(events: EventLog, env: SlurmEnvironment, resubmit: Resubmit, left: int) -> str:
+    """Submit the run again as a new job that starts once this one ended; record both ids."""
+    old = env.qualified_id
+    assert old is not None
+    try:
+        new = resubmit(old)
+    except Exception as error:
+        events.append(
+            Event.DECISION,
+            job_id=env.event_job_id,
+            kind=StopKind.RESUBMIT_FAILED,
+            requeue_self=False,
+            error=str(error),
+        )
+        logger.error("job %s: resubmitting the preempted run failed: %s", old, error)
+        raise
+    events.append(
+        Event.RESUBMITTED,
+        job_id=new.job_id,
+        old_job_id=env.event_job_id,
+        by=BY_NNSLURM,
+        reason="preemption",
+        log_folder=new.log_folder,
+        resubmissions_left=left,
+    )
+    logger.warning(
+        "job %s on %s: preempted and SLURM will not requeue it; resubmitted the run as job %s "
+        "(starts once this job ended; resubmissions left: %d)",
+        old,
+        socket.gethostname(),
+        new.job_id,
+        left,
+    )
+    return new.job_id
 
 
 @contextlib.contextmanager

@@ -120,12 +120,7 @@ class JobInfo:
 
 def parse_job_info(text: str) -> JobInfo:
     """Parse one record of `scontrol show job -o`; SchedulerError (showing the text) if it is not one."""
-    line = next((candidate for candidate in text.splitlines() if candidate.strip()), "")
-    fields: dict[str, str] = {}
-    matches = list(_KEY.finditer(line))
-    for index, match in enumerate(matches):
-        end = matches[index + 1].start() if index + 1 < len(matches) else len(line)
-        fields.setdefault(match.group(1), line[match.end() : end].strip())
+    fields = _key_values(text)
     if "JobId" not in fields or "JobState" not in fields:
         raise SchedulerError(
             "cannot read the output of `scontrol show job -o`: no JobId=/JobState= in it:\n"
@@ -153,6 +148,17 @@ def parse_job_info(text: str) -> JobInfo:
         ) from error
 
 
+def _key_values(text: str) -> dict[str, str]:
+    """The key=value pairs of the first non-empty line of `scontrol show ... -o` (values may hold spaces)."""
+    line = next((candidate for candidate in text.splitlines() if candidate.strip()), "")
+    fields: dict[str, str] = {}
+    matches = list(_KEY.finditer(line))
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(line)
+        fields.setdefault(match.group(1), line[match.end() : end].strip())
+    return fields
+
+
 def _timestamp(text: str | None) -> datetime | None:
     if not text or text in ("None", "Unknown", "N/A", "(null)"):
         return None
@@ -166,6 +172,23 @@ def job_info(job_id: str, timeout: float = DEFAULT_TIMEOUT_S) -> JobInfo:
     """The scheduler's view of one job (an array task as "ARRAY_TASK")."""
     result = run_command(["scontrol", "show", "job", "-o", job_id], timeout)
     return parse_job_info(result.stdout)
+
+
+def parse_preempt_mode(text: str) -> str | None:
+    """PreemptMode of `scontrol show partition -o NAME` ("CANCEL", "REQUEUE", "SUSPEND,GANG")."""
+    mode = _key_values(text).get("PreemptMode")
+    return mode.upper() if mode else None
+
+
+def partition_preempt_mode(partition: str, timeout: float = DEFAULT_TIMEOUT_S) -> str | None:
+    """How SLURM preempts jobs of `partition` (the partition's own PreemptMode, as scontrol applies it);
+    None when scontrol cannot say."""
+    try:
+        result = run_command(["scontrol", "show", "partition", "-o", partition], timeout)
+    except CommandError as error:
+        logger.warning("cannot read the PreemptMode of partition %s: %s", partition, error)
+        return None
+    return parse_preempt_mode(result.stdout)
 
 
 def requeue(job_id: str, timeout: float = 60.0) -> None:
@@ -232,6 +255,26 @@ def accounting_states(job_ids: Sequence[str], timeout: float = DEFAULT_TIMEOUT_S
 def accounting_state(job_id: str, timeout: float = DEFAULT_TIMEOUT_S) -> str | None:
     """The job's State in sacct (its latest record), or None without accounting."""
     return accounting_states([job_id], timeout).get(job_id)
+
+
+def parse_sacct_runs(text: str, job_id: str) -> list[str]:
+    """`sacct -D -X -n -P -o JobID,State -j ID`: the State of each run of the job (requeues kept:
+    -D), oldest first ("NODE_FAIL", "PREEMPTED", "REQUEUED", "RUNNING", ...)."""
+    return [
+        parts[1].split()[0]
+        for parts in (line.strip().split("|") for line in text.splitlines())
+        if len(parts) >= 2 and parts[0] == job_id and parts[1].strip()
+    ]
+
+
+def accounting_runs(job_id: str, timeout: float = DEFAULT_TIMEOUT_S) -> list[str]:
+    """The State of every run of the job in sacct, oldest first; [] without accounting."""
+    try:
+        result = run_command(["sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State", "-j", job_id], timeout)
+    except CommandError as error:
+        logger.debug("sacct failed: %s", error)
+        return []
+    return parse_sacct_runs(result.stdout, job_id)
 
 
 def query_scheduler(job_ids: Iterable[str]) -> dict[str, SchedulerJob] | None:

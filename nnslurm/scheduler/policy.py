@@ -60,6 +60,9 @@ class StopKind(StrEnum):
     SIGNAL = "signal"  # a stop signal with no scheduler event behind it (kill, scancel --signal TERM)
     LIMIT = "requeue-limit"  # a self-requeue was due, but --max-requeues were used up
     REQUEUE_FAILED = "requeue-failed"  # the self-requeue was due and `scontrol requeue` failed
+    RESUBMIT = "resubmit"  # preempted, and SLURM will not requeue it: submit the run again as a new job
+    RESUBMIT_LIMIT = "resubmit-limit"  # a resubmission was due, but --max-requeues were used up
+    RESUBMIT_FAILED = "resubmit-failed"  # the resubmission was due and submitting failed
 
 
 # Who requeued a job ("by" of a "requeued" record) and why ("reason").
@@ -73,6 +76,7 @@ class StopDecision:
     requeue_self: bool  # whether this job must requeue itself now
     reason: str  # the evidence, in words, for the log and the event record
     wait_for_scheduler: bool = False  # PREEMPTION: stay alive until SLURM has requeued the job
+    resubmit: bool = False  # RESUBMIT: submit the run again as a new job, then leave
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class StopEvidence:
     info: JobInfo | None  # scontrol's view after the checkpoint (None: it could not be read)
     accounting: str | None = None  # sacct State, asked only to tell preemption from requeue
     now: datetime | None = None  # for time_left; None = now
+    preempt_mode: str | None = None  # the job's partition's PreemptMode, asked only once preempted
 
 
 def decide(evidence: StopEvidence) -> StopDecision:
@@ -176,3 +181,62 @@ def apply_requeue_limit(decision: StopDecision, used: int, max_requeues: int) ->
 def requeues_left(decision: StopDecision, used: int, max_requeues: int) -> int:
     """Self-requeues still allowed once this decision is carried out."""
     return max(0, max_requeues - used - (1 if decision.requeue_self else 0))
+
+
+# --- preemption that SLURM will not requeue: resubmission -------------------------------------------
+# Measured on Slurm 22.05.8 (partition cancel: PreemptMode=CANCEL GraceTime=20): the preempted job
+# gets TERM at once (srun step), scontrol shows RUNNING with PreemptTime set, exactly as on a
+# REQUEUE partition; at the grace end it is killed and ends COMPLETED, never requeued. Only the
+# partition's PreemptMode (scontrol show partition) tells the two apart before the end, and a job
+# with Requeue=0 (JobRequeue=0 without --requeue) is cancelled whatever the partition says.
+
+
+def will_not_requeue(evidence: StopEvidence) -> str | None:
+    """Why SLURM will not requeue this preempted job (in words), or None when it will (or may)."""
+    modes = (evidence.preempt_mode or "").upper().split(",")
+    if "CANCEL" in modes:
+        return f"the partition's PreemptMode={evidence.preempt_mode}: SLURM cancels preempted jobs"
+    if evidence.info is not None and not evidence.info.requeue:
+        return "the job is not requeueable (Requeue=0: JobRequeue=0 and no --requeue)"
+    return None
+
+
+def resubmit_rule(decision: StopDecision, evidence: StopEvidence) -> StopDecision:
+    """A preemption SLURM will not requeue becomes RESUBMIT: the run goes on as a new job.
+
+    Only a PREEMPTION decision can become one: scancel, a requeue from outside, a signal by hand
+    and walltime never resubmit."""
+    if decision.kind != StopKind.PREEMPTION:
+        return decision
+    why = will_not_requeue(evidence)
+    if why is None:
+        return decision
+    return StopDecision(
+        StopKind.RESUBMIT,
+        False,
+        f"{decision.reason.split(':', 1)[0]}; {why}: resubmitting the run as a new job",
+        resubmit=True,
+    )
+
+
+def resubmissions(records: Iterable[Mapping[str, Any]]) -> int:
+    """How often the run was resubmitted since the user's newest `nnslurm submit` (the event log counts)."""
+    count = 0
+    for record in records:
+        if record.get("event") == Event.SUBMITTED:
+            count = 0
+        elif record.get("event") == Event.RESUBMITTED:
+            count += 1
+    return count
+
+
+def apply_resubmit_limit(decision: StopDecision, used: int, max_resubmits: int) -> StopDecision:
+    """A resubmission beyond the cap becomes RESUBMIT_LIMIT: the job stops with its checkpoint."""
+    if not decision.resubmit or used < max_resubmits:
+        return decision
+    return StopDecision(
+        StopKind.RESUBMIT_LIMIT,
+        False,
+        f"{decision.reason}; but the run was already resubmitted {used} time(s) (--max-requeues "
+        f"{max_resubmits})",
+    )

@@ -1,0 +1,56 @@
+"""At a restart of a SLURM job: what ended its previous start, when that start left no stop record.
+
+A node that goes down (NODE_FAIL) takes the training process with it, or slurmd kills it without
+a signal it could act on: the log then only shows a start without an end. SLURM requeues the job
+(nnslurm submits with --requeue) and keeps one accounting record per start (`sacct -D`); the
+restarted job reads the record of the start before it and writes it into the run's event log as
+"interrupted", so `nnslurm status` and the log say "node failure" by evidence, not by guessing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from nnslurm.runs.events import Event, EventLog
+from nnslurm.runs.history import Outcome, read_history
+from nnslurm.runs.interruptions import NODE_FAIL, Kind
+from nnslurm.scheduler.commands import accounting_runs
+from nnslurm.scheduler.environment import SlurmEnvironment
+
+logger = logging.getLogger(__name__)
+
+
+def note_previous_end(folder: Path, env: SlurmEnvironment | None = None) -> str | None:
+    """Record in the run's log what ended this job's previous start, if it left no stop record;
+    returns sacct's State of that start (None: nothing to record, or no accounting)."""
+    env = env or SlurmEnvironment.from_environ()
+    job_id = env.qualified_id
+    if job_id is None or env.restart_count < 1:
+        return None
+    mine = [segment for segment in read_history(folder).segments if segment.job_id == env.event_job_id]
+    if not mine or mine[-1].outcome != Outcome.OPEN:
+        return None  # the previous start recorded its own end (stop, decision, failure)
+    runs = accounting_runs(job_id)
+    previous = runs[env.restart_count - 1] if len(runs) >= env.restart_count else None
+    node_failure = previous == NODE_FAIL
+    reason = (
+        "node failure: the node went down (sacct NODE_FAIL); SLURM requeued the job"
+        if node_failure
+        else f"no stop record; sacct says {previous or 'nothing (no accounting)'} for that start"
+    )
+    EventLog(folder).append(
+        Event.INTERRUPTED,
+        **env.record_fields(),
+        kind=Kind.NODE_FAILURE if node_failure else Kind.KILL,
+        accounting=previous,
+        previous_restart_count=env.restart_count - 1,
+        reason=reason,
+    )
+    logger.warning(
+        "job %s, start %d: the previous start ended without a stop record: %s",
+        job_id,
+        env.restart_count,
+        reason,
+    )
+    return previous

@@ -35,6 +35,7 @@ from nnslurm.nnunet import find_trainer_class, load_plans, output_folder
 from nnslurm.processes import children_die_with_this_process
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.signals import StopMonitor, StopRequest
+from nnslurm.stop_margin import end_time_guard
 from nnslurm.trainer import NEVER, LoopContext, ResumePoint, TrainingStopped, preemptible_class
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class TrainingOutcome:
     signals: tuple[str, ...] = ()  # every stop signal received, in order
     checkpoint: Path | None = None  # the checkpoint written at the stop
     phase: str | None = None  # what the process was doing when it stopped
+    stop_reason: str | None = None  # a stop no signal asked for (the end-time rule): why, with numbers
 
 
 def run_training(
@@ -129,6 +131,7 @@ def _train(
         overrides=options.overrides,
         save_every_minutes=options.save_every_minutes,
         deterministic=options.deterministic,
+        end_time=end_time_guard(options, monitor, folder),
     )
     start = {"epoch": 0, "iteration": 0}
     if chosen is not None:
@@ -172,6 +175,7 @@ def _train(
                     signals=tuple(r.signal for r in monitor.received),
                     checkpoint=stop.checkpoint,
                     phase="training",
+                    stop_reason=stop.request.reason,
                 )
         if options.final_validation and not (folder / "validation" / "summary.json").is_file():
             monitor.phase = "final validation"
@@ -197,6 +201,8 @@ def _train(
         ) from error
     finally:
         writer.close()
+        if trainer.nnslurm.end_time is not None:
+            trainer.nnslurm.end_time.close()
         if hasattr(trainer, "shutdown_dataloaders"):
             trainer.shutdown_dataloaders()
 

@@ -39,6 +39,8 @@ ROUND_TRIP_CASES = [
     TrainingOptions(final_validation=False, stop_signals=("USR2", "INT"), stop_deadline_s=3.5),
     TrainingOptions(max_requeues=0, resume_from="/runs/fold_0/checkpoint_latest.pth"),
     TrainingOptions(start_over=True),
+    TrainingOptions(end_time_safety_s=15.5, end_time_refresh_s=5.0),
+    TrainingOptions(end_time_safety_s=None),
 ]
 
 

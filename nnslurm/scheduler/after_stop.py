@@ -75,7 +75,7 @@ def after_stop(
     folder = Path(outcome.output_folder)
     events = EventLog(folder)
     with _ignoring_term():
-        evidence = gather_evidence(outcome.stop_signal, env)
+        evidence = gather_evidence(outcome.stop_signal, env, outcome.stop_reason)
         job_id = env.event_job_id
         used = self_requeues(read_events(folder), job_id)
         decision = apply_requeue_limit(decide(evidence), used, options.max_requeues)
@@ -112,12 +112,14 @@ def after_stop(
     return decision
 
 
-def gather_evidence(signal_name: str | None, env: SlurmEnvironment | None = None) -> StopEvidence:
+def gather_evidence(
+    signal_name: str | None, env: SlurmEnvironment | None = None, stop_reason: str | None = None
+) -> StopEvidence:
     """Ask scontrol (and sacct when it matters) about this job, right now."""
     env = env or SlurmEnvironment.from_environ()
     job_id = env.qualified_id
     if job_id is None:
-        return StopEvidence(signal_name, env, None)
+        return StopEvidence(signal_name, env, None, stop_reason=stop_reason)
     try:
         info: JobInfo | None = job_info(job_id)
     except (CommandError, SchedulerError) as error:
@@ -128,7 +130,7 @@ def gather_evidence(signal_name: str | None, env: SlurmEnvironment | None = None
     accounting = None
     if info is not None and info.restarts > env.restart_count:
         accounting = accounting_state(job_id)
-    return StopEvidence(signal_name, env, info, accounting)
+    return StopEvidence(signal_name, env, info, accounting, stop_reason=stop_reason)
 
 
 def record_decision(

@@ -55,8 +55,7 @@ class PhaseTimes:
     def slowest(self, phase: str) -> float:
         """A phase not seen yet (the first epoch end) counts as at least one iteration."""
         seen = self._phases[phase]
-        floor = max(self._phases[ITERATION], default=0.0)
-        return max(max(seen, default=0.0), floor)
+        return max(seen) if seen else max(self._phases[ITERATION], default=0.0)
 
     @property
     def checkpoint_s(self) -> float:

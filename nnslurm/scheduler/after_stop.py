@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from nnslurm.errors import CommandError, RequeueLimitReached, SchedulerError
 from nnslurm.runs.events import Event, EventLog, read_events
 from nnslurm.scheduler.commands import JobInfo, accounting_state, job_info, requeue
+from nnslurm.scheduler.end_time import END_TIME_SIGNAL
 from nnslurm.scheduler.environment import SlurmEnvironment
 from nnslurm.scheduler.policy import (
     BY_NNSLURM,
@@ -159,10 +160,10 @@ def record_decision(
         iteration=outcome.iteration,
     )
     logger.warning(
-        "job %s on %s: stopped by SIG%s at epoch %d iteration %d -> %s: %s (self-requeues left: %d)",
+        "job %s on %s: stopped by %s at epoch %d iteration %d -> %s: %s (self-requeues left: %d)",
         evidence.env.event_job_id,
         socket.gethostname(),
-        evidence.signal,
+        "the end-time rule" if evidence.signal == END_TIME_SIGNAL else f"SIG{evidence.signal}",
         outcome.epoch,
         outcome.iteration,
         decision.kind,

@@ -49,6 +49,10 @@ class TrainingOptions:
     stop_signals: tuple[str, ...] = DEFAULT_STOP_SIGNALS  # signals that mean "checkpoint and stop"
     stop_deadline_s: float = 20.0  # phases without iteration boundaries are abandoned after this
     max_requeues: int = 20  # --max-requeues: self-requeues after walltime warnings, per job
+    # Inside SLURM: stop when the time left to scontrol's EndTime falls under the slowest next
+    # phase + a stop checkpoint + this many seconds (None: --no-end-time-stop), re-read every ...
+    end_time_safety_s: float | None = 60.0  # --end-time-safety
+    end_time_refresh_s: float = 300.0  # --end-time-refresh
 
     def __post_init__(self) -> None:
         for name in ("num_epochs", "iterations_per_epoch", "val_iterations_per_epoch", "save_every_epochs"):
@@ -66,6 +70,10 @@ class TrainingOptions:
             raise UsageError(f"--stop-deadline must be positive, got {self.stop_deadline_s}.")
         for name in self.stop_signals:
             parse_signal(name)
+        if self.end_time_safety_s is not None and self.end_time_safety_s < 0:
+            raise UsageError(f"--end-time-safety must be 0 or more seconds, got {self.end_time_safety_s}.")
+        if self.end_time_refresh_s <= 0:
+            raise UsageError(f"--end-time-refresh must be positive, got {self.end_time_refresh_s}.")
         if self.validation_checkpoint not in ("final", "best"):
             raise UsageError(
                 f"validation_checkpoint must be final or best, got {self.validation_checkpoint!r}."
@@ -137,6 +145,10 @@ class TrainingOptions:
         give("-pretrained_weights", self.pretrained_weights, default.pretrained_weights)
         give("--stop-signals", ",".join(self.stop_signals), ",".join(default.stop_signals))
         give("--stop-deadline", self.stop_deadline_s, default.stop_deadline_s)
+        give("--end-time-safety", self.end_time_safety_s, default.end_time_safety_s)
+        if self.end_time_safety_s is None:
+            words.append("--no-end-time-stop")
+        give("--end-time-refresh", self.end_time_refresh_s, default.end_time_refresh_s)
         words.extend(["--max-requeues", str(self.max_requeues)])
         return words
 

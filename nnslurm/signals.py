@@ -12,8 +12,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -24,8 +24,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StopRequest:
-    signal: str  # "USR1", "TERM", ...
+    signal: str  # "USR1", "TERM", ...; "ENDTIME": the end-time rule (nnslurm.stop_margin), no signal
     received_at: float  # time.time() when the handler ran
+    reason: str | None = None  # a stop no signal asked for: why, with the numbers
+    measures: Mapping[str, Any] = field(default_factory=dict)  # its numbers, for the event log
 
 
 class StopMonitor:
@@ -68,6 +70,10 @@ class StopMonitor:
     @property
     def received(self) -> tuple[StopRequest, ...]:
         return tuple(self._received)
+
+    def request_stop(self, request: StopRequest) -> None:
+        """A stop the training process asks of itself (the end-time rule): acted on as a signal."""
+        self._received.append(request)
 
     def acknowledge(self) -> None:
         """The loop has started to act on the request: the deadline no longer applies."""

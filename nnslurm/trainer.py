@@ -23,6 +23,7 @@ from nnslurm.pretrained import META_FIELD
 from nnslurm.progress import TrainingProgress
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.signals import StopMonitor, StopRequest
+from nnslurm.stop_margin import EPOCH_END, ITERATION, VALIDATION, EndTimeGuard
 from nnslurm.timeparse import format_time
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class LoopContext:
     deterministic: bool
     pretrained: Mapping[str, Any] | None = None  # -pretrained_weights the run started from (path, sha256)
     resume: ResumePoint | None = None
+    end_time: EndTimeGuard | None = None  # inside SLURM: stop before the job's EndTime (stop_margin)
     position: tuple[int, int] = (0, 0)  # (epoch, iteration) of the last iteration boundary
     last_save: float = field(default_factory=time.monotonic)
 
@@ -171,11 +173,14 @@ class PreemptibleTrainerMixin:
             self.on_validation_epoch_start()  # type: ignore[attr-defined]
             val_outputs = []
             for _ in range(self.num_val_iterations_per_epoch):
+                self._end_time_check(VALIDATION)
                 if context.monitor.request is not None:
                     # Validation changes no weights: stop at "training part of the epoch done".
                     self._stop(epoch, self.num_iterations_per_epoch, train_outputs, before_validation)
                 val_outputs.append(self.validation_step(next(self.dataloader_val)))  # type: ignore[attr-defined]
             self.on_validation_epoch_end(val_outputs)  # type: ignore[attr-defined]
+        if self._end_time_check(EPOCH_END):  # only the rule: a signal waits for the next boundary
+            self._stop(epoch, self.num_iterations_per_epoch, train_outputs, before_validation)
         context.monitor.phase = "epoch end"
         self.on_epoch_end()
         self._log_progress(
@@ -187,6 +192,7 @@ class PreemptibleTrainerMixin:
         context = self.nnslurm
         context.position = (epoch, iteration)
         context.writer.copies.wait()  # no snapshot is still being copied when train_step changes weights
+        self._end_time_check(ITERATION if iteration < self.num_iterations_per_epoch else VALIDATION)
         if context.monitor.request is not None:
             self._stop(epoch, iteration, train_outputs, rng.capture())
         minutes = context.save_every_minutes
@@ -195,6 +201,11 @@ class PreemptibleTrainerMixin:
             self._save_in_background(
                 state, Path(self.output_folder) / STOP_CHECKPOINT, epoch, iteration, "timed"
             )
+
+    def _end_time_check(self, upcoming: str) -> bool:
+        """Whether the end-time rule stops the loop before `upcoming` (it then requested the stop)."""
+        guard = self.nnslurm.end_time
+        return guard is not None and guard.before(upcoming)
 
     def _stop(
         self, epoch: int, iteration: int, train_outputs: list[dict[str, Any]], rng_state: dict[str, Any]
@@ -210,10 +221,11 @@ class PreemptibleTrainerMixin:
             received_at=request.received_at,
             epoch=epoch,
             iteration=iteration,
+            **({"reason": request.reason, **request.measures} if request.reason else {}),
         )
         logger.warning(
-            "SIG%s received: stopping at epoch %d iteration %d and writing a checkpoint",
-            request.signal,
+            "%s: stopping at epoch %d iteration %d and writing a checkpoint",
+            "end-time rule" if request.reason else f"SIG{request.signal} received",
             epoch,
             iteration,
         )
@@ -297,6 +309,8 @@ class PreemptibleTrainerMixin:
 
     def _saved(self, path: Path, seconds: float, epoch: int, iteration: int, reason: str) -> None:
         self.nnslurm.last_save = time.monotonic()
+        if self.nnslurm.end_time is not None:
+            self.nnslurm.end_time.checkpoint(seconds)
         self.nnslurm.events.append(
             Event.CHECKPOINT,
             path=path.name,

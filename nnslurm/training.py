@@ -42,6 +42,7 @@ from nnslurm.pretrained import META_FIELD, PretrainedWeights, load_into, record_
 from nnslurm.processes import children_die_with_this_process
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.signals import StopMonitor, StopRequest
+from nnslurm.stop_margin import end_time_guard
 from nnslurm.trainer import NEVER, LoopContext, ResumePoint, TrainingStopped, preemptible_class
 from nnslurm.validation import Validation, begin, checkpoint_for, is_done, requested
 
@@ -64,6 +65,7 @@ class TrainingOutcome:
     signals: tuple[str, ...] = ()  # every stop signal received, in order
     checkpoint: Path | None = None  # the checkpoint written at the stop
     phase: str | None = None  # what the process was doing when it stopped
+    stop_reason: str | None = None  # a stop no signal asked for (the end-time rule): why, with numbers
 
 
 def run_training(
@@ -195,6 +197,7 @@ def _train(
         save_every_minutes=options.save_every_minutes,
         deterministic=options.deterministic,
         pretrained=start_from.pretrained_record,
+        end_time=end_time_guard(options, monitor, folder),
     )
     start = {"epoch": 0, "iteration": 0}
     if chosen is not None:
@@ -243,6 +246,7 @@ def _train(
                     signals=tuple(r.signal for r in monitor.received),
                     checkpoint=stop.checkpoint,
                     phase="training",
+                    stop_reason=stop.request.reason,
                 )
         validated: dict[str, Any] = {}
         if validation is not None and (options.validation_only or not is_done(folder, validation)):
@@ -271,6 +275,8 @@ def _train(
         ) from error
     finally:
         writer.close()
+        if trainer.nnslurm.end_time is not None:
+            trainer.nnslurm.end_time.close()
         if hasattr(trainer, "shutdown_dataloaders"):
             trainer.shutdown_dataloaders()
 

@@ -43,6 +43,8 @@ ROUND_TRIP_CASES = [
         npz=True, validation_checkpoint="best", pretrained_weights=Path("/w/checkpoint_final.pth")
     ),
     TrainingOptions(validation_only=True, npz=True),
+    TrainingOptions(end_time_safety_s=15.5, end_time_refresh_s=5.0),
+    TrainingOptions(end_time_safety_s=None),
 ]
 
 

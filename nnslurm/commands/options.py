@@ -233,6 +233,28 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         default=20,
         help="inside SLURM: requeue this job at most N times after walltime warnings (default: %(default)s)",
     )
+    group.add_argument(
+        "--end-time-safety",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="inside SLURM, with or without a warning signal: stop, checkpoint and requeue when the "
+        "time left to the job's EndTime falls under the slowest next iteration (validation step, "
+        "epoch end) + a stop checkpoint + this many seconds (default: %(default)s)",
+    )
+    group.add_argument(
+        "--no-end-time-stop",
+        action="store_true",
+        help="disable that rule: stop on signals only",
+    )
+    group.add_argument(
+        "--end-time-refresh",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="re-read the job's EndTime (scontrol) this often; it changes after `scontrol update "
+        "TimeLimit=`, and on preemption (default: %(default)s)",
+    )
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -308,6 +330,8 @@ def training_options_from_args(args: argparse.Namespace) -> TrainingOptions:
         stop_signals=tuple(args.stop_signals),
         stop_deadline_s=args.stop_deadline,
         max_requeues=args.max_requeues,
+        end_time_safety_s=None if args.no_end_time_stop else args.end_time_safety,
+        end_time_refresh_s=args.end_time_refresh,
         npz=args.npz,
         validation_only=args.val,
         validation_checkpoint="best" if args.val_best else "final",

@@ -27,6 +27,7 @@ from nnslurm.scheduler.commands import (
     partition_preempt_mode,
     requeue,
 )
+from nnslurm.scheduler.end_time import END_TIME_SIGNAL
 from nnslurm.scheduler.environment import SlurmEnvironment
 from nnslurm.scheduler.policy import (
     BY_NNSLURM,
@@ -91,7 +92,7 @@ def after_stop(
     folder = Path(outcome.output_folder)
     events = EventLog(folder)
     with _ignoring_term():
-        evidence = gather_evidence(outcome.stop_signal, env)
+        evidence = gather_evidence(outcome.stop_signal, env, outcome.stop_reason)
         job_id = env.event_job_id
         records = read_events(folder)
         used = self_requeues(records, job_id)
@@ -137,12 +138,14 @@ def after_stop(
     return decision
 
 
-def gather_evidence(signal_name: str | None, env: SlurmEnvironment | None = None) -> StopEvidence:
+def gather_evidence(
+    signal_name: str | None, env: SlurmEnvironment | None = None, stop_reason: str | None = None
+) -> StopEvidence:
     """Ask scontrol (and sacct when it matters) about this job, right now."""
     env = env or SlurmEnvironment.from_environ()
     job_id = env.qualified_id
     if job_id is None:
-        return StopEvidence(signal_name, env, None)
+        return StopEvidence(signal_name, env, None, stop_reason=stop_reason)
     try:
         info: JobInfo | None = job_info(job_id)
     except (CommandError, SchedulerError) as error:
@@ -153,7 +156,9 @@ def gather_evidence(signal_name: str | None, env: SlurmEnvironment | None = None
     accounting = None
     if info is not None and info.restarts > env.restart_count:
         accounting = this_run_state(job_id, env.restart_count)
-    return StopEvidence(signal_name, env, info, accounting, preempt_mode=_preempt_mode(info, env))
+    return StopEvidence(
+        signal_name, env, info, accounting, preempt_mode=_preempt_mode(info, env), stop_reason=stop_reason
+    )
 
 
 def this_run_state(job_id: str, restart_count: int) -> str | None:
@@ -197,10 +202,10 @@ def record_decision(
         iteration=outcome.iteration,
     )
     logger.warning(
-        "job %s on %s: stopped by SIG%s at epoch %d iteration %d -> %s: %s (self-requeues left: %d)",
+        "job %s on %s: stopped by %s at epoch %d iteration %d -> %s: %s (self-requeues left: %d)",
         evidence.env.event_job_id,
         socket.gethostname(),
-        evidence.signal,
+        "the end-time rule" if evidence.signal == END_TIME_SIGNAL else f"SIG{evidence.signal}",
         outcome.epoch,
         outcome.iteration,
         decision.kind,

@@ -45,6 +45,7 @@ from typing import Any
 
 from nnslurm.runs.events import Event
 from nnslurm.scheduler.commands import JobInfo
+from nnslurm.scheduler.end_time import END_TIME_SIGNAL
 from nnslurm.scheduler.environment import SlurmEnvironment
 from nnslurm.timeparse import describe
 
@@ -52,7 +53,7 @@ from nnslurm.timeparse import describe
 class StopKind(StrEnum):
     """What a stop was; the "kind" of a "decision" record."""
 
-    WALLTIME = "walltime"  # the warning before the time limit: requeue ourselves
+    WALLTIME = "walltime"  # the warning before the time limit, or the end-time rule: requeue ourselves
     TIMELIMIT = "timelimit"  # the time limit passed without a (usable) warning: requeue ourselves
     PREEMPTION = "preemption"  # chosen for preemption: SLURM requeues at the end of the grace time
     REQUEUED = "requeued"  # SLURM already requeued the job (scontrol requeue from outside, or preemption)
@@ -87,6 +88,7 @@ class StopEvidence:
     accounting: str | None = None  # sacct State, asked only to tell preemption from requeue
     now: datetime | None = None  # for time_left; None = now
     preempt_mode: str | None = None  # the job's partition's PreemptMode, asked only once preempted
+    stop_reason: str | None = None  # the end-time rule's numbers, when it asked for the stop (signal ENDTIME)
 
 
 def decide(evidence: StopEvidence) -> StopDecision:
@@ -99,7 +101,10 @@ def decide(evidence: StopEvidence) -> StopDecision:
                 StopKind.WALLTIME, True, f"SIG{sig} from the local executor: its --time is nearly up"
             )
         return StopDecision(StopKind.SIGNAL, False, f"SIG{sig} outside SLURM: nothing to requeue")
+    end_rule = f"end-time rule ({evidence.stop_reason or 'the job ends soon'})"
     if info is None:
+        if sig == END_TIME_SIGNAL:
+            return StopDecision(StopKind.WALLTIME, True, f"{end_rule}, scontrol unreadable now: walltime")
         if sig is not None and sig != "TERM" and (warning is None or sig == warning):
             return StopDecision(
                 StopKind.WALLTIME,
@@ -137,6 +142,10 @@ def decide(evidence: StopEvidence) -> StopDecision:
             StopKind.CANCEL,
             False,
             f"JobState={info.state}, Restarts unchanged, no preemption: cancelled (scancel)",
+        )
+    if info.state == "RUNNING" and sig == END_TIME_SIGNAL:
+        return StopDecision(
+            StopKind.WALLTIME, True, f"{end_rule}; {left_text} left, JobState=RUNNING: walltime"
         )
     is_warning = sig == warning if warning else sig != "TERM"
     if info.state == "RUNNING" and is_warning:

@@ -1,0 +1,172 @@
+"""What a stop needs, measured as training goes, and the guard the loop asks at each check.
+
+The loop calls `EndTimeGuard.before(upcoming)` at every iteration boundary, between validation
+steps and before the epoch-end work. The time since the previous call is the duration of the
+phase announced then, so the guard keeps the slowest recent iteration, validation step and epoch
+end without the loop timing anything; `checkpoint` adds each checkpoint's write time. When the
+end-time rule (nnslurm.scheduler.end_time) says stop, the guard records a stop request on the
+monitor: the loop then stops exactly as after a signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from nnslurm.config import TrainingOptions
+from nnslurm.runs.events import Event, read_events
+from nnslurm.scheduler.end_time import (
+    CONFIRM_TIMEOUT_S,
+    END_TIME_SIGNAL,
+    EndTimeDecision,
+    EndTimeReader,
+    end_time_decision,
+)
+from nnslurm.scheduler.environment import SlurmEnvironment
+from nnslurm.signals import StopMonitor, StopRequest
+
+logger = logging.getLogger(__name__)
+
+ITERATION = "iteration"
+VALIDATION = "validation step"
+EPOCH_END = "epoch end"
+# How many recent runs of each phase the slowest is taken from (the first iterations after a
+# start are slow: data loaders warming up; they age out).
+WINDOWS = {ITERATION: 20, VALIDATION: 20, EPOCH_END: 3}
+CHECKPOINT_WINDOW = 5
+
+
+class PhaseTimes:
+    """The slowest recent run of each phase and of a checkpoint write, in seconds (0: not seen)."""
+
+    def __init__(self, checkpoints: Iterable[float] = ()) -> None:
+        self._phases = {name: deque[float](maxlen=size) for name, size in WINDOWS.items()}
+        self._checkpoints = deque[float](checkpoints, maxlen=CHECKPOINT_WINDOW)
+
+    def add(self, phase: str, seconds: float) -> None:
+        self._phases[phase].append(seconds)
+
+    def add_checkpoint(self, seconds: float) -> None:
+        self._checkpoints.append(seconds)
+
+    def slowest(self, phase: str) -> float:
+        """A phase not seen yet (the first epoch end) counts as at least one iteration."""
+        seen = self._phases[phase]
+        return max(seen) if seen else max(self._phases[ITERATION], default=0.0)
+
+    @property
+    def checkpoint_s(self) -> float:
+        return max(self._checkpoints, default=0.0)
+
+
+class EndTimeGuard:
+    """The end-time rule in the training loop of one SLURM job."""
+
+    def __init__(
+        self,
+        reader: EndTimeReader,
+        monitor: StopMonitor,
+        safety_s: float,
+        times: PhaseTimes | None = None,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.reader = reader
+        self.monitor = monitor
+        self.safety_s = safety_s
+        self.times = times or PhaseTimes()
+        self._wall = wall
+        self._monotonic = monotonic
+        self._last: tuple[str, float] | None = None  # the phase announced last, and when
+
+    def checkpoint(self, seconds: float) -> None:
+        self.times.add_checkpoint(seconds)
+
+    def before(self, upcoming: str) -> bool:
+        """At a check before `upcoming`: whether the rule asks the loop to stop here (it has then
+        recorded the stop request on the monitor). A stop already requested is left alone."""
+        now = self._monotonic()
+        if self._last is not None:
+            self.times.add(self._last[0], now - self._last[1])
+        self._last = (upcoming, now)
+        if self.monitor.request is not None:
+            return False
+        decision = self._decide(upcoming, self.reader.end_time)
+        if decision.stop:
+            # The cached EndTime may be stale (a TimeLimit raised since): ask once more before acting.
+            decision = self._decide(upcoming, self.reader.refresh(CONFIRM_TIMEOUT_S))
+        if not decision.stop:
+            return False
+        if decision.too_late:
+            logger.warning(
+                "end-time rule: a stop needs a checkpoint (%.1f s) plus the safety (%g s), but only %.1f s "
+                "are left: it may not be durable before SLURM ends the job (%s)",
+                self.times.checkpoint_s,
+                self.safety_s,
+                decision.time_left_s or 0.0,
+                decision.reason,
+            )
+        logger.warning("end-time rule: stopping before the %s: %s", upcoming, decision.reason)
+        self.monitor.request_stop(
+            StopRequest(
+                END_TIME_SIGNAL,
+                self._wall(),
+                reason=decision.reason,
+                measures=self._measures(upcoming, decision),
+            )
+        )
+        return True
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def _decide(self, upcoming: str, end_time: float | None) -> EndTimeDecision:
+        return end_time_decision(
+            self._wall(),
+            end_time,
+            upcoming,
+            self.times.slowest(upcoming),
+            self.times.checkpoint_s,
+            self.safety_s,
+        )
+
+    def _measures(self, upcoming: str, decision: EndTimeDecision) -> dict[str, float | str | None]:
+        return {
+            "end_time": self.reader.end_time,
+            "time_left_s": None if decision.time_left_s is None else round(decision.time_left_s, 2),
+            "margin_s": round(decision.margin_s, 2),
+            "upcoming": upcoming,
+            "next_s": round(self.times.slowest(upcoming), 3),
+            "checkpoint_s": round(self.times.checkpoint_s, 3),
+            "safety_s": self.safety_s,
+        }
+
+
+def end_time_guard(
+    options: TrainingOptions, monitor: StopMonitor, run_folder: Path, env: SlurmEnvironment | None = None
+) -> EndTimeGuard | None:
+    """The started guard of a training inside a SLURM job; None outside SLURM (the local executor
+    has its own timeout and signal) or with --no-end-time-stop. Seeded with the run's recent
+    checkpoint write times, so a resumed start knows what a stop costs from its first check."""
+    env = env or SlurmEnvironment.from_environ()
+    job_id = env.qualified_id
+    if options.end_time_safety_s is None or job_id is None:
+        return None
+    recent = [
+        float(record["seconds"])
+        for record in read_events(run_folder)
+        if record.get("event") == Event.CHECKPOINT and isinstance(record.get("seconds"), int | float)
+    ][-CHECKPOINT_WINDOW:]
+    reader = EndTimeReader(job_id, options.end_time_refresh_s)
+    reader.start()
+    logger.info(
+        "end-time rule: job %s stops when the time left falls under the slowest next phase + a stop "
+        "checkpoint + %g s; EndTime re-read every %g s",
+        job_id,
+        options.end_time_safety_s,
+        options.end_time_refresh_s,
+    )
+    return EndTimeGuard(reader, monitor, options.end_time_safety_s, PhaseTimes(recent))

@@ -297,7 +297,7 @@ def test_pretrained_weights_start_a_fresh_run_only(nnunet_env: NnunetEnv, tmp_pa
 
     # --val on this unfinished run: refused, nothing written.
     events_before = (folder / "nnslurm_events.jsonl").read_bytes()
-    result = nnslurm([*argv[:-2], "--val"], nnunet_env.env())
+    result = nnslurm(["train", *TINY_TRAINING, *SIGNALS, "--val"], nnunet_env.env())
     assert result.returncode == 1 and "is not finished" in result.stderr
     assert (folder / "nnslurm_events.jsonl").read_bytes() == events_before
 

@@ -87,14 +87,28 @@ class EndTimeGuard:
 
     def before(self, upcoming: str) -> bool:
         """At a check before `upcoming`: whether the rule asks the loop to stop here (it has then
-        recorded the stop request on the monitor). A stop already requested is left alone."""
+        recorded the stop request on the monitor). A stop already requested is left alone; the
+        first check of a process never stops (there is no progress to save yet)."""
         now = self._monotonic()
+        first = self._last is None
         if self._last is not None:
             self.times.add(self._last[0], now - self._last[1])
         self._last = (upcoming, now)
         if self.monitor.request is not None:
             return False
         decision = self._decide(upcoming, self.reader.end_time)
+        if first:
+            # Nothing done by this process yet: the checkpoint it started from holds all there is,
+            # so a stop would save nothing, and the next start would meet the same end: a requeue
+            # loop without progress (a time limit shorter than the margin, a start-up that took it).
+            if decision.stop:
+                logger.warning(
+                    "end-time rule: only %.1f s left at the first boundary of this start, under the "
+                    "margin (%s); training on: a stop now would save nothing",
+                    decision.time_left_s or 0.0,
+                    decision.reason,
+                )
+            return False
         if decision.stop:
             # The cached EndTime may be stale (a TimeLimit raised since): ask once more before acting.
             decision = self._decide(upcoming, self.reader.refresh(CONFIRM_TIMEOUT_S))

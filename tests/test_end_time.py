@@ -262,6 +262,7 @@ def test_a_stale_end_is_confirmed_before_stopping() -> None:
 
 def test_guard_warns_when_a_stop_no_longer_fits(caplog: pytest.LogCaptureFixture) -> None:
     guard, monitor, clock = guard_at(FixedReader(END_S), safety_s=10.0, checkpoints=(30.0,))
+    guard.before(ITERATION)
     clock[0] = END_S - 20.0
     with caplog.at_level(logging.WARNING):
         assert guard.before(VALIDATION)
@@ -269,6 +270,19 @@ def test_guard_warns_when_a_stop_no_longer_fits(caplog: pytest.LogCaptureFixture
     assert (
         "a stop needs a checkpoint (30.0 s) plus the safety (10 s), but only 20.0 s are left" in caplog.text
     )
+
+
+def test_the_first_boundary_of_a_start_never_stops(caplog: pytest.LogCaptureFixture) -> None:
+    """A time limit under the margin must not requeue the job in a loop that makes no progress."""
+    guard, monitor, clock = guard_at(FixedReader(END_S), safety_s=60.0)
+    clock[0] = END_S - 30.0  # the whole start is shorter than the safety
+    with caplog.at_level(logging.WARNING):
+        assert not guard.before(ITERATION)
+    assert monitor.request is None
+    assert "only 30.0 s left at the first boundary of this start" in caplog.text
+    clock[0] += 1.0  # one iteration done: now there is something to save
+    assert guard.before(ITERATION)
+    assert monitor.request is not None
 
 
 def test_no_guard_outside_slurm_or_when_turned_off(tmp_path: Path) -> None:

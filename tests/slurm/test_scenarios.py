@@ -44,6 +44,9 @@ RUN = [
     "--no-final-validation",
     "--save-every-minutes",
     "60",
+    # These scenarios test the warning signal, preemption and requeue paths under 1-minute limits;
+    # the end-time rule (tests/slurm/test_end_time.py) would stop first there.
+    "--no-end-time-stop",
 ]
 
 

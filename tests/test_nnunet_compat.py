@@ -1,26 +1,35 @@
-"""What nnslurm leaves behind works with plain nnU-Net: `--c`, `--val` and `nnUNetv2_predict`."""
+"""What nnslurm leaves behind works with plain nnU-Net (`--c`, `--val` and `nnUNetv2_predict`), and
+nnslurm's loop and version switches match the installed nnU-Net (`make test-oldest`: the oldest too)."""
 
 from __future__ import annotations
 
+import inspect
+import pickle
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm
 
-pytestmark = pytest.mark.nnunet
+from nnslurm.nnunet_compat import checkpoint_loading, nnunet_version, trainer_plans
 
 BIN = Path(sys.executable).parent
 
-# nnUNetv2_train --c, step by step: its own trainer construction and checkpoint choice
-# (nnunetv2/run/run_training.py), then its own loop for one more epoch, shortened.
-PLAIN_CONTINUE = f"""
+
+def plain_continue_script() -> str:
+    """nnUNetv2_train --c, step by step: its own trainer construction and checkpoint choice
+    (nnunetv2/run/run_training.py), then its own loop for one more epoch, shortened."""
+    continue_training = ", continue_training=True" if nnunet_version() >= (2, 7) else ""  # 2.7.0's argument
+    return f"""
 import torch
 from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 trainer = get_trainer_from_args("501", "3d_fullres", 0, "nnUNetTrainer", "{TINY_PLANS}",
-                                continue_training=True, device=torch.device("cpu"))
+                                device=torch.device("cpu"){continue_training})
 maybe_load_checkpoint(trainer, continue_training=True, validation_only=False)
 print("RESUMED_AT_EPOCH", trainer.current_epoch)
 trainer.num_epochs = trainer.current_epoch + 1
@@ -31,6 +40,16 @@ print("PLAIN_DONE")
 """
 
 
+def plain_nnunet_env(nnunet_env: NnunetEnv) -> dict[str, str]:
+    """The environment plain nnU-Net runs in. nnU-Net 2.5.x cannot load its own checkpoints on
+    torch >= 2.6 (its load_checkpoint leaves weights_only at torch's new default, True, which
+    refuses numpy values); its users set this (or keep torch < 2.6). nnslurm needs neither."""
+    if nnunet_version() < (2, 6):
+        return nnunet_env.env(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    return nnunet_env.env()
+
+
+@pytest.mark.nnunet
 def test_plain_nnunet_continue_accepts_a_mid_epoch_stop(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
     env = nnunet_env.env(NNSLURM_TEST_SIGNALS="1:2", NNSLURM_TEST_SIGNAL_STATE=str(tmp_path / "fired"))
     stopped = nnslurm(
@@ -42,8 +61,8 @@ def test_plain_nnunet_continue_accepts_a_mid_epoch_stop(nnunet_env: NnunetEnv, t
     target = nnunet_env.run_folder("nnUNetTrainer")
     shutil.copytree(source.parent, target.parent)
     result = subprocess.run(
-        [sys.executable, "-c", PLAIN_CONTINUE],
-        env=nnunet_env.env(),
+        [sys.executable, "-c", plain_continue_script()],
+        env=plain_nnunet_env(nnunet_env),
         capture_output=True,
         text=True,
         timeout=300,
@@ -54,9 +73,10 @@ def test_plain_nnunet_continue_accepts_a_mid_epoch_stop(nnunet_env: NnunetEnv, t
     assert (target / "checkpoint_final.pth").is_file()
 
 
+@pytest.mark.nnunet
 def test_plain_val_and_predict_on_a_finished_run(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
-    env = nnunet_env.env()
-    finished = nnslurm(["train", *TINY_TRAINING, "--no-final-validation"], env)
+    env = plain_nnunet_env(nnunet_env)
+    finished = nnslurm(["train", *TINY_TRAINING, "--no-final-validation"], nnunet_env.env())
     assert finished.returncode == 0, finished.stderr[-3000:]
     created = [p for p in nnunet_env.run_folder().iterdir() if p.is_file()]
     assert created and not [p.name for p in created if p.stat().st_mode & 0o002], "world-writable files"
@@ -106,3 +126,55 @@ def test_plain_val_and_predict_on_a_finished_run(nnunet_env: NnunetEnv, tmp_path
     )
     assert predict.returncode == 0, predict.stderr[-3000:]
     assert (tmp_path / "out" / "case_000.nii.gz").is_file()
+
+
+# --- nnslurm's loop and version switches against the installed nnU-Net (seconds: imports only) ---
+
+
+def nnunet_trainer() -> type:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    trainer: type = nnUNetTrainer
+    return trainer
+
+
+def hooks_called(source: str) -> list[str]:
+    return re.findall(r"self\.(\w+)\(", source)
+
+
+def test_the_mirrored_loop_calls_nnunets_hooks_in_its_order() -> None:
+    """nnslurm.trainer runs nnU-Net's run_training hook by hook: same hooks, same order."""
+    from nnslurm.trainer import PreemptibleTrainerMixin as Mixin
+
+    nnunet = hooks_called(inspect.getsource(nnunet_trainer().run_training))
+    assert nnunet[0] == "on_train_start" and nnunet[-1] == "on_train_end", nnunet
+    epoch = hooks_called(inspect.getsource(Mixin._run_epoch))
+    loop = hooks_called(inspect.getsource(Mixin.run_training))
+    assert "_run_epoch" in loop
+    at = loop.index("_run_epoch")
+    mirrored = [name for name in [*loop[:at], *epoch, *loop[at + 1 :]] if name in set(nnunet)]
+    assert mirrored == nnunet
+
+
+def test_version_switches_match_the_installed_nnunet() -> None:
+    """Each switch of nnslurm.nnunet_compat is on exactly where nnU-Net's source needs it."""
+    from nnunetv2.training.logging import nnunet_logger
+
+    trainer = nnunet_trainer()
+    pops_continue = 'plans.pop("continue_training")' in inspect.getsource(trainer.__init__)
+    plans = trainer_plans({"plans_name": "p"}, continue_training=True)
+    assert ("continue_training" in plans) == pops_continue
+    assert hasattr(nnunet_logger, "MetaLogger") == (nnunet_version() >= (2, 7))  # W&B from 2.7.0 on
+    full_load = "weights_only=False" in inspect.getsource(trainer.load_checkpoint)
+    assert full_load == (nnunet_version() >= (2, 6))  # 2.5.x: checkpoint_loading is what loads numpy
+
+
+def test_checkpoint_loading_lets_a_default_torch_load_read_numpy_values(tmp_path: Path) -> None:
+    """nnU-Net 2.5.x's load_checkpoint: torch.load(path, map_location=...) with torch's default."""
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"_best_ema": np.float64(0.5), "train_losses": [np.float64(1.0)], "a": np.zeros(3)}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, map_location="cpu")
+    with checkpoint_loading():
+        loaded = torch.load(path, map_location="cpu")
+    assert loaded["_best_ema"] == 0.5 and loaded["a"].shape == (3,)

@@ -20,7 +20,6 @@ import torch
 from nnslurm import rng
 from nnslurm.checkpoints import FORMAT_VERSION, META_KEY, BackgroundWriter
 from nnslurm.epoch_logs import epoch_ended, hold_until_epoch_end
-from nnslurm.nnunet_compat import checkpoint_loading
 from nnslurm.progress import TrainingProgress
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.signals import StopMonitor, StopRequest
@@ -125,10 +124,6 @@ class PreemptibleTrainerMixin:
         super().on_epoch_end()  # type: ignore[misc]
         self.nnslurm.writer.copies.wait()  # the epoch-end snapshots are complete
         epoch_ended(self.logger)  # W&B & co. get the epoch now that it is whole (nnslurm.epoch_logs)
-
-    def load_checkpoint(self, filename_or_checkpoint: Any) -> None:
-        with checkpoint_loading():  # nnU-Net 2.5.x's torch.load (nnslurm.nnunet_compat)
-            super().load_checkpoint(filename_or_checkpoint)  # type: ignore[misc]
 
     def run_training(self) -> None:
         context = self.nnslurm

@@ -4,19 +4,16 @@ nnslurm's loop and version switches match the installed nnU-Net (`make test-olde
 from __future__ import annotations
 
 import inspect
-import pickle
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from conftest import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm
 
-from nnslurm.nnunet_compat import checkpoint_loading, nnunet_version, trainer_plans
+from nnslurm.nnunet_compat import nnunet_version, trainer_plans
 
 BIN = Path(sys.executable).parent
 
@@ -40,15 +37,6 @@ print("PLAIN_DONE")
 """
 
 
-def plain_nnunet_env(nnunet_env: NnunetEnv) -> dict[str, str]:
-    """The environment plain nnU-Net runs in. nnU-Net 2.5.x cannot load its own checkpoints on
-    torch >= 2.6 (its load_checkpoint leaves weights_only at torch's new default, True, which
-    refuses numpy values); its users set this (or keep torch < 2.6). nnslurm needs neither."""
-    if nnunet_version() < (2, 6):
-        return nnunet_env.env(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
-    return nnunet_env.env()
-
-
 @pytest.mark.nnunet
 def test_plain_nnunet_continue_accepts_a_mid_epoch_stop(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
     env = nnunet_env.env(NNSLURM_TEST_SIGNALS="1:2", NNSLURM_TEST_SIGNAL_STATE=str(tmp_path / "fired"))
@@ -62,7 +50,7 @@ def test_plain_nnunet_continue_accepts_a_mid_epoch_stop(nnunet_env: NnunetEnv, t
     shutil.copytree(source.parent, target.parent)
     result = subprocess.run(
         [sys.executable, "-c", plain_continue_script()],
-        env=plain_nnunet_env(nnunet_env),
+        env=nnunet_env.env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -75,8 +63,8 @@ def test_plain_nnunet_continue_accepts_a_mid_epoch_stop(nnunet_env: NnunetEnv, t
 
 @pytest.mark.nnunet
 def test_plain_val_and_predict_on_a_finished_run(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
-    env = plain_nnunet_env(nnunet_env)
-    finished = nnslurm(["train", *TINY_TRAINING, "--no-final-validation"], nnunet_env.env())
+    env = nnunet_env.env()
+    finished = nnslurm(["train", *TINY_TRAINING, "--no-final-validation"], env)
     assert finished.returncode == 0, finished.stderr[-3000:]
     created = [p for p in nnunet_env.run_folder().iterdir() if p.is_file()]
     assert created and not [p.name for p in created if p.stat().st_mode & 0o002], "world-writable files"
@@ -165,16 +153,5 @@ def test_version_switches_match_the_installed_nnunet() -> None:
     plans = trainer_plans({"plans_name": "p"}, continue_training=True)
     assert ("continue_training" in plans) == pops_continue
     assert hasattr(nnunet_logger, "MetaLogger") == (nnunet_version() >= (2, 7))  # W&B from 2.7.0 on
-    full_load = "weights_only=False" in inspect.getsource(trainer.load_checkpoint)
-    assert full_load == (nnunet_version() >= (2, 6))  # 2.5.x: checkpoint_loading is what loads numpy
-
-
-def test_checkpoint_loading_lets_a_default_torch_load_read_numpy_values(tmp_path: Path) -> None:
-    """nnU-Net 2.5.x's load_checkpoint: torch.load(path, map_location=...) with torch's default."""
-    path = tmp_path / "checkpoint.pth"
-    torch.save({"_best_ema": np.float64(0.5), "train_losses": [np.float64(1.0)], "a": np.zeros(3)}, path)
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(path, map_location="cpu")
-    with checkpoint_loading():
-        loaded = torch.load(path, map_location="cpu")
-    assert loaded["_best_ema"] == 0.5 and loaded["a"].shape == (3,)
+    # nnslurm's resume relies on it: 2.5.x leaves torch.load's weights_only (True on torch >= 2.6)
+    assert "weights_only=False" in inspect.getsource(trainer.load_checkpoint)

@@ -19,6 +19,7 @@ import torch
 
 from nnslurm import rng
 from nnslurm.checkpoints import FORMAT_VERSION, META_KEY, BackgroundWriter
+from nnslurm.epoch_logs import epoch_ended, hold_until_epoch_end
 from nnslurm.pretrained import META_FIELD
 from nnslurm.progress import TrainingProgress
 from nnslurm.runs.events import Event, EventLog
@@ -126,10 +127,12 @@ class PreemptibleTrainerMixin:
     def on_epoch_end(self) -> None:
         super().on_epoch_end()  # type: ignore[misc]
         self.nnslurm.writer.copies.wait()  # the epoch-end snapshots are complete
+        epoch_ended(self.logger)  # W&B & co. get the epoch now that it is whole (nnslurm.epoch_logs)
 
     def run_training(self) -> None:
         context = self.nnslurm
         context.monitor.phase = "startup"
+        hold_until_epoch_end(self.logger)  # no epoch reaches W&B & co. half (nnslurm.epoch_logs)
         self.on_train_start()  # type: ignore[attr-defined]
         train_outputs: list[dict[str, Any]] = []
         start_iteration = 0

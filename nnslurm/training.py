@@ -38,6 +38,7 @@ from nnslurm.errors import NnslurmError
 from nnslurm.lock import RunLock
 from nnslurm.malloc import fix_malloc_thresholds
 from nnslurm.nnunet import find_trainer_class, load_plans, output_folder
+from nnslurm.nnunet_compat import trainer_plans
 from nnslurm.pretrained import META_FIELD, PretrainedWeights, load_into, record_for_resume
 from nnslurm.processes import children_die_with_this_process
 from nnslurm.runs.events import Event, EventLog
@@ -177,9 +178,8 @@ def _train(
         overrides = dict(chosen.meta.get("overrides") or {})
     validation = requested(options)
     _prepare_process(options)
-    trainer_plans = dict(plans, continue_training=chosen is not None)  # --val too: the same run goes on
     trainer = preemptible_class(base_class)(
-        plans=trainer_plans,
+        plans=trainer_plans(plans, continue_training=chosen is not None),
         configuration=run.configuration,
         fold=run.fold_value,
         dataset_json=dataset_json,

@@ -20,11 +20,14 @@ from conftest import NnunetEnv, nnslurm, skip_unless_required
 
 from nnslurm.scheduler import commands as slurm
 
-from .test_scenarios import LONG_EPOCHS, LONG_ITERATIONS, TRAINER, job_env, report, template_setup, training
+from .test_scenarios import TRAINER, job_env, report, template_setup, training
 from .tools import Cluster, check_story, kinds, wait_for_event
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "slurm-dev-cluster"
 SAFETY_S = "15"
+# A 1-minute start stops ~16 s before its end (safety + an iteration + a checkpoint) and spends
+# ~15 s starting up: under 30 s of training, 120 paced iterations; 200 need at least two starts.
+EPOCHS, ITERATIONS = 4, 50
 
 
 def no_signal_script(tmp_path: Path, env: dict[str, str], minutes: int, *train: str) -> Path:
@@ -77,7 +80,7 @@ def margins(run_folder: Path) -> dict[str, Any]:
 
 def check_end_time_stops(cluster: Cluster, job_id: str, run_folder: Path) -> dict[str, Any]:
     """Every stop came from the end-time rule, before the limit, and was a walltime self-requeue."""
-    story = check_story(run_folder, LONG_ITERATIONS, LONG_EPOCHS)
+    story = check_story(run_folder, ITERATIONS, EPOCHS)
     assert story["stops"] >= 1
     assert [s["signal"] for s in kinds(run_folder, "stopped")] == ["ENDTIME"] * story["stops"]
     for signal in kinds(run_folder, "signal"):
@@ -100,7 +103,7 @@ def test_no_signal_job_stops_before_its_time_limit(
 ) -> None:
     started = time.time()
     env = job_env(nnunet_env)
-    script = no_signal_script(tmp_path, env, 1, *training(LONG_EPOCHS, LONG_ITERATIONS))
+    script = no_signal_script(tmp_path, env, 1, *training(EPOCHS, ITERATIONS))
     job_id = idle_cluster.sbatch(script, cwd=tmp_path)
     assert idle_cluster.wait_done(job_id, 400) == "COMPLETED"
     run_folder = nnunet_env.run_folder(TRAINER)
@@ -127,7 +130,7 @@ def test_no_signal_job_with_a_short_kill_wait(
     started = time.time()
     assert "KillWait                = 2 sec" in slurm.run_command(["scontrol", "show", "config"]).stdout
     env = job_env(nnunet_env)
-    script = no_signal_script(tmp_path, env, 1, *training(LONG_EPOCHS, LONG_ITERATIONS))
+    script = no_signal_script(tmp_path, env, 1, *training(EPOCHS, ITERATIONS))
     job_id = idle_cluster.sbatch(script, cwd=tmp_path)
     assert idle_cluster.wait_done(job_id, 400) == "COMPLETED"
     run_folder = nnunet_env.run_folder(TRAINER)

@@ -14,6 +14,7 @@ from nnslurm.commands.options import (
     training_job_from_args,
 )
 from nnslurm.config import TrainJob
+from nnslurm.scheduler.end_time import END_TIME_SIGNAL
 from nnslurm.stoppable import AfterStop, run_stoppable
 
 if TYPE_CHECKING:
@@ -70,11 +71,11 @@ def _after_stop_hook(job: TrainJob, in_slurm: bool) -> AfterStop:
 
     def after_stop(outcome: TrainingOutcome) -> int:
         logger.warning(
-            "stopped at epoch %d iteration %d by SIG%s during %s; checkpoint %s. Run the same command "
+            "stopped at epoch %d iteration %d by %s during %s; checkpoint %s. Run the same command "
             "to resume.",
             outcome.epoch,
             outcome.iteration,
-            outcome.stop_signal,
+            "the end-time rule" if outcome.stop_signal == END_TIME_SIGNAL else f"SIG{outcome.stop_signal}",
             outcome.phase,
             outcome.checkpoint or "not rewritten (the newest valid one is kept)",
         )

@@ -87,7 +87,7 @@ def test_preemption_on_a_cancel_partition_is_resubmitted() -> None:
     decision = resubmit_rule(decide(seen), seen)
     assert decision.kind == StopKind.RESUBMIT and decision.resubmit
     assert not decision.requeue_self and not decision.wait_for_scheduler
-    assert "PreemptMode=CANCEL" in decision.reason
+    assert "PreemptMode=CANCEL" in decision.reason and "preempted at 2026-12-01T11:00:12" in decision.reason
 
 
 def test_preemption_of_a_job_that_is_not_requeueable_is_resubmitted() -> None:

@@ -220,11 +220,10 @@ def resubmit_rule(decision: StopDecision, evidence: StopEvidence) -> StopDecisio
     why = will_not_requeue(evidence)
     if why is None:
         return decision
+    info = evidence.info
+    when = f" at {info.preempt_time.isoformat()}" if info is not None and info.preempt_time else ""
     return StopDecision(
-        StopKind.RESUBMIT,
-        False,
-        f"{decision.reason.split(':', 1)[0]}; {why}: resubmitting the run as a new job",
-        resubmit=True,
+        StopKind.RESUBMIT, False, f"preempted{when}; {why}: resubmitting the run as a new job", resubmit=True
     )
 
 

@@ -199,6 +199,12 @@ def test_node_failure_requeues_and_resumes(
     assert position(resumed, ITERATIONS) >= position(checkpoint, ITERATIONS)
     row = status_of(run_folder, env)
     assert row["state"] == "finished" and row["interruptions"]["node failure"] == 1, row
-    told = [r for r in log if r["event"] in ("interrupted", "requeued") and r.get("reason") == "node failure"]
+    # Killed outright: the restart's "interrupted" record; stopped on TERM: SLURM's "requeued" record.
+    told = [
+        r
+        for r in log
+        if (r["event"], r.get("kind")) == ("interrupted", "node failure")
+        or (r["event"], r.get("reason")) == ("requeued", "node failure")
+    ]
     assert told, names
     report("node failure", started, lost=lost, sacct=states, told=told[0]["event"])

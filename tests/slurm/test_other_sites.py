@@ -181,7 +181,10 @@ def test_node_failure_requeues_and_resumes(
     wait_for(
         lambda: "NODE_FAIL" in idle_cluster.states(job_id), 120, f"sacct to record NODE_FAIL for {job_id}"
     )
-    sh(["scontrol", "update", f"NodeName={node}", "State=RESUME"])
+    # ReturnToService=2 may already have put the node back (then RESUME is refused as invalid).
+    if node_state(node) not in USABLE:
+        subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False, timeout=30)
+    wait_for(lambda: node_state(node) in USABLE, 60, f"node {node} to come back")
     code, output = waiting.finish(400)
     assert code == 0, output
     log = events(run_folder)

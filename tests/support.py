@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -167,3 +168,55 @@ def build_interrupted_run(
         assert result.returncode == expected, result.stderr[-3000:]
     _BUILT["run"] = (env, env.run_folder("nnUNetTrainerSignals"))
     return _BUILT["run"]
+
+
+# --- runs of the real CLI (test_resume, test_faults) ---------------------------------------------
+
+SIGNAL_TRAINER = ["-tr", "signal_trainers:nnUNetTrainerSignals"]
+
+
+def train_until_finished(env: dict[str, str], args: list[str], max_starts: int = 8) -> list[int]:
+    """Start `nnslurm train` again after every exit 75, like a requeue; returns the exit codes."""
+    import pytest
+    from conftest import nnslurm
+
+    codes = []
+    for _ in range(max_starts):
+        result = nnslurm(["train", *args], env)
+        codes.append(result.returncode)
+        assert result.returncode in (0, 75), result.stderr[-4000:]
+        if result.returncode == 0:
+            return codes
+    pytest.fail(f"not finished after {max_starts} starts: {codes}")
+
+
+def stops_and_resumes(run_folder: Path) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    from conftest import read_events
+
+    events = read_events(run_folder)
+    stopped = [(e["epoch"], e["iteration"]) for e in events if e["event"] == "stopped"]
+    resumed = [(e["epoch"], e["iteration"]) for e in events if e["event"] == "resumed"]
+    return stopped, resumed
+
+
+def processes_with_marker(marker: str) -> list[int]:
+    """Processes whose environment holds `marker` (a trainer and its workers, found after a stop)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def folder_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`: "nothing written, nothing changed" is equality of two."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }

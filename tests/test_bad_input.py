@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -10,16 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_TRAINING, NnunetEnv, nnslurm
+from support import folder_digests
 
 pytestmark = pytest.mark.nnunet
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def with_flag(args: list[str], flag: str, value: str) -> list[str]:
@@ -86,18 +78,18 @@ CASES = [
 def test_bad_input_is_refused_and_changes_nothing(
     trained: NnunetEnv, name: str, change, code: int, messages: list[str]
 ) -> None:
-    before = snapshot(trained.results)
+    before = folder_digests(trained.results)
     result = nnslurm(["train", *change(list(TINY_TRAINING))], trained.env())
     assert result.returncode == code, result.stderr[-2000:]
     for message in messages:
         assert message in result.stderr
     assert "Traceback" not in result.stderr
-    assert snapshot(trained.results) == before
+    assert folder_digests(trained.results) == before
 
 
 @pytest.mark.parametrize("variable", ["nnUNet_preprocessed", "nnUNet_results"])
 def test_unset_or_missing_nnunet_folder(trained: NnunetEnv, variable: str) -> None:
-    before = snapshot(trained.results)
+    before = folder_digests(trained.results)
     env = trained.env()
     del env[variable]
     result = nnslurm(["train", *TINY_TRAINING], env)
@@ -105,7 +97,7 @@ def test_unset_or_missing_nnunet_folder(trained: NnunetEnv, variable: str) -> No
     env = trained.env(**{variable: "/nonexistent/folder"})
     result = nnslurm(["train", *TINY_TRAINING], env)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert snapshot(trained.results) == before
+    assert folder_digests(trained.results) == before
 
 
 def test_dataset_not_preprocessed_names_the_command(trained: NnunetEnv, tmp_path: Path) -> None:
@@ -118,7 +110,7 @@ def test_dataset_not_preprocessed_names_the_command(trained: NnunetEnv, tmp_path
 
 
 def test_resume_from_non_checkpoint_and_other_runs_checkpoint(trained: NnunetEnv, tmp_path: Path) -> None:
-    before = snapshot(trained.results)
+    before = folder_digests(trained.results)
     not_a_checkpoint = tmp_path / "notes.pth"
     not_a_checkpoint.write_text(json.dumps({"hello": 1}))
     result = nnslurm(["train", *TINY_TRAINING, "--resume-from", str(not_a_checkpoint)], trained.env())
@@ -131,4 +123,4 @@ def test_resume_from_non_checkpoint_and_other_runs_checkpoint(trained: NnunetEnv
     result = nnslurm(["train", *TINY_TRAINING, "--resume-from", str(other_fold)], trained.env())
     assert result.returncode == 1
     assert "belongs to another run" in result.stderr and "fold '1'" in result.stderr
-    assert snapshot(trained.results) == before
+    assert folder_digests(trained.results) == before

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events
-from support import wait_for
-from test_resume import SIGNAL_TRAINER, processes_with_marker, stops_and_resumes, train_until_finished
+from support import SIGNAL_TRAINER, processes_with_marker, stops_and_resumes, train_until_finished, wait_for
 
 pytestmark = pytest.mark.nnunet
 

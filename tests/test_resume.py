@@ -13,35 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events
-from support import wait_for
+from support import SIGNAL_TRAINER, processes_with_marker, stops_and_resumes, train_until_finished, wait_for
 
 pytestmark = pytest.mark.nnunet
-
-SIGNAL_TRAINER = ["-tr", "signal_trainers:nnUNetTrainerSignals"]
-
-
-def train_until_finished(env: dict[str, str], args: list[str], max_starts: int = 8) -> list[int]:
-    """Start `nnslurm train` again after every exit 75, like a requeue; returns the exit codes."""
-    codes = []
-    for _ in range(max_starts):
-        result = nnslurm(["train", *args], env)
-        codes.append(result.returncode)
-        assert result.returncode in (0, 75), result.stderr[-4000:]
-        if result.returncode == 0:
-            return codes
-    pytest.fail(f"not finished after {max_starts} starts: {codes}")
 
 
 def final_weights(run_folder: Path) -> dict[str, torch.Tensor]:
     checkpoint = torch.load(run_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     return checkpoint["network_weights"]
-
-
-def stops_and_resumes(run_folder: Path) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    events = read_events(run_folder)
-    stopped = [(e["epoch"], e["iteration"]) for e in events if e["event"] == "stopped"]
-    resumed = [(e["epoch"], e["iteration"]) for e in events if e["event"] == "resumed"]
-    return stopped, resumed
 
 
 def test_deterministic_stops_end_bitwise_identical(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
@@ -84,19 +63,6 @@ def test_normal_mode_with_workers_resumes_exact_position(nnunet_env: NnunetEnv, 
     final = torch.load(run_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 3
     assert not processes_with_marker(marker), "data-augmentation workers survived the stop"
-
-
-def processes_with_marker(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker.encode() in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def test_signal_from_outside_during_training(nnunet_env: NnunetEnv) -> None:

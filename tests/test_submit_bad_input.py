@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_TRAINING, NnunetEnv
-from test_bad_input import snapshot
+from support import folder_digests
 
 pytestmark = pytest.mark.nnunet
 
@@ -93,14 +93,14 @@ def test_refused_clearly_and_nothing_written(
     if profile is not None:
         write_profile(config_home, profile)
     env = nnunet_env.env(XDG_CONFIG_HOME=str(config_home))
-    before = snapshot(tmp_path)
+    before = folder_digests(tmp_path)
     prefix = ["submit", "--executor", "local", "--dry-run"] if command == "submit" else ["template", "train"]
     result = submit([*prefix, *TINY_TRAINING, *extra], env, cwd=tmp_path)
     assert result.returncode == code, result.stdout + result.stderr
     for word in words:
         assert word in result.stderr, (word, result.stderr)
     assert "Traceback" not in result.stderr
-    assert snapshot(tmp_path) == before  # no script, no log folder, no run folder
+    assert folder_digests(tmp_path) == before  # no script, no log folder, no run folder
     assert not list(tmp_path.rglob("PWNED"))
 
 

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import pytest
 import torch
 from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events
+from support import folder_digests
 
 pytestmark = pytest.mark.nnunet
-
-
-def folder_digests(folder: Path) -> dict[str, str]:
-    """Every file under `folder` (the empty run lock file too: a released lock names no holder)."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 def test_unreadable_but_undamaged_checkpoints_stop_the_run(nnunet_env: NnunetEnv) -> None:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -120,11 +120,12 @@ def run_on_a_terminal(
     env: dict[str, str],
     *,
     stderr_too: bool = True,
-    interrupt_after: float | None = None,
+    interrupt_when: Callable[[str], bool] | None = None,
     timeout: float = 300,
 ) -> tuple[int, str]:
     """The real CLI with stdout (and stderr) on a pseudo-terminal, as a user at a shell sees it,
-    Ctrl-C (SIGINT) after `interrupt_after` s; returns (exit status, what it printed)."""
+    Ctrl-C (SIGINT) once what it printed satisfies `interrupt_when` (an event, not a duration);
+    returns (exit status, what it printed)."""
     leader, follower = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-m", "nnslurm", *args],
@@ -136,9 +137,9 @@ def run_on_a_terminal(
     os.close(follower)
     started, chunks = time.monotonic(), []
     while time.monotonic() - started < timeout:
-        if interrupt_after is not None and time.monotonic() - started > interrupt_after:
+        if interrupt_when is not None and interrupt_when(b"".join(chunks).decode(errors="replace")):
             process.send_signal(signal.SIGINT)
-            interrupt_after = None
+            interrupt_when = None
         ready, _, _ = select.select([leader], [], [], 0.2)
         if not ready:
             if process.poll() is not None:

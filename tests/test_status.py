@@ -341,10 +341,10 @@ def test_cancel_by_user_and_kinds_from_the_log(tmp_path: Path) -> None:
 
 @pytest.fixture
 def terminal() -> Iterator[Callable[..., str]]:
-    """Run the CLI on a pseudo-terminal (interrupted after `interrupt_after` s); returns what it printed."""
+    """Run the CLI on a pseudo-terminal (Ctrl-C once `interrupt_when` holds); returns what it printed."""
 
-    def run(args: list[str], env: dict[str, str], interrupt_after: float | None = None) -> str:
-        code, shown = run_on_a_terminal(args, env, stderr_too=False, interrupt_after=interrupt_after)
+    def run(args: list[str], env: dict[str, str], interrupt_when: Callable[[str], bool] | None = None) -> str:
+        code, shown = run_on_a_terminal(args, env, stderr_too=False, interrupt_when=interrupt_when)
         assert code == 0
         return shown
 
@@ -400,7 +400,11 @@ def test_bad_interval_is_a_usage_error(slurm_runs: Path) -> None:
 
 def test_watch_redraws_in_place_on_a_terminal(slurm_runs: Path, terminal: Callable[..., str]) -> None:
     env = dict(os.environ, nnUNet_results=str(slurm_runs), COLUMNS="200", TERM="xterm-256color")
-    shown = terminal(["status", "--no-scheduler", "--watch", "--interval", "0.3"], env, interrupt_after=3.0)
+    shown = terminal(
+        ["status", "--no-scheduler", "--watch", "--interval", "0.3"],
+        env,
+        interrupt_when=lambda shown: shown.count("nnslurm status") >= 2 and "\x1b[2K" in shown,
+    )
     assert shown.count("nnslurm status") >= 2
     assert "\x1b[1A" in shown and "\x1b[2K" in shown  # cursor up, erase line: the same place again
 

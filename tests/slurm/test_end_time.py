@@ -20,8 +20,17 @@ from conftest import NnunetEnv, nnslurm, skip_unless_required
 
 from nnslurm.scheduler import commands as slurm
 
-from .test_scenarios import TRAINER, job_env, report, template_setup, training
-from .tools import Cluster, check_story, kinds, wait_for_event
+from .tools import (
+    TRAINER,
+    Cluster,
+    check_story,
+    job_env,
+    kinds,
+    paced_training,
+    report,
+    template_setup,
+    wait_for_event,
+)
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "slurm-dev-cluster"
 SAFETY_S = "15"
@@ -103,7 +112,7 @@ def test_no_signal_job_stops_before_its_time_limit(
 ) -> None:
     started = time.time()
     env = job_env(nnunet_env)
-    script = no_signal_script(tmp_path, env, 1, *training(EPOCHS, ITERATIONS))
+    script = no_signal_script(tmp_path, env, 1, *paced_training(EPOCHS, ITERATIONS))
     job_id = idle_cluster.sbatch(script, cwd=tmp_path)
     assert idle_cluster.wait_done(job_id, 400) == "COMPLETED"
     run_folder = nnunet_env.run_folder(TRAINER)
@@ -130,7 +139,7 @@ def test_no_signal_job_with_a_short_kill_wait(
     started = time.time()
     assert "KillWait                = 2 sec" in slurm.run_command(["scontrol", "show", "config"]).stdout
     env = job_env(nnunet_env)
-    script = no_signal_script(tmp_path, env, 1, *training(EPOCHS, ITERATIONS))
+    script = no_signal_script(tmp_path, env, 1, *paced_training(EPOCHS, ITERATIONS))
     job_id = idle_cluster.sbatch(script, cwd=tmp_path)
     assert idle_cluster.wait_done(job_id, 400) == "COMPLETED"
     run_folder = nnunet_env.run_folder(TRAINER)
@@ -150,7 +159,7 @@ def test_shortened_time_limit_is_honoured(
     before the new EndTime (re-read every 5 s) and requeues. Then it is cancelled: that is all."""
     began = time.time()
     env = job_env(nnunet_env)
-    script = no_signal_script(tmp_path, env, 10, *training(10, 100), "--end-time-refresh", "5")
+    script = no_signal_script(tmp_path, env, 10, *paced_training(10, 100), "--end-time-refresh", "5")
     job_id = idle_cluster.sbatch(script, cwd=tmp_path)
     run_folder = nnunet_env.run_folder(TRAINER)
     wait_for_event(run_folder, "started", 180)

@@ -7,73 +7,38 @@ reached, at most one iteration redone per interruption, the event log's story, a
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import submitit
-from conftest import TINY_PLANS, NnunetEnv, nnslurm
+from conftest import NnunetEnv, nnslurm
 from support import wait_for
 
-from nnslurm.synthetic import PACED_TRAINER
-
-from .tools import Background, Cluster, check_story, events, kinds, wait_for_event
-
-# Every scenario trains with a floor of MIN_ITERATION_S per iteration (the paced trainer), so that
-# training outlasts what each scenario waits for on any machine, however fast: after the epoch-0
-# checkpoint, 120 iterations (>= 30 s) remain, more than the 20 s GraceTime before a preempted job
-# hears TERM; 150 iterations (>= 37 s) outlast the training a 1-minute start has before its warning.
-EPOCHS, ITERATIONS = 3, 60
-LONG_EPOCHS, LONG_ITERATIONS = 3, 50
-MIN_ITERATION_S = "0.25"
-TRAINER = "nnUNetTrainerPaced"
-PACED = ["-tr", PACED_TRAINER]
-RUN = [
-    "-d",
-    "501",
-    "-f",
-    "0",
-    "-p",
-    TINY_PLANS,
-    "--val-iterations-per-epoch",
-    "2",
-    *PACED,
-    "--device",
-    "cpu",
-    "--no-final-validation",
-    "--save-every-minutes",
-    "60",
-    # These scenarios test the warning signal, preemption and requeue paths under 1-minute limits;
-    # the end-time rule (tests/slurm/test_end_time.py) would stop first there.
-    "--no-end-time-stop",
-]
+from .tools import (
+    EPOCHS,
+    ITERATIONS,
+    LONG_EPOCHS,
+    LONG_ITERATIONS,
+    TRAINER,
+    Background,
+    Cluster,
+    check_story,
+    events,
+    job_env,
+    kinds,
+    paced_training,
+    report,
+    submit_args,
+    template_setup,
+    wait_for_event,
+)
 
 
 def training(epochs: int, iterations: int) -> list[str]:
-    return [*RUN, "--epochs", str(epochs), "--iterations-per-epoch", str(iterations)]
-
-
-def job_env(nnunet_env: NnunetEnv) -> dict[str, str]:
-    # Single-process augmentation: two cores, and the node is shared by two jobs in some tests.
-    return nnunet_env.env(nnUNet_n_proc_DA="0", NNSLURM_MIN_ITERATION_S=MIN_ITERATION_S)
-
-
-def template_setup(env: dict[str, str]) -> list[str]:
-    """The template's setup block: sbatch runs the script with the submitting shell's environment,
-    which is pytest's, not the test's; only the nnUNet_* variables are exported by the template."""
-    exports = f"PYTHONPATH={env['PYTHONPATH']} NNSLURM_MIN_ITERATION_S={MIN_ITERATION_S}"
-    return ["--setup", f"export {exports}"]
-
-
-def submit_args(log_dir: Path, *extra: str) -> list[str]:
-    return ["submit", "--executor", "slurm", "--log-dir", str(log_dir), "--wait", *extra]
-
-
-def report(name: str, started: float, **facts: object) -> None:
-    """One line per scenario in the test output (-s or the captured log): what was measured."""
-    details = " ".join(f"{key}={value}" for key, value in facts.items())
-    print(f"\n[nnslurm scenario] {name}: wall {time.time() - started:.0f} s {details}", file=sys.stderr)
+    # These scenarios test the warning signal, preemption and requeue paths under 1-minute limits;
+    # the end-time rule (tests/slurm/test_end_time.py) would stop first there.
+    return [*paced_training(epochs, iterations), "--no-end-time-stop"]
 
 
 def signal_lead_times(run_folder: Path) -> list[float]:

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conftest import TINY_PLANS, NnunetEnv
 from support import wait_for
 
 from nnslurm.scheduler import commands as slurm
+from nnslurm.synthetic import PACED_TRAINER
 
 DONE_STATES = (
     "COMPLETED",
@@ -24,6 +26,58 @@ DONE_STATES = (
     "BOOT_FAIL",
     "DEADLINE",
 )
+
+# Every scenario trains with a floor of MIN_ITERATION_S per iteration (the paced trainer), so that
+# training outlasts what each scenario waits for on any machine, however fast: after the epoch-0
+# checkpoint, 120 iterations (>= 30 s) remain, more than the 20 s GraceTime before a preempted job
+# hears TERM; 150 iterations (>= 37 s) outlast the training a 1-minute start has before its warning.
+EPOCHS, ITERATIONS = 3, 60
+LONG_EPOCHS, LONG_ITERATIONS = 3, 50
+MIN_ITERATION_S = "0.25"
+TRAINER = "nnUNetTrainerPaced"
+PACED = ["-tr", PACED_TRAINER]
+RUN = [
+    "-d",
+    "501",
+    "-f",
+    "0",
+    "-p",
+    TINY_PLANS,
+    "--val-iterations-per-epoch",
+    "2",
+    *PACED,
+    "--device",
+    "cpu",
+    "--no-final-validation",
+    "--save-every-minutes",
+    "60",
+]
+
+
+def paced_training(epochs: int, iterations: int) -> list[str]:
+    return [*RUN, "--epochs", str(epochs), "--iterations-per-epoch", str(iterations)]
+
+
+def job_env(nnunet_env: NnunetEnv) -> dict[str, str]:
+    # Single-process augmentation: two cores, and the node is shared by two jobs in some tests.
+    return nnunet_env.env(nnUNet_n_proc_DA="0", NNSLURM_MIN_ITERATION_S=MIN_ITERATION_S)
+
+
+def template_setup(env: dict[str, str]) -> list[str]:
+    """The template's setup block: sbatch runs the script with the submitting shell's environment,
+    which is pytest's, not the test's; only the nnUNet_* variables are exported by the template."""
+    exports = f"PYTHONPATH={env['PYTHONPATH']} NNSLURM_MIN_ITERATION_S={MIN_ITERATION_S}"
+    return ["--setup", f"export {exports}"]
+
+
+def submit_args(log_dir: Path, *extra: str) -> list[str]:
+    return ["submit", "--executor", "slurm", "--log-dir", str(log_dir), "--wait", *extra]
+
+
+def report(name: str, started: float, **facts: object) -> None:
+    """One line per scenario in the test output (-s or the captured log): what was measured."""
+    details = " ".join(f"{key}={value}" for key, value in facts.items())
+    print(f"\n[nnslurm scenario] {name}: wall {time.time() - started:.0f} s {details}", file=sys.stderr)
 
 
 def sh(argv: list[str], timeout: float = 30) -> str:

@@ -379,7 +379,27 @@ def job_state(job: submitit.Job[Any]) -> tuple[str, str]:
     state = str(job.state)
     if state.startswith("CANCELLED") or state == "INTERRUPTED":
         return CANCELLED, state
+    if state.split()[0] in REQUEUED_FROM and queued_again(str(job.job_id)):
+        return RUNNING, f"{state}, requeued by SLURM"
     return FAILED, f"{state}, ended without a result: see {job.paths.stderr}"
+
+
+# A job with --requeue that SLURM requeues (its node failed, it was preempted) shows one of these in
+# sacct, which submitit takes for the end, until it is PENDING again (measured: a node failure's
+# NODE_FAIL was seen by `--wait` before the requeue).
+REQUEUED_FROM = ("NODE_FAIL", "PREEMPTED", "REQUEUED")
+_IN_FLIGHT = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RUNNING", "COMPLETING")
+
+
+def queued_again(job_id: str) -> bool:
+    """Whether scontrol still has the job queued or running (it was requeued, not ended)."""
+    from nnslurm.errors import CommandError, SchedulerError
+    from nnslurm.scheduler.commands import job_info
+
+    try:
+        return job_info(job_id, timeout=15).state in _IN_FLIGHT
+    except (CommandError, SchedulerError):
+        return False  # gone from slurmctld (or unreachable): what sacct says stands
 
 
 def resubmitted_as(train_job: TrainJob, job_id: str) -> str | None:

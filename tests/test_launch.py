@@ -345,3 +345,43 @@ def test_submitit_privates_are_what_nnslurm_was_checked_against(
     monkeypatch.setenv("PATH", str(tmp_path))  # SlurmExecutor insists on srun
     executor = submitit.SlurmExecutor(folder=tmp_path / "%j", python=PYTHON)
     assert executor._submitit_command_str == launch.submitit_command(tmp_path / "%j", PYTHON)
+
+
+class EndedJob:
+    """A submitit job whose sacct state says it ended, without a result pickle."""
+
+    def __init__(self, tmp_path: Path, state: str) -> None:
+        self.job_id, self.state = "42", state
+        self.paths = type("Paths", (), {"result_pickle": tmp_path / "none.pkl", "stderr": tmp_path / "err"})()
+
+    def done(self, force_check: bool = False) -> bool:
+        return True
+
+
+JOB_LINE = "JobId=42 JobName=t JobState={} Reason=None Restarts=1 Requeue=1 TimeLimit=00:10:00"
+
+
+@pytest.mark.parametrize(
+    ("sacct_state", "scontrol_state", "expected"),
+    [
+        ("NODE_FAIL", "PENDING", launch.RUNNING),  # requeued by SLURM: --wait goes on
+        ("PREEMPTED", "RUNNING", launch.RUNNING),
+        ("NODE_FAIL", None, launch.FAILED),  # gone from slurmctld: the end stands
+        ("FAILED", "PENDING", launch.FAILED),  # not a state SLURM requeues from
+    ],
+)
+def test_a_job_slurm_requeued_is_not_reported_ended(
+    tmp_path: Path, sacct_state: str, scontrol_state: str | None, expected: str
+) -> None:
+    from support import FakeCluster
+
+    from nnslurm.scheduler.commands import use_runner
+
+    cluster = FakeCluster(answers={"scontrol show job": [JOB_LINE.format(scontrol_state)]})
+    if scontrol_state is None:
+        cluster.fail["scontrol show job"] = (1, "slurm_load_jobs error: Invalid job id specified")
+    with use_runner(cluster):
+        state, detail = launch.job_state(EndedJob(tmp_path, sacct_state))  # type: ignore[arg-type]
+    assert state == expected, detail
+    if expected == launch.RUNNING:
+        assert detail == f"{sacct_state}, requeued by SLURM"

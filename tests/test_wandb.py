@@ -24,7 +24,7 @@ PER_EPOCH = ("epoch_start_timestamps", "lrs", "train_losses", "val_losses", "mea
 def test_stopped_twice_is_one_wandb_run_with_every_epoch_once(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
     pytest.importorskip("wandb")
     if nnunet_version() < (2, 7):
-        pytest.skip("nnU-Net has a W&B logger from 2.7.0 on")
+        pytest.skip(reason="nnU-Net has a W&B logger from 2.7.0 on; this venv has an older one")
     wandb_home = tmp_path / "wandb-home"
     env = nnunet_env.env(
         NNSLURM_TEST_SIGNALS="0:3,v1:0",  # mid-epoch, and during an epoch's validation step

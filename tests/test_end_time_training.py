@@ -18,7 +18,7 @@ pytestmark = pytest.mark.nnunet
 
 LEFT_S = 25  # EndTime = the first `scontrol show job` + this
 SAFETY_S = 8
-EPOCHS, ITERATIONS = 3, 40
+EPOCHS, ITERATIONS = 6, 40  # 240 iterations of at least 0.2 s: no start can finish inside LEFT_S
 
 # EndTime counts from the first call (the training process's first read), whatever the start-up took.
 FAKE_SCONTROL = """#!/bin/bash

@@ -50,6 +50,7 @@ def test_status_json_holds_the_true_values(interrupted_run: tuple[NnunetEnv, Pat
         "requeue": 0,
         "cancel": 0,
         "kill": 1,
+        "node failure": 0,
         "signal": 1,
         "failure": 0,
     }

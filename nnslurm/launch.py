@@ -118,15 +118,30 @@ def job_environment_lines(cluster: ClusterSettings, environ: Mapping[str, str] |
 def slurm_parameters(
     submission: Submission, environ: Mapping[str, str] | None = None, dependency: str | None = None
 ) -> dict[str, Any]:
-    """Keyword arguments of SlurmExecutor.update_parameters (submitit's names).
+    """Keyword arguments of SlurmExecutor.update_parameters for this submission (submitit's names)."""
+    return sbatch_parameters(
+        submission.cluster, submission.job_name, submission.folder, len(submission.jobs), environ, dependency
+    )
+
+
+def sbatch_parameters(
+    cluster: ClusterSettings,
+    job_name: str,
+    folder: Path,
+    tasks: int = 1,
+    environ: Mapping[str, str] | None = None,
+    dependency: str | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments of SlurmExecutor.update_parameters (submitit's names) of one job or array.
 
     submitit writes `#SBATCH --key=<shlex.quote(value)>`, which sbatch reads back except for
     backslashes (nnslurm.directives): those are doubled here, in --output/--error (given again for
     that) too. Values no #SBATCH line can carry were refused when the settings were made.
+    `dependency` (a chain's stage, a resubmission) comes with --kill-on-invalid-dep=yes: a job
+    whose dependency can never be satisfied is cancelled instead of pending forever.
     """
-    cluster = submission.cluster
     params: dict[str, Any] = {
-        "job_name": escape_backslashes(submission.job_name),
+        "job_name": escape_backslashes(job_name),
         "time": slurm_minutes(cluster.time_s),  # submitit times its own timeouts in minutes
         "signal_delay_s": cluster.signal_delay_s,
         "setup": job_environment_lines(cluster, environ) + list(cluster.setup),
@@ -147,12 +162,13 @@ def slurm_parameters(
         "signal": f"{cluster.signal_name}@{cluster.signal_delay_s}",  # to the srun step: no B:
         "requeue": True,  # clusters may default to JobRequeue=0
     }
-    if dependency is not None:  # a resubmission: after the preempted job (nnslurm.scheduler.resubmit)
+    if dependency is not None:
         additional["dependency"] = dependency
+        additional["kill-on-invalid-dep"] = "yes"
     for key, value in cluster.sbatch_args:
         additional[key] = True if value is None else escape_backslashes(value)
-    paths = submitit.core.utils.JobPaths(folder=submission.folder)
-    pattern = "%A_%a" if len(submission.jobs) > 1 else "%j"
+    paths = submitit.core.utils.JobPaths(folder=folder)
+    pattern = "%A_%a" if tasks > 1 else "%j"
     for key, path in (("output", paths.stdout), ("error", paths.stderr)):
         additional[key] = escape_backslashes(str(path).replace("%j", pattern).replace("%t", "0"))
     params["additional_parameters"] = additional
@@ -241,9 +257,10 @@ def make_executor(submission: Submission, dependency: str | None = None) -> subm
     return local_executor
 
 
-def submit(submission: Submission) -> list[submitit.Job[Any]]:
-    """Submit every run (an array when more than one) and record "submitted" in each run's log."""
-    executor = make_executor(submission)
+def submit(submission: Submission, dependency: str | None = None) -> list[submitit.Job[Any]]:
+    """Submit every run (an array when more than one) and record "submitted" in each run's log;
+    `dependency`: a chain's `--dependency` (nnslurm.workflow.chain)."""
+    executor = make_executor(submission, dependency=dependency)
     callables = [TrainingJob(job, single(submission, job)) for job in submission.jobs]
     signal_name = submission.cluster.signal_name
     detach = controller_output(submission.log_dir) if submission.executor == "local" else nullcontext()
@@ -257,6 +274,19 @@ def submit(submission: Submission) -> list[submitit.Job[Any]]:
         except submitit.core.utils.FailedJobError as error:  # sbatch refused: its own words
             raise SubmissionRefused(str(error).strip()) from error
     for index, (job, train_job) in enumerate(zip(jobs, submission.jobs, strict=True)):
+        record_submitted(job, (train_job,), submission, array_index=index if len(jobs) > 1 else None)
+    return jobs
+
+
+def record_submitted(
+    job: submitit.Job[Any],
+    train_jobs: Sequence[TrainJob],
+    submission: Submission,
+    array_index: int | None = None,
+) -> None:
+    """A "submitted" record in the run folder of each run this job trains."""
+    cluster = submission.cluster
+    for train_job in train_jobs:
         folder = run_folder(train_job)
         if folder is None:
             continue
@@ -264,13 +294,25 @@ def submit(submission: Submission) -> list[submitit.Job[Any]]:
             Event.SUBMITTED,
             job_id=submitted_event_id(job.job_id, submission.executor),
             executor=submission.executor,
-            array_index=index if len(jobs) > 1 else None,
+            array_index=array_index,
             log_folder=str(job.paths.folder),
-            time_limit_s=submission.cluster.time_s,
-            signal=f"{signal_name}@{submission.cluster.signal_delay_s}",
+            time_limit_s=cluster.time_s,
+            signal=f"{cluster.signal_name}@{cluster.signal_delay_s}",
             max_requeues=train_job.options.max_requeues,
         )
-    return jobs
+
+
+def submit_stage(
+    stage_job: Callable[[], Any], submission: Submission, job_name: str, dependency: str | None = None
+) -> submitit.Job[Any]:
+    """One job of a chain that is not a training (preprocess, find best, predict): the callable
+    under the submission's cluster settings and log folder, its own job name."""
+    one = dataclasses.replace(submission, jobs=submission.jobs[:1], job_name=job_name)
+    executor = make_executor(one, dependency=dependency)
+    try:
+        return executor.submit(stage_job)
+    except submitit.core.utils.FailedJobError as error:
+        raise SubmissionRefused(str(error).strip()) from error
 
 
 def single(submission: Submission, job: TrainJob) -> Submission:

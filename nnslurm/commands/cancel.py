@@ -18,7 +18,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from nnslurm.errors import NnslurmError
+from nnslurm.errors import NnslurmError, UsageError
 from nnslurm.runs.discovery import resolve
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.runs.history import History, Outcome, read_history
@@ -41,6 +41,9 @@ for a job id, that job (an array id: the whole array, recorded in every task's r
 The job writes a complete checkpoint before it exits; resume by submitting (or training) the
 same run again.
 
+--chain CHAIN cancels a whole workflow chain (nnslurm submit --find-best/--predict/--preprocess):
+every job of it not yet ended, the last stage first.
+
 exit status: 0 cancelled, 1 nothing to cancel or scancel failed, 2 bad input.
 """
 
@@ -57,12 +60,24 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("run", metavar="RUN_FOLDER|JOBID", help="a run folder, or a job id of the run")
+    parser.add_argument(
+        "run", metavar="RUN_FOLDER|JOBID", nargs="?", help="a run folder, or a job id of the run"
+    )
+    parser.add_argument(
+        "--chain",
+        metavar="CHAIN",
+        help="cancel every job of a workflow chain (its id, or any of its job ids: `nnslurm status` "
+        "shows them), the last stage first; trainings checkpoint and stay resumable",
+    )
     parser.add_argument("--dry-run", action="store_true", help="say what would be done; do nothing")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if (args.run is None) == (args.chain is None):
+        raise UsageError("give a run folder or job id, or --chain CHAIN (one of them).")
+    if args.chain is not None:
+        return cancel_chain(args.chain.strip(), args.dry_run)
     results = os.environ.get("nnUNet_results")
     targets = resolve(args.run, Path(results) if results else None)
     if Path(args.run).expanduser().is_dir():
@@ -74,6 +89,46 @@ def run(args: argparse.Namespace) -> int:
     for folder, job in targets:
         if not is_slurm_job(job):
             cancel_run(folder, job, args.dry_run)
+    return 0
+
+
+def cancel_chain(chain_id: str, dry_run: bool) -> int:
+    """scancel every job of the chain that has not ended, dependants first (so none of them starts
+    in between); the training tasks record the cancel in their run folders."""
+    from nnslurm.workflow.chain import find_chain
+    from nnslurm.workflow.chain_status import StageState, chain_status
+
+    chain = find_chain(chain_id)
+    if chain is None:
+        raise NothingToCancel(
+            f"no chain with job {chain_id} under $nnUNet_results.", hint="`nnslurm status` lists the chains."
+        )
+    if chain.executor != "slurm":
+        job = chain.jobs[0]
+        folders = [Path(folder) for chain_job in chain.jobs for folder in chain_job.folders if folder]
+        running = [
+            folder for folder in folders if run_status(folder, scheduler=None).state == RunState.RUNNING
+        ]
+        if not running:
+            raise NothingToCancel(f"chain {chain.chain_id}: no stage of it is training now.")
+        cancel_run(running[0], job.job_id, dry_run)
+        return 0
+    ended = (StageState.FINISHED, StageState.FAILED, StageState.CANCELLED)
+    rows = {row.stage: row for row in chain_status(chain)}
+    pending = [job for job in reversed(chain.jobs) if rows[job.stage].state not in ended]
+    if not pending:
+        raise NothingToCancel(f"chain {chain.chain_id}: every stage has ended; nothing to cancel.")
+    for job in pending:
+        folders = [Path(folder) for folder in job.folders if folder]
+        if dry_run:
+            print(f"would run: scancel {job.job_id} ({job.stage})")
+            continue
+        scancel(job.job_id)
+        for folder in folders:
+            record(folder, job.job_id, "scancel")
+        print(f"cancelled {job.stage}: scancel {job.job_id}")
+    if not dry_run:
+        print(RESUMABLE)
     return 0
 
 

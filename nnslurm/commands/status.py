@@ -8,15 +8,20 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from nnslurm.errors import UsageError
+from nnslurm.errors import NnslurmError, UsageError
 from nnslurm.runs.discovery import discover
 from nnslurm.runs.state import RunState
 from nnslurm.runs.status import SCHEMA, RunStatus, iso_time, statuses
 from nnslurm.timeparse import describe
+from nnslurm.workflow.chain import CHAINS_FOLDER, ChainRecord, read_chains
+from nnslurm.workflow.chain_status import StageStatus, chain_status
+
+ChainView = tuple[ChainRecord, list[StageStatus]]
+CHAINS_SHOWN = 5  # the newest chains; older ones stay in their records
 
 DESCRIPTION = """\
 One row per run folder under $nnUNet_results: job id(s), state, epoch and iteration of the
@@ -43,6 +48,9 @@ UTC offset, durations in seconds; null where unknown.
   generated_at      time of this document
   results           the $nnUNet_results folder searched
   scheduler         true when squeue/sacct answered for at least one SLURM job
+  chains[]          the newest workflow chains (nnslurm submit --find-best/--predict/--preprocess):
+    chain_id, dataset, executor, created, stages[]: {stage, kind, job_id, state (waiting |
+    pending | running | requeued | finished | failed | cancelled | unknown), detail, tasks}
   runs[]            one object per run folder, sorted by folder:
     folder, dataset, configuration, trainer, plans, fold     nnU-Net's names, from the folder
     state           one of the states above
@@ -79,6 +87,7 @@ _STYLES = {
     "cancelled": "magenta",
     "finished": "green",
     "unknown": "dim",
+    "waiting": "cyan",
 }
 
 
@@ -136,12 +145,34 @@ def collect(args: argparse.Namespace, results: Path) -> tuple[list[RunStatus], b
     return statuses(folders, use_scheduler=not args.no_scheduler)
 
 
+def collect_chains(args: argparse.Namespace, results: Path) -> list[tuple[ChainRecord, list[StageStatus]]]:
+    """The chains submitted under this results folder (newest first), each stage's status."""
+    records = read_chains(results / CHAINS_FOLDER)
+    if args.dataset:
+        records = [record for record in records if _same_dataset(record.dataset, args.dataset)]
+    no_answer: Callable[[Iterable[str]], None] = lambda _ids: None  # noqa: E731
+    return [
+        (record, chain_status(record, no_answer) if args.no_scheduler else chain_status(record))
+        for record in records[:CHAINS_SHOWN]
+    ]
+
+
+def _same_dataset(recorded: str, asked: str) -> bool:
+    from nnslurm.nnunet import dataset_name
+
+    try:
+        return dataset_name(recorded) == dataset_name(asked)
+    except NnslurmError:
+        return recorded == asked
+
+
 def show_once(args: argparse.Namespace, results: Path) -> None:
     rows, scheduler = collect(args, results)
+    chains = collect_chains(args, results)
     if args.json:
-        print(json.dumps(document(rows, results, scheduler), indent=2))
+        print(json.dumps(document(rows, results, scheduler, chains), indent=2))
         return
-    show(make_console(), render(rows, results, scheduler))
+    show(make_console(), render(rows, results, scheduler, chains))
 
 
 def show(console: Any, renderable: Any) -> None:
@@ -188,17 +219,53 @@ def make_console(stream: IO[str] | None = None) -> Any:
     )
 
 
-def document(rows: Sequence[RunStatus], results: Path, scheduler: bool) -> dict[str, Any]:
+def document(
+    rows: Sequence[RunStatus], results: Path, scheduler: bool, chains: Sequence[ChainView] = ()
+) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "generated_at": iso_time(time.time()),
         "results": str(results),
         "scheduler": scheduler,
         "runs": [row.to_json() for row in rows],
+        "chains": [
+            {
+                "chain_id": record.chain_id,
+                "dataset": record.dataset,
+                "executor": record.executor,
+                "created": iso_time(record.created),
+                "stages": [stage.to_json() for stage in stages],
+            }
+            for record, stages in chains
+        ],
     }
 
 
-def render(rows: Sequence[RunStatus], results: Path, scheduler: bool) -> Any:
+def render_chains(chains: Sequence[ChainView]) -> list[Any]:
+    """One small table per chain: stage, job, state, detail (which stage failed, and why)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = []
+    for record, stages in chains:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.created))
+        parts += [
+            Text(""),
+            Text(f"chain {record.chain_id} (dataset {record.dataset}, {created})", style="bold"),
+        ]
+        table = Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
+        for column in ("stage", "job", "state", "detail"):
+            table.add_column(column, no_wrap=column != "detail", overflow="fold")
+        for stage in stages:
+            style = _STYLES.get(str(stage.state), "")
+            table.add_row(stage.stage, stage.job_id, Text(str(stage.state), style=style), stage.detail)
+        parts.append(table)
+    return parts
+
+
+def render(
+    rows: Sequence[RunStatus], results: Path, scheduler: bool, chains: Sequence[ChainView] = ()
+) -> Any:
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -211,7 +278,8 @@ def render(rows: Sequence[RunStatus], results: Path, scheduler: bool) -> Any:
         f"  {len(rows)} run(s) under {results}{shared}  ({source}, {time.strftime('%Y-%m-%d %H:%M:%S')})",
     )
     if not rows:
-        return Group(title, Text("no run folders with an nnslurm event log or checkpoints found."))
+        empty = Text("no run folders with an nnslurm event log or checkpoints found.")
+        return Group(title, empty, *render_chains(chains))
     table = Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
     columns = ["dataset", "config", "fold", *(["trainer / plans"] if not shared else []), "job", "state"]
     columns += ["epoch", "iter", "interruptions", "ckpt age", "it/s", "ETA"]
@@ -220,7 +288,7 @@ def render(rows: Sequence[RunStatus], results: Path, scheduler: bool) -> Any:
     table.add_column("detail", overflow="fold")
     for row in rows:
         table.add_row(*cells(row, with_trainer=not shared))
-    return Group(title, Text(""), table)
+    return Group(title, Text(""), table, *render_chains(chains))
 
 
 def cells(row: RunStatus, with_trainer: bool = True) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,8 @@ from nnslurm.commands.options import (
     training_jobs_from_args,
 )
 from nnslurm.config import TrainJob
-from nnslurm.errors import NnslurmError
+from nnslurm.errors import NnslurmError, UsageError
+from nnslurm.workflow.plan import WorkflowSpec
 
 if TYPE_CHECKING:  # nnslurm.launch imports submitit: only when a command submits
     from nnslurm.launch import Submission
@@ -90,19 +92,80 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="block, showing progress, until every job ended; exit 0 only if all finished",
     )
+    workflow = parser.add_argument_group(
+        "the whole workflow (a chain of dependent jobs: preprocess -> train -> find best -> predict)"
+    )
+    workflow.add_argument(
+        "--preprocess",
+        action="store_true",
+        help="first plan and preprocess the dataset (nnUNetv2_plan_and_preprocess, a CPU job; -np from "
+        "its CPUs); training waits for it",
+    )
+    workflow.add_argument(
+        "--find-best",
+        action="store_true",
+        help="after every training task succeeded, run nnUNetv2_find_best_configuration on exactly "
+        "the configurations and folds trained (a CPU job; train with --npz to allow ensembles)",
+    )
+    workflow.add_argument(
+        "--predict",
+        nargs=2,
+        type=Path,
+        metavar=("INPUT_DIR", "OUTPUT_DIR"),
+        help="after find best (implied), predict INPUT_DIR with the chosen configuration or ensemble "
+        "and its post-processing into OUTPUT_DIR; stoppable, and no output file is ever torn",
+    )
+    workflow.add_argument(
+        "--cpu-partition",
+        help="partition of the CPU-only jobs (preprocess, find best) (default: --partition)",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    jobs = training_jobs_from_args(args)
+    workflow = workflow_from_args(args, jobs)
+    # A chain's jobs are named <base>-<stage>: nnslurm-501-train-2d, nnslurm-501-find-best, ...
+    base = args.job_name or (f"nnslurm-{workflow.jobs[0].run.dataset}" if workflow.is_chain else None)
     submission = make_submission(
-        training_jobs_from_args(args),
-        cluster_settings_from_args(args),
-        executor=args.executor,
-        job_name=args.job_name,
+        workflow.jobs, cluster_settings_from_args(args), executor=args.executor, job_name=base
     )
+    if workflow.is_chain:
+        from nnslurm.commands import submit_chain
+
+        if args.dry_run:
+            return submit_chain.dry_run(workflow, submission, args.cpu_partition)
+        return submit_chain.send(workflow, submission, args.cpu_partition, wait=args.wait)
     if args.dry_run:
         return dry_run(submission)
     return send(submission, wait=args.wait)
+
+
+def workflow_from_args(args: argparse.Namespace, jobs: Sequence[TrainJob]) -> WorkflowSpec:
+    """The training runs plus the stages around them; the cascade's 3d_lowres added when missing."""
+    from nnslurm.workflow.plan import CASCADE, LOWRES, with_cascade_first_stage
+
+    predict = args.predict or (None, None)
+    spec = WorkflowSpec(
+        jobs=tuple(jobs),
+        preprocess=args.preprocess,
+        find_best=args.find_best,
+        predict_input=predict[0].absolute() if predict[0] else None,
+        predict_output=predict[1].absolute() if predict[1] else None,
+    )
+    if args.cpu_partition and not spec.is_chain:
+        raise UsageError(
+            "--cpu-partition is for the CPU jobs of a chain (--preprocess, --find-best, --predict).",
+            hint="drop --cpu-partition, or add the stage it is for.",
+        )
+    if spec.is_chain:
+        completed, added = with_cascade_first_stage(spec.jobs)
+        if added:
+            logger.info(
+                "%s trains on %s's predictions of each fold: %s is trained first", CASCADE, LOWRES, LOWRES
+            )
+            spec = dataclasses.replace(spec, jobs=completed)
+    return spec
 
 
 def make_submission(

@@ -1,0 +1,141 @@
+"""`nnslurm submit` of the whole workflow: the chain's dry run, its submission, and --wait."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from nnslurm.errors import NnslurmError
+from nnslurm.workflow.chain import ChainRecord, check_chain_input, cpu_submission, submit_chain
+from nnslurm.workflow.chain_status import StageState, StageStatus, chain_status, is_over
+from nnslurm.workflow.plan import Stage, StageKind, WorkflowSpec, dependency_expression, plan_stages
+
+if TYPE_CHECKING:
+    from nnslurm.launch import Submission
+
+logger = logging.getLogger(__name__)
+
+
+def describe_stage(stage: Stage, spec: WorkflowSpec) -> str:
+    """What a stage does, in nnU-Net's words."""
+    first = spec.jobs[0].run
+    if stage.kind == StageKind.PREPROCESS:
+        from nnslurm.workflow.chain import preprocessed_configurations
+
+        configurations = " ".join(preprocessed_configurations(spec))
+        return f"nnUNetv2_plan_and_preprocess -d {first.dataset} -c {configurations} -np <its CPUs>"
+    if stage.kind == StageKind.TRAIN:
+        folds = ",".join(job.run.fold for job in stage.jobs)
+        npz = " --npz" if stage.jobs[0].options.npz else ""
+        shape = f"array of {len(stage.jobs)}, " if len(stage.jobs) > 1 else ""
+        return f"{shape}nnslurm train {first.dataset} {stage.configuration} FOLD{npz} (folds {folds})"
+    if stage.kind == StageKind.FIND_BEST:
+        configurations = " ".join(spec.configurations)
+        return (
+            f"nnUNetv2_find_best_configuration {first.dataset} -c {configurations} -tr {first.trainer} "
+            f"-p {first.plans} -f {' '.join(spec.folds)}"
+        )
+    return f"predict {spec.predict_input} -> {spec.predict_output} (find best's choice, with post-processing)"
+
+
+def dry_run(spec: WorkflowSpec, submission: Submission, cpu_partition: str | None) -> int:
+    """Every job of the chain with its dependencies, and each job's sbatch script."""
+    from nnslurm import launch
+
+    stages = plan_stages(spec)
+    print(f"# nnslurm submit --dry-run: a chain of {len(stages)} job(s); nothing is submitted")
+    if submission.executor == "local":
+        print("# executor: local (no sbatch here): ONE local job runs these stages in this order")
+    else:
+        print("# executor: slurm; every job that waits carries --kill-on-invalid-dep=yes")
+    placeholders = {stage.name: f"<{stage.name.replace(' ', '-')}>" for stage in stages}
+    tasks = {stage.name: max(1, len(stage.jobs)) for stage in stages}
+    width = max(len(stage.name) for stage in stages)
+    for stage in stages:
+        waits_for = dependency_expression(stage, placeholders, tasks) or "-"
+        print(f"# {stage.name:<{width}}  waits for: {waits_for}")
+        print(f"# {'':<{width}}  {describe_stage(stage, spec)}")
+    problems = _problems(spec)
+    for problem in problems:
+        print(f"# WARNING: this submission would fail: {problem}".replace("\n", "\n# "))
+    if submission.executor == "local":
+        return 0
+    for stage in stages:
+        name = f"{submission.job_name}-{stage.name.replace(' ', '-')}"
+        where = submission if stage.gpu else cpu_submission(submission, cpu_partition)
+        dependency = dependency_expression(stage, placeholders, tasks)
+        params = launch.sbatch_parameters(
+            where.cluster, name, where.folder, tasks[stage.name], dependency=dependency
+        )
+        count = tasks[stage.name] if tasks[stage.name] > 1 else None
+        print(f"\n# --- {stage.name} ---")
+        print(
+            launch.submitit_sbatch_text(launch.submitit_command(where.folder), where.folder, count, params),
+            end="",
+        )
+    return 0
+
+
+def _problems(spec: WorkflowSpec) -> list[str]:
+    from nnslurm import launch
+    from nnslurm.commands.submit import RunAlreadyQueued, held_runs
+
+    problems = []
+    try:
+        check_chain_input(spec)
+        if not spec.preprocess:  # with --preprocess the plans do not exist yet
+            launch.check_runs(spec.jobs)
+    except NnslurmError as error:
+        problems.append(str(error))
+    held = held_runs(spec.jobs)
+    if held:
+        problems.append(str(RunAlreadyQueued(held)))
+    return problems
+
+
+def send(spec: WorkflowSpec, submission: Submission, cpu_partition: str | None, wait: bool) -> int:
+    from nnslurm import launch
+    from nnslurm.commands.submit import RunAlreadyQueued, held_runs
+
+    check_chain_input(spec)
+    if not spec.preprocess:
+        launch.check_runs(spec.jobs)
+    held = held_runs(spec.jobs)
+    if held:
+        raise RunAlreadyQueued(held)
+    record = submit_chain(spec, submission, cpu_partition)
+    where = (
+        "SLURM"
+        if submission.executor == "slurm"
+        else "this machine (one local job runs every stage in order)"
+    )
+    print(f"submitted a chain of {len(record.jobs)} stage(s) to {where}: chain {record.chain_id}")
+    for job in record.jobs:
+        after = f"  after {job.dependency}" if job.dependency else ""
+        tasks = f" ({len(job.task_ids)} tasks)" if len(job.task_ids) > 1 else ""
+        print(f"  {job.stage}: job {job.job_id}{tasks}{after}")
+    print(f"follow it: nnslurm status (chains); cancel it: nnslurm cancel --chain {record.chain_id}")
+    if not wait:
+        return 0
+    rows = wait_for_chain(record)
+    return 0 if all(row.state == StageState.FINISHED for row in rows) else 1
+
+
+def wait_for_chain(
+    record: ChainRecord, poll_s: float = 5.0, echo: Callable[[str], None] = print
+) -> list[StageStatus]:
+    """Block until every stage ended; a line whenever a stage's state changes."""
+    shown: dict[str, str] = {}
+    started = time.time()
+    while True:
+        rows = chain_status(record)
+        for row in rows:
+            line = f"{row.stage}: {row.state} [{row.detail}]"
+            if shown.get(row.stage) != line:
+                shown[row.stage] = line
+                echo(f"[{time.time() - started:6.0f} s] {line}")
+        if is_over(rows):
+            return rows
+        time.sleep(poll_s)

@@ -1,0 +1,306 @@
+"""Submitting the workflow's stages (nnslurm.workflow.plan) as one chain, and its record.
+
+On SLURM each stage is its own submitit job (a training stage: one array, one task per fold), in
+plan order, each with `--dependency` on the job ids of the stages it waits for and
+`--kill-on-invalid-dep=yes`: a stage that fails for good cancels its dependants. On submitit's
+local executor there is nothing to wait on, so the chain is one local job (`LocalChain`) that
+runs the stages in order in one process; a stop exits it resumable and the controller's restart
+runs it again from the first stage not yet done (a finished training returns at once, done cases
+and units are skipped).
+
+The record (`$nnUNet_results/.nnslurm/chains/<id>.json`) names every job of the chain, so
+`nnslurm status` can say which stage failed and why, and `nnslurm cancel CHAIN` cancels it all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nnslurm.errors import NnslurmError, UsageError
+from nnslurm.workflow.plan import Stage, StageKind, WorkflowSpec, dependency_expression, plan_stages
+
+if TYPE_CHECKING:
+    from nnslurm.launch import Submission
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "nnslurm.chain/1"
+CHAINS_FOLDER = Path(".nnslurm") / "chains"
+
+
+@dataclass(frozen=True)
+class ChainJob:
+    """One stage's job in a submitted chain."""
+
+    stage: str  # the stage's name ("train 3d_fullres", "find best", ...)
+    kind: str  # StageKind value
+    job_id: str  # SLURM job (an array's id for a training stage) or "local-<pid>"
+    task_ids: tuple[str, ...]  # array tasks ("123_0", ...); the job id itself for a single job
+    dependency: str | None  # --dependency as submitted
+    folders: tuple[str, ...] = ()  # training: each task's run folder; others: the stage's folder
+
+
+@dataclass(frozen=True)
+class ChainRecord:
+    chain_id: str  # the first job's id: what `nnslurm cancel` and `status` name it by
+    dataset: str
+    executor: str
+    created: float
+    jobs: tuple[ChainJob, ...]
+    path: Path | None = None  # where the record lives (not serialised)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "chain_id": self.chain_id,
+            "dataset": self.dataset,
+            "executor": self.executor,
+            "created": self.created,
+            "jobs": [dataclasses.asdict(job) for job in self.jobs],
+        }
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any], path: Path | None = None) -> ChainRecord:
+        if document.get("schema") != SCHEMA:
+            raise ValueError(f"not a {SCHEMA} document")
+        jobs = tuple(
+            ChainJob(
+                stage=str(job["stage"]),
+                kind=str(job["kind"]),
+                job_id=str(job["job_id"]),
+                task_ids=tuple(str(task) for task in job.get("task_ids", ())),
+                dependency=job.get("dependency"),
+                folders=tuple(str(folder) for folder in job.get("folders", ())),
+            )
+            for job in document["jobs"]
+        )
+        return cls(
+            chain_id=str(document["chain_id"]),
+            dataset=str(document["dataset"]),
+            executor=str(document["executor"]),
+            created=float(document["created"]),
+            jobs=jobs,
+            path=path,
+        )
+
+
+# --- the jobs of the stages -----------------------------------------------------------------------
+
+
+def stage_job(stage: Stage, spec: WorkflowSpec) -> Any:
+    """The submitit callable of a stage that is not a training."""
+    first = spec.jobs[0].run
+    if stage.kind == StageKind.PREPROCESS:
+        from nnslurm.workflow.preprocess import PreprocessJob, PreprocessSpec
+
+        return PreprocessJob(
+            PreprocessSpec(dataset=first.dataset, configurations=preprocessed_configurations(spec))
+        )
+    if stage.kind == StageKind.FIND_BEST:
+        from nnslurm.workflow.find_best import FindBestJob, FindBestSpec
+
+        models = tuple(
+            dict.fromkeys((job.run.configuration, job.run.trainer, job.run.plans) for job in spec.jobs)
+        )
+        return FindBestJob(FindBestSpec(dataset=first.dataset, models=models, folds=spec.folds))
+    if stage.kind == StageKind.PREDICT:
+        from nnslurm.workflow.predict import PredictJob, PredictSpec
+
+        assert spec.predict_input is not None and spec.predict_output is not None
+        return PredictJob(
+            PredictSpec.from_find_best(
+                dataset=first.dataset,
+                input_dir=spec.predict_input,
+                output_dir=spec.predict_output,
+                device=spec.jobs[0].options.device,
+            )
+        )
+    raise ValueError(f"stage {stage.name} is a training: nnslurm.job.TrainingJob runs it")
+
+
+def preprocessed_configurations(spec: WorkflowSpec) -> tuple[str, ...]:
+    """What nnU-Net preprocesses for the configurations trained: the cascade trains on 3d_fullres data."""
+    names = ("3d_fullres" if name == "3d_cascade_fullres" else name for name in spec.configurations)
+    return tuple(dict.fromkeys(names))
+
+
+# --- submitting -----------------------------------------------------------------------------------
+
+
+def cpu_submission(submission: Submission, partition: str | None) -> Submission:
+    """A CPU stage's settings: no GPU, the CPU partition when one was given."""
+    cluster = dataclasses.replace(
+        submission.cluster, gpus=None, partition=partition or submission.cluster.partition
+    )
+    return dataclasses.replace(submission, cluster=cluster)
+
+
+def submit_chain(spec: WorkflowSpec, submission: Submission, cpu_partition: str | None = None) -> ChainRecord:
+    """Submit every stage in plan order with its dependencies; write and return the chain's record."""
+    from nnslurm import launch
+
+    if submission.executor == "local":
+        return submit_local_chain(spec, submission)
+    stages = plan_stages(spec)
+    job_ids: dict[str, str] = {}
+    tasks: dict[str, int] = {}
+    chain_jobs: list[ChainJob] = []
+    try:
+        for stage in stages:
+            dependency = dependency_expression(stage, job_ids, tasks)
+            name = f"{submission.job_name}-{stage.name.replace(' ', '-')}"
+            if stage.kind == StageKind.TRAIN:
+                stage_submission = dataclasses.replace(submission, jobs=stage.jobs, job_name=name)
+                jobs = launch.submit(stage_submission, dependency=dependency)
+                job_id = str(jobs[0].job_id).split("_")[0] if len(jobs) > 1 else str(jobs[0].job_id)
+                task_ids = tuple(str(job.job_id) for job in jobs)
+                folders = tuple(str(launch.run_folder(job) or "") for job in stage.jobs)
+            else:
+                where = submission if stage.gpu else cpu_submission(submission, cpu_partition)
+                job = launch.submit_stage(stage_job(stage, spec), where, name, dependency)
+                job_id, task_ids, folders = str(job.job_id), (str(job.job_id),), ()
+            job_ids[stage.name], tasks[stage.name] = job_id, len(task_ids)
+            chain_jobs.append(ChainJob(stage.name, stage.kind.value, job_id, task_ids, dependency, folders))
+            logger.info("%s: job %s%s", stage.name, job_id, f" after {dependency}" if dependency else "")
+    except NnslurmError:
+        _cancel_submitted(chain_jobs)
+        raise
+    return save_record(spec, submission.executor, chain_jobs)
+
+
+def _cancel_submitted(jobs: Sequence[ChainJob]) -> None:
+    """A later stage was refused: the stages already queued would wait for a chain that is not there."""
+    from nnslurm.scheduler.commands import cancel
+
+    for job in reversed(jobs):
+        logger.warning(
+            "cancelling job %s (%s): a later stage of the chain was refused", job.job_id, job.stage
+        )
+        try:
+            cancel(job.job_id)
+        except NnslurmError as error:
+            logger.warning("could not cancel job %s: %s", job.job_id, error)
+
+
+def submit_local_chain(spec: WorkflowSpec, submission: Submission) -> ChainRecord:
+    """Without SLURM: one local job that runs the stages in order (`LocalChain`)."""
+    import submitit
+
+    from nnslurm import launch
+    from nnslurm.scheduler.environment import submitted_event_id
+
+    stages = plan_stages(spec)
+    executor = launch.make_executor(submission)
+    with launch.controller_output(submission.log_dir):
+        job = executor.submit(LocalChain(stages, spec))
+    assert isinstance(job, submitit.Job)
+    event_id = submitted_event_id(job.job_id, "local")
+    chain_jobs = [
+        ChainJob(
+            stage.name,
+            stage.kind.value,
+            event_id,
+            (event_id,),
+            None,
+            tuple(str(launch.run_folder(train_job) or "") for train_job in stage.jobs),
+        )
+        for stage in stages
+    ]
+    for stage in stages:
+        launch.record_submitted(job, stage.jobs, submission)
+    return save_record(spec, "local", chain_jobs)
+
+
+class LocalChain:
+    """The whole chain as one job of submitit's local executor: every stage, in order, in this process.
+
+    Each stage is resumable by itself, so a restart after a stop (exit 144: the controller starts
+    the job again) goes through the finished stages quickly and continues where it stopped."""
+
+    def __init__(self, stages: tuple[Stage, ...], spec: WorkflowSpec) -> None:
+        self.stages = stages
+        self.spec = spec
+
+    def __call__(self) -> str:
+        from nnslurm.job import TrainingJob
+
+        for stage in self.stages:
+            logger.info("chain: %s", stage.name)
+            if stage.kind == StageKind.TRAIN:
+                for train_job in stage.jobs:
+                    TrainingJob(train_job)()
+            else:
+                stage_job(stage, self.spec)()
+        return "chain finished"
+
+    def __repr__(self) -> str:
+        return f"LocalChain({', '.join(stage.name for stage in self.stages)})"
+
+
+# --- the record -----------------------------------------------------------------------------------
+
+
+def chains_folder(environ: Mapping[str, str] | None = None) -> Path:
+    from nnslurm.nnunet import env_folder
+
+    del environ  # env_folder reads os.environ
+    return env_folder("nnUNet_results", must_exist=False) / CHAINS_FOLDER
+
+
+def save_record(spec: WorkflowSpec, executor: str, jobs: Sequence[ChainJob]) -> ChainRecord:
+    record = ChainRecord(
+        chain_id=jobs[0].job_id,
+        dataset=spec.jobs[0].run.dataset,
+        executor=executor,
+        created=time.time(),
+        jobs=tuple(jobs),
+    )
+    folder = chains_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{record.chain_id}.json"
+    staging = path.with_name(path.name + ".partial")
+    staging.write_text(json.dumps(record.to_json(), indent=2) + "\n")
+    os.replace(staging, path)  # whole or not at all
+    return dataclasses.replace(record, path=path)
+
+
+def read_chains(folder: Path | None = None) -> list[ChainRecord]:
+    """Every chain record, newest first; unreadable ones are skipped with a warning."""
+    folder = folder or chains_folder()
+    records = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            records.append(ChainRecord.from_json(json.loads(path.read_text()), path))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.warning("%s is not a chain record: %s", path, error)
+    return sorted(records, key=lambda record: record.created, reverse=True)
+
+
+def find_chain(chain_id: str, folder: Path | None = None) -> ChainRecord | None:
+    """The chain one of whose jobs (or tasks) is `chain_id`."""
+    for record in read_chains(folder):
+        if any(chain_id == job.job_id or chain_id in job.task_ids for job in record.jobs):
+            return record
+    return None
+
+
+def check_chain_input(spec: WorkflowSpec) -> None:
+    """What can be checked before anything is queued."""
+    if spec.predict_input is not None:
+        if not spec.predict_input.is_dir():
+            raise UsageError(
+                f"--predict input folder {spec.predict_input} does not exist.",
+                hint="give the folder of images to predict (nnU-Net's naming: CASE_0000.nii.gz, ...).",
+            )
+        if spec.predict_output is not None and spec.predict_output.resolve() == spec.predict_input.resolve():
+            raise UsageError(
+                "--predict OUTPUT_DIR must not be INPUT_DIR: the images would be mixed with predictions."
+            )

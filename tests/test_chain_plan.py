@@ -257,3 +257,51 @@ def test_cancel_chain_cancels_every_job_not_ended_last_stage_first(
         assert main(["cancel", "--chain", "40"]) == 1  # nothing left to cancel
     assert main(["cancel", "--chain", "99"]) == 1
     assert main(["cancel"]) == 2
+
+
+# --- a resubmitted training task does not strand its dependants --------------------------------------
+
+
+def cascade_chain(tmp_path: Path) -> ChainRecord:
+    return ChainRecord(
+        chain_id="60",
+        dataset="501",
+        executor="slurm",
+        created=1.0,
+        jobs=(
+            ChainJob("train 3d_lowres", "train", "60", ("60_0", "60_1", "60_2"), None),
+            ChainJob("train 3d_cascade_fullres", "train", "61", ("61_0", "61_1", "61_2"), "aftercorr:60"),
+            ChainJob("find best", "find best", "62", ("62",), "afterok:60:61"),
+        ),
+    )
+
+
+def test_dependants_of_a_resubmitted_task_wait_for_its_new_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nnslurm.workflow.chain import CHAINS_FOLDER
+    from nnslurm.workflow.redirect import redirect_dependants
+
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    chains = tmp_path / CHAINS_FOLDER
+    chains.mkdir(parents=True)
+    (chains / "60.json").write_text(json.dumps(cascade_chain(tmp_path).to_json()))
+    cluster = FakeCluster()
+    with use_runner(cluster):
+        done = redirect_dependants("60_1", "70")
+    assert sorted(done) == [("61_1", "afterok:70"), ("62", "afterok:61:60_0:60_2:70")]
+    updates = [call[2:] for call in cluster.ran("scontrol update")]
+    assert sorted(updates) == [
+        ["JobId=61_1", "Dependency=afterok:70"],
+        ["JobId=62", "Dependency=afterok:61:60_0:60_2:70"],
+    ]
+    # resubmitted again (preempted again): the newer job replaces the one before it, from the record
+    with use_runner(FakeCluster()):
+        again = redirect_dependants("70", "71")
+    assert sorted(again) == [("61_1", "afterok:71"), ("62", "afterok:61:60_0:60_2:71")]
+    (chain,) = read_chains()
+    assert chain.jobs[0].resubmitted == {"60_1": ("70", "71")}
+    assert find_chain("71") is not None
+    # a job of no chain: nothing to do
+    with use_runner(FakeCluster()) as _:
+        assert redirect_dependants("999", "1000") == []

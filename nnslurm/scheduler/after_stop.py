@@ -270,7 +270,19 @@ def resubmit_run(events: EventLog, env: SlurmEnvironment, resubmit: Resubmit, le
         new.job_id,
         left,
     )
+    _redirect_dependants(old, new.job_id)
     return new.job_id
+
+
+def _redirect_dependants(old: str, new: str) -> None:
+    """A chain's jobs that wait for this one wait for the resubmitted job instead (before this one
+    ends: its end as preempted would cancel them)."""
+    from nnslurm.workflow.redirect import redirect_dependants
+
+    try:
+        redirect_dependants(old, new)
+    except Exception:  # the run itself is safe: its new job is queued
+        logger.exception("job %s: could not point the chain's dependants at job %s", old, new)
 
 
 @contextlib.contextmanager

@@ -204,6 +204,11 @@ def requeue(job_id: str, timeout: float = 60.0) -> None:
         raise
 
 
+def update_dependency(job_id: str, dependency: str) -> None:
+    """`scontrol update JobId=ID Dependency=EXPR`: a pending job (or array task) waits for other jobs."""
+    run_command(["scontrol", "update", f"JobId={job_id}", f"Dependency={dependency}"])
+
+
 def cancel(job_id: str) -> None:
     """`scancel ID` (an array id: every task). SLURM sends TERM; the job checkpoints and stays cancelled."""
     run_command(["scancel", job_id])

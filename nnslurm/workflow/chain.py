@@ -46,6 +46,16 @@ class ChainJob:
     task_ids: tuple[str, ...]  # array tasks ("123_0", ...); the job id itself for a single job
     dependency: str | None  # --dependency as submitted
     folders: tuple[str, ...] = ()  # training: each task's run folder; others: the stage's folder
+    # A task resubmitted after a cancel-mode preemption: its new job(s), oldest first (workflow.redirect)
+    resubmitted: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # (job or task, dependency) rewritten since submission to wait for a resubmitted job instead
+    rewritten: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def all_ids(self) -> tuple[str, ...]:
+        """Every id this stage's work ran under: the job, its tasks, their resubmissions."""
+        later = tuple(job for ids in self.resubmitted.values() for job in ids)
+        return (self.job_id, *self.task_ids, *later)
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class ChainRecord:
                 task_ids=tuple(str(task) for task in job.get("task_ids", ())),
                 dependency=job.get("dependency"),
                 folders=tuple(str(folder) for folder in job.get("folders", ())),
+                resubmitted={str(k): tuple(map(str, v)) for k, v in (job.get("resubmitted") or {}).items()},
+                rewritten=tuple((str(target), str(dep)) for target, dep in job.get("rewritten", ())),
             )
             for job in document["jobs"]
         )
@@ -287,7 +299,7 @@ def read_chains(folder: Path | None = None) -> list[ChainRecord]:
 def find_chain(chain_id: str, folder: Path | None = None) -> ChainRecord | None:
     """The chain one of whose jobs (or tasks) is `chain_id`."""
     for record in read_chains(folder):
-        if any(chain_id == job.job_id or chain_id in job.task_ids for job in record.jobs):
+        if any(chain_id in job.all_ids for job in record.jobs):
             return record
     return None
 

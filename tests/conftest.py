@@ -44,7 +44,8 @@ class NnunetEnv:
             nnUNet_results=str(self.results),
             nnUNet_def_n_proc="1",  # final validation of tiny cases: 9 s instead of 38 s
             nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"),
-            PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO)]),
+            # what the caller put on the path stays (make test-oldest: nnU-Net 2.6 over .venv's)
+            PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
         )
         env.update(extra)
         return env

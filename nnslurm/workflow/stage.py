@@ -10,6 +10,7 @@ event log in the stage's folder. The next start redoes only the units not yet do
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,14 @@ def run_stage(name: str, folder: Path, work: StageWork, settings: StageSettings 
             raise
         events.append(Event.FINISHED, stage=name)
         monitor.ignore_after_restore()
+
+
+def stop_outside_stage(name: str, folder: Path, signal_name: str, settings: StageSettings) -> NoReturn:
+    """A stop signal that arrived outside `run_stage` (submitit's handler, just before or after the
+    work): recorded, then the same decision and exit as a stop at a unit boundary."""
+    request = StopRequest(signal_name.removeprefix("SIG"), time.time())
+    EventLog(folder).append(Event.STOPPED, stage=name, signal=request.signal, done=0)
+    _leave(folder, request, settings)
 
 
 def _abandon(name: str, folder: Path, settings: StageSettings) -> Callable[[StopRequest, str], None]:

@@ -1,0 +1,94 @@
+"""Output files that are never torn: written under a staging folder, moved into place when complete.
+
+nnU-Net's writers (SimpleITK, nibabel, numpy's savez) write a file in place, a piece at a time, so
+a job killed mid-write leaves a half file under its final name, which `--continue_prediction` then
+keeps as done. Here every writer writes into a fresh folder under `<output>/.nnslurm/staging/`
+(the same filesystem as the output, so os.replace is a rename): once it returned, each file is
+fsynced and renamed to its final name, the segmentation last (it is what marks a case as done),
+and the folder is fsynced. A kill at any instant leaves a complete file or none under a final
+name; what it leaves in staging is removed at the next start (`Staging.clear`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+STATE_FOLDER = ".nnslurm"  # inside the output folder: event log, lock, staging, ensemble members
+
+
+class Staging:
+    """`<output>/.nnslurm/staging`: one fresh folder per unit of work, published or discarded."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.root = Path(output_dir) / STATE_FOLDER / "staging"
+
+    def clear(self) -> int:
+        """Remove what killed writes left; only while holding the output's lock. Returns the count."""
+        if not self.root.is_dir():
+            return 0
+        leftovers = list(self.root.iterdir())
+        for leftover in leftovers:
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+        if leftovers:
+            logger.info("removed %d unfinished write(s) in %s", len(leftovers), self.root)
+        return len(leftovers)
+
+    @contextlib.contextmanager
+    def folder(self, name: str) -> Iterator[Path]:
+        """A fresh, empty folder for one unit's files; removed afterwards, published or not."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        folder = self.root / f"{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir()
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish(moves: Sequence[tuple[Path, Path]]) -> None:
+    """Move complete files to their final names, in order (put the file that marks "done" last).
+
+    Each file is fsynced before its rename and each target folder after, so that after a crash
+    of the machine too a final name holds the complete content or nothing."""
+    for staged, _ in moves:
+        _fsync(staged, os.O_RDONLY)
+    folders: list[Path] = []
+    for staged, final in moves:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, final)
+        if final.parent not in folders:
+            folders.append(final.parent)
+    for folder in folders:
+        _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def write_json_atomically(path: Path, content: Any, staging: Staging, sort_keys: bool = True) -> None:
+    """A JSON side file as nnU-Net's save_json writes it (indent 4), through staging."""
+    with staging.folder(path.name) as folder:
+        staged = folder / path.name
+        staged.write_text(json.dumps(content, sort_keys=sort_keys, indent=4))
+        publish([(staged, path)])
+
+
+def _fsync(path: Path, flags: int) -> None:
+    """A file's data or a folder's entries to disk (here, not through nnslurm.checkpoints.atomic:
+    that imports torch, seconds that a writer killed in a test should not need)."""
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,520 @@
+"""The prediction stage: nnU-Net inference, case by case, stoppable, resumable, never a torn file.
+
+What it predicts is one trained model (nnUNetv2_predict's -d -c -tr -p -f -chk) or what
+nnUNetv2_find_best_configuration chose (its `inference_information.json`): the best model or
+ensemble and its postprocessing. The work is nnU-Net's own code, called per case in this process:
+nnUNetPredictor.predict_from_files_sequential (what `nnUNetv2_predict -npp 0 -nps 0` runs, no
+worker processes to orphan) for one case at a time, nnunetv2.ensembling.ensemble.merge_files per
+case, nnunetv2.postprocessing's load_postprocess_save with the pkl find-best wrote.
+
+Layout of OUTPUT_DIR:
+- `CASE<file_ending>`: the final segmentations, named as nnUNetv2_predict names them, plus its
+  side files (plans.json, dataset.json, predict_from_raw_data_args.json);
+- `.nnslurm/`: the stage's event log and lock, `predict.json` (what this folder predicts: a
+  rerun with another model is refused), `staging/` (files being written), `models/<member>/`
+  (an ensemble member's probabilities, a cascade's previous stage; removed once all is done).
+
+A case is a unit (nnslurm.workflow.stage): done when its final file exists, which is moved into
+place complete (nnslurm.workflow.outputs). A stop signal is acted on between cases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import submitit
+
+from nnslurm.errors import NnunetSetupError, RunLockedError, UsageError
+from nnslurm.lock import RunLock
+from nnslurm.nnunet import dataset_name, env_folder
+from nnslurm.workflow.outputs import STATE_FOLDER, Staging, publish, write_json_atomically
+from nnslurm.workflow.stage import StageSettings, StopCheck, run_stage, stop_outside_stage
+
+if TYPE_CHECKING:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+logger = logging.getLogger(__name__)
+
+FIND_BEST_FILE = "inference_information.json"  # nnunetv2.evaluation.find_best_configuration writes it
+RECORD_FILE = "predict.json"
+STAGE_NAME = "predict"
+DEFAULT_STAGE_SETTINGS = StageSettings()  # stop signals, stop deadline, --max-requeues: as training's
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One trained nnU-Net model, as nnUNetv2_predict names it."""
+
+    configuration: str  # -c
+    trainer: str = "nnUNetTrainer"  # -tr
+    plans: str = "nnUNetPlans"  # -p
+    folds: tuple[str, ...] = ("0", "1", "2", "3", "4")  # -f (nnUNetv2_predict's default)
+    checkpoint: str = "checkpoint_final.pth"  # -chk
+
+    @property
+    def identifier(self) -> str:
+        """nnU-Net's model folder name, Trainer__Plans__Config."""
+        return f"{self.trainer}__{self.plans}__{self.configuration}"
+
+
+@dataclass(frozen=True)
+class PredictSpec:
+    """What one prediction stage does; `model=None` predicts what find-best chose."""
+
+    input_dir: Path  # -i: images named CASE_XXXX<file_ending>, as for nnUNetv2_predict
+    output_dir: Path  # -o
+    dataset: str  # -d: id (501) or name (Dataset501_Name)
+    model: ModelSpec | None = (
+        None  # one model; None: $nnUNet_results/DatasetXXX_Name/inference_information.json
+    )
+    device: str = "auto"  # -device: cpu | cuda | auto (cuda when available)
+    step_size: float = 0.5  # -step_size
+    disable_tta: bool = False  # --disable_tta
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"-device must be cpu, cuda or auto, got {self.device!r}.")
+        if not 0 < self.step_size <= 1:
+            raise UsageError(f"-step_size must be in (0, 1], got {self.step_size}.")
+
+    @property
+    def state_folder(self) -> Path:
+        return Path(self.output_dir) / STATE_FOLDER
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What a finished prediction stage returns (the submitit job's result)."""
+
+    output_dir: Path
+    cases: int  # input cases, each now with its final file in output_dir
+    written: int  # of those, written by the last start (the others were there already)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A model to run: its trained folder and where its predictions go."""
+
+    model: ModelSpec
+    folder: Path  # $nnUNet_results/DatasetXXX_Name/Trainer__Plans__Config
+    previous: Member | None = None  # a cascade's previous stage, predicted first
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A PredictSpec resolved against nnU-Net's folders: every model exists."""
+
+    dataset: str  # DatasetXXX_Name
+    members: tuple[Member, ...]  # one: a single model; more: an ensemble
+    postprocessing_file: Path | None  # find-best's postprocessing.pkl
+
+    @property
+    def ensemble(self) -> bool:
+        return len(self.members) > 1
+
+
+def resolve(spec: PredictSpec) -> Plan:
+    """The spec against the filesystem; every bad input is a UsageError that names the fix."""
+    if not Path(spec.input_dir).is_dir():
+        raise UsageError(
+            f"input folder {spec.input_dir} does not exist.",
+            hint="pass -i with the folder of images to predict (CASE_0000.nii.gz, ...).",
+        )
+    try:
+        name = dataset_name(spec.dataset)
+        results = env_folder("nnUNet_results")
+    except NnunetSetupError as error:
+        raise UsageError(str(error.args[0]), hint=error.hint) from None
+    if spec.model is not None:
+        models: tuple[ModelSpec, ...] = (spec.model,)
+        postprocessing = None
+    else:
+        models, postprocessing = chosen_by_find_best(results / name)
+    return Plan(name, tuple(_member(results / name, model) for model in models), postprocessing)
+
+
+def chosen_by_find_best(dataset_folder: Path) -> tuple[tuple[ModelSpec, ...], Path | None]:
+    """The models and the postprocessing file in nnU-Net's find-best result (its keys:
+    nnunetv2/evaluation/find_best_configuration.py, `return_dict`)."""
+    path = dataset_folder / FIND_BEST_FILE
+    dataset_id = dataset_folder.name[7:10].lstrip("0") or "0"
+    if not path.is_file():
+        raise UsageError(
+            f"{path} not found: nnUNetv2_find_best_configuration has not been run for {dataset_folder.name}.",
+            hint=f"run `nnUNetv2_find_best_configuration {dataset_id} -c CONFIGURATIONS` after training "
+            "with --npz (it writes that file), or predict one model with -c CONFIGURATION.",
+        )
+    try:
+        info = json.loads(path.read_text())
+        best = info["best_model_or_ensemble"]
+        folds = tuple(str(fold) for fold in info["folds"])
+        models = tuple(
+            ModelSpec(
+                configuration=chosen["configuration"],
+                trainer=chosen["trainer"],
+                plans=chosen["plans_identifier"],
+                folds=folds,
+            )
+            for chosen in best["selected_model_or_models"]
+        )
+        postprocessing = best.get("postprocessing_file")
+    except (ValueError, KeyError, TypeError) as error:
+        raise UsageError(
+            f"{path} is not a find-best result ({type(error).__name__}: {error}).",
+            hint=f"run nnUNetv2_find_best_configuration {dataset_id} again to rewrite it.",
+        ) from None
+    if not models:
+        raise UsageError(f"{path} names no model.", hint="run nnUNetv2_find_best_configuration again.")
+    if postprocessing is not None and not Path(postprocessing).is_file():
+        raise UsageError(
+            f"the postprocessing file {postprocessing} that {path.name} names does not exist.",
+            hint=f"run nnUNetv2_find_best_configuration {dataset_id} again (it writes postprocessing.pkl).",
+        )
+    return models, Path(postprocessing) if postprocessing is not None else None
+
+
+def _member(dataset_folder: Path, model: ModelSpec) -> Member:
+    folder = dataset_folder / model.identifier
+    missing = [f"fold_{fold}/{model.checkpoint}" for fold in model.folds]
+    missing = [name for name in missing if not (folder / name).is_file()]
+    if missing or not (folder / "plans.json").is_file():
+        dataset_id = dataset_folder.name[7:10].lstrip("0") or "0"
+        raise UsageError(
+            f"no trained model {model.identifier} (folds {' '.join(model.folds)}, {model.checkpoint}) in "
+            f"{dataset_folder}: missing {', '.join(missing) or 'plans.json'}.",
+            hint=f"train it first (nnslurm train {dataset_id} {model.configuration} FOLD -tr {model.trainer} "
+            f"-p {model.plans}), or pass the folds (-f) and checkpoint (-chk) that exist.",
+        )
+    plans = json.loads((folder / "plans.json").read_text())
+    previous_name = plans.get("configurations", {}).get(model.configuration, {}).get("previous_stage")
+    previous = None
+    if previous_name:  # the cascade needs the previous stage's segmentations as input
+        previous = _member(dataset_folder, dataclasses.replace(model, configuration=previous_name))
+    return Member(model, folder, previous)
+
+
+# --- the work -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    identifier: str  # CASE in CASE_0000.nii.gz
+    files: tuple[str, ...]  # its channels, in order
+
+
+def list_cases(input_dir: Path, file_ending: str) -> list[Case]:
+    """The input cases as nnU-Net finds them (utilities.utils), in this process (nnU-Net's own
+    listing starts a pool of 12 processes)."""
+    from nnunetv2.utilities.utils import create_paths_fn, get_identifiers_from_splitted_dataset_folder
+
+    files = sorted(p.name for p in Path(input_dir).iterdir() if p.name.endswith(file_ending))
+    identifiers = get_identifiers_from_splitted_dataset_folder(str(input_dir), file_ending)
+    return [Case(str(i), tuple(create_paths_fn(str(input_dir), files, file_ending, i))) for i in identifiers]
+
+
+def predict(spec: PredictSpec, check: StopCheck) -> PredictResult:
+    """Predict every input case whose final file is not in the output folder yet."""
+    plan = resolve(spec)
+    output = Path(spec.output_dir)
+    spec.state_folder.mkdir(parents=True, exist_ok=True)
+    with _output_lock(spec.state_folder):
+        staging = Staging(output)
+        staging.clear()
+        _check_record(spec, plan, staging)
+        dataset_json = json.loads((plan.members[0].folder / "dataset.json").read_text())
+        ending = dataset_json["file_ending"]
+        cases = list_cases(Path(spec.input_dir), ending)
+        if not cases:
+            raise UsageError(
+                f"no images to predict in {spec.input_dir} (expected files named CASE_0000{ending}).",
+                hint="nnU-Net's input naming: one file per channel, CASE_XXXX" + ending + ".",
+            )
+        done = set(cases_done(output, cases, ending))
+        todo = [case for case in cases if case.identifier not in done]
+        logger.info(
+            "%d case(s) in %s, %d already predicted in %s",
+            len(cases),
+            spec.input_dir,
+            len(cases) - len(todo),
+            output,
+        )
+        _Work(spec, plan, staging, check, ending).run(todo)
+        shutil.rmtree(spec.state_folder / "models", ignore_errors=True)  # every final file exists
+        return PredictResult(output, len(cases), len(todo))
+
+
+class _Work:
+    def __init__(
+        self, spec: PredictSpec, plan: Plan, staging: Staging, check: StopCheck, ending: str
+    ) -> None:
+        self.spec, self.plan, self.staging, self.check, self.ending = spec, plan, staging, check, ending
+        self.output = Path(spec.output_dir)
+        self.postprocessing = _load_postprocessing(plan.postprocessing_file)
+
+    def run(self, todo: list[Case]) -> None:
+        if not self.plan.ensemble:
+            member = self.plan.members[0]
+            self._previous_stage(member, todo)
+            self._model(member, todo, self.output, probabilities=False, side_files=True)
+            return
+        for member in self.plan.members:
+            self._previous_stage(member, todo)
+            self._model(member, todo, self._member_folder(member), probabilities=True, side_files=False)
+        self._ensemble(todo)
+
+    def _member_folder(self, member: Member) -> Path:
+        return self.spec.state_folder / "models" / member.model.identifier
+
+    def _previous_stage(self, member: Member, todo: list[Case]) -> None:
+        if member.previous is not None:
+            self._previous_stage(member.previous, todo)
+            self._model(member.previous, todo, self._member_folder(member.previous), False, side_files=False)
+
+    def _model(
+        self, member: Member, todo: list[Case], target: Path, probabilities: bool, side_files: bool
+    ) -> None:
+        """One model over the cases not yet in `target`; final output: with postprocessing."""
+        final = target == self.output
+        need = [case for case in todo if not (target / (case.identifier + self.ending)).is_file()]
+        if side_files:
+            self._write_side_files(member)
+        if not need:
+            return
+        self.check("loading model")
+        predictor = self._predictor(member)
+        previous = self._member_folder(member.previous) if member.previous is not None else None
+        for case in need:
+            self.check("predicting")
+            with self.staging.folder(case.identifier) as folder:
+                staged = folder / case.identifier
+                with _nnunet_output():
+                    predictor.predict_from_files_sequential(
+                        [list(case.files)],
+                        [str(staged)],
+                        save_probabilities=probabilities,
+                        overwrite=True,
+                        folder_with_segs_from_prev_stage=str(previous) if previous is not None else None,
+                    )
+                seg = self._postprocessed(Path(str(staged) + self.ending), folder) if final else None
+                moves = [
+                    (Path(f"{staged}{ext}"), target / f"{case.identifier}{ext}") for ext in (".npz", ".pkl")
+                ]
+                moves = moves if probabilities else []
+                moves.append(
+                    (seg or Path(str(staged) + self.ending), target / (case.identifier + self.ending))
+                )
+                publish(moves)
+            logger.info("%s: %s written (%s)", member.model.identifier, case.identifier + self.ending, target)
+            self.check.unit_done()
+
+    def _ensemble(self, todo: list[Case]) -> None:
+        """nnU-Net's merge_files per case over the members' probabilities, then postprocessing."""
+        from nnunetv2.ensembling.ensemble import merge_files
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        first = self.plan.members[0].folder  # as ensemble_folders: plans and labels of the first
+        dataset_json = json.loads((first / "dataset.json").read_text())
+        plans = json.loads((first / "plans.json").read_text())
+        plans_manager = PlansManager(plans)
+        writer, labels = (
+            plans_manager.image_reader_writer_class(),
+            plans_manager.get_label_manager(dataset_json),
+        )
+        write_json_atomically(self.output / "dataset.json", dataset_json, self.staging, sort_keys=False)
+        write_json_atomically(self.output / "plans.json", plans, self.staging, sort_keys=False)
+        for case in todo:
+            self.check("ensembling")
+            inputs = [str(self._member_folder(m) / f"{case.identifier}.npz") for m in self.plan.members]
+            with self.staging.folder(case.identifier) as folder:
+                staged = folder / case.identifier
+                with _nnunet_output():
+                    merge_files(inputs, str(staged), self.ending, writer, labels, save_probabilities=False)
+                seg = self._postprocessed(Path(str(staged) + self.ending), folder) or Path(
+                    str(staged) + self.ending
+                )
+                publish([(seg, self.output / (case.identifier + self.ending))])
+            logger.info("ensemble: %s written", case.identifier + self.ending)
+            self.check.unit_done()
+
+    def _postprocessed(self, segmentation: Path, folder: Path) -> Path | None:
+        """nnUNetv2_apply_postprocessing's load_postprocess_save on one staged file; None: no pkl."""
+        if self.postprocessing is None:
+            return None
+        from nnunetv2.postprocessing.remove_connected_components import load_postprocess_save
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        functions, kwargs = self.postprocessing
+        plans = json.loads((self.plan.members[0].folder / "plans.json").read_text())
+        out = folder / "postprocessed" / segmentation.name
+        out.parent.mkdir()
+        load_postprocess_save(
+            str(segmentation), str(out), PlansManager(plans).image_reader_writer_class(), functions, kwargs
+        )
+        return out
+
+    def _predictor(self, member: Member) -> nnUNetPredictor:
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        device = _torch_device(self.spec.device)
+        with _nnunet_output():
+            predictor = nnUNetPredictor(
+                tile_step_size=self.spec.step_size,
+                use_gaussian=True,
+                use_mirroring=not self.spec.disable_tta,
+                perform_everything_on_device=True,
+                device=device,
+                verbose=False,
+                verbose_preprocessing=False,
+                allow_tqdm=False,
+            )
+            folds = [fold if fold == "all" else int(fold) for fold in member.model.folds]
+            predictor.initialize_from_trained_model_folder(str(member.folder), folds, member.model.checkpoint)
+        logger.info("model %s folds %s on %s", member.model.identifier, " ".join(member.model.folds), device)
+        return predictor
+
+    def _write_side_files(self, member: Member) -> None:
+        """What nnUNetv2_predict (-npp 0 -nps 0 --continue_prediction) writes beside the segmentations;
+        dataset.json and plans.json are the model's (the predictor's own copies of them)."""
+        args = {
+            "list_of_lists_or_source_folder": str(self.spec.input_dir),
+            "output_folder_or_list_of_truncated_output_files": str(self.output),
+            "save_probabilities": False,
+            "overwrite": False,
+            "folder_with_segs_from_prev_stage": None,
+        }
+        write_json_atomically(self.output / "predict_from_raw_data_args.json", args, self.staging)
+        for name in ("dataset.json", "plans.json"):
+            content = json.loads((member.folder / name).read_text())
+            write_json_atomically(self.output / name, content, self.staging, sort_keys=False)
+
+
+def _load_postprocessing(path: Path | None) -> tuple[list[Callable[..., Any]], list[dict[str, Any]]] | None:
+    """find-best's (functions, kwargs); None when there is none or it does nothing."""
+    if path is None:
+        return None
+    from batchgenerators.utilities.file_and_folder_operations import load_pickle
+
+    functions, kwargs = load_pickle(str(path))
+    return (list(functions), list(kwargs)) if functions else None
+
+
+def _check_record(spec: PredictSpec, plan: Plan, staging: Staging) -> None:
+    """The output folder holds the predictions of one model: a rerun with another is refused."""
+    record = {
+        "dataset": plan.dataset,
+        "models": [dataclasses.asdict(m.model) for m in plan.members],
+        "postprocessing_file": str(plan.postprocessing_file) if plan.postprocessing_file else None,
+        "step_size": spec.step_size,
+        "disable_tta": spec.disable_tta,
+    }
+    record = json.loads(json.dumps(record))  # tuples as lists, as read back
+    path = spec.state_folder / RECORD_FILE
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != record:
+            raise UsageError(
+                f"{spec.output_dir} holds predictions of another model or setting ({path}: {previous}; "
+                f"now: {record}).",
+                hint="predict into a new output folder, or remove this one to predict it again.",
+            )
+        return
+    write_json_atomically(path, record, staging)
+
+
+@contextlib.contextmanager
+def _output_lock(state_folder: Path) -> Iterator[None]:
+    try:
+        with RunLock(state_folder):
+            yield
+    except RunLockedError as error:
+        raise RunLockedError(
+            str(error.args[0]).replace("being trained", "being predicted into"),
+            hint="wait for the other prediction to finish or stop it; two would write the same files.",
+        ) from None
+
+
+@contextlib.contextmanager
+def _nnunet_output() -> Iterator[None]:
+    """nnU-Net prints a few lines per case: to the debug log, not to a job's stdout."""
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(text):
+            yield
+    finally:
+        for line in text.getvalue().splitlines():
+            if line.strip():
+                logger.debug("nnU-Net: %s", line)
+
+
+def _torch_device(name: str) -> Any:
+    """nnUNetv2_predict's device setup, with the CPU threads this job was given (nnslurm.cpus)."""
+    import torch
+
+    from nnslurm.cpus import read_cpu_budget
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            "-device cuda, but no CUDA device is visible to this process.",
+            hint="check --gpus / CUDA_VISIBLE_DEVICES, or use -device cpu.",
+        )
+    if name == "cpu":
+        torch.set_num_threads(read_cpu_budget().cpus)
+    else:  # as nnUNetv2_predict: threads do not help on the GPU
+        torch.set_num_threads(1)
+        with contextlib.suppress(RuntimeError):  # settable once per process
+            torch.set_num_interop_threads(1)
+    return torch.device(name)
+
+
+# --- the submitit job -----------------------------------------------------------------------------
+
+
+def run_prediction(spec: PredictSpec, settings: StageSettings = DEFAULT_STAGE_SETTINGS) -> PredictResult:
+    """The stage in this process: returns when every case is written; a stop exits (75 / requeue)."""
+    spec.state_folder.mkdir(parents=True, exist_ok=True)
+    results: list[PredictResult] = []
+    run_stage(STAGE_NAME, spec.state_folder, lambda check: results.append(predict(spec, check)), settings)
+    return results[0]
+
+
+class PredictJob(submitit.helpers.Checkpointable):
+    """The prediction stage as a submitit job; every start goes on with the cases not yet written."""
+
+    def __init__(self, spec: PredictSpec, settings: StageSettings = DEFAULT_STAGE_SETTINGS) -> None:
+        self.spec = spec
+        self.settings = settings
+
+    def __call__(self) -> PredictResult:
+        if not logging.getLogger().handlers:  # in a submitit job nobody configured logging yet
+            from nnslurm.cli import configure_logging
+
+            configure_logging(verbose=False)
+        result = run_prediction(self.spec, self.settings)
+        logger.info("prediction finished: %d case(s) in %s", result.cases, result.output_dir)
+        return result
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """submitit's signal outside the stage (just before or after it): nnslurm's stop path
+        decides (requeue on walltime, none on preemption or scancel), as inside it."""
+        self.spec.state_folder.mkdir(parents=True, exist_ok=True)
+        stop_outside_stage(STAGE_NAME, self.spec.state_folder, submitit.JobEnvironment.USR_SIG, self.settings)
+
+    def __repr__(self) -> str:
+        what = self.spec.model.identifier if self.spec.model else "find-best"
+        return f"PredictJob({what}, {self.spec.input_dir} -> {self.spec.output_dir})"
+
+
+def cases_done(output_dir: Path, cases: Sequence[Case], ending: str) -> list[str]:
+    """The cases whose final file is in `output_dir` (what a start skips)."""
+    return [case.identifier for case in cases if (Path(output_dir) / (case.identifier + ending)).is_file()]

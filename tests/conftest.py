@@ -28,6 +28,10 @@ TINY_TRAINING = [
 ]  # fmt: skip
 
 
+def _caller_path() -> list[str]:
+    return [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+
+
 @dataclass(frozen=True)
 class NnunetEnv:
     """nnUNet_raw/_preprocessed with dataset 501 built; each test gets its own nnUNet_results."""
@@ -45,7 +49,7 @@ class NnunetEnv:
             nnUNet_def_n_proc="1",  # final validation of tiny cases: 9 s instead of 38 s
             nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"),
             # what the caller put on the path stays (make test-oldest: nnU-Net 2.6 over .venv's)
-            PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO), *_caller_path()]),
         )
         env.update(extra)
         return env

@@ -128,10 +128,11 @@ def stage_job(stage: Stage, spec: WorkflowSpec) -> Any:
 
         assert spec.predict_input is not None and spec.predict_output is not None
         return PredictJob(
-            PredictSpec.from_find_best(
-                dataset=first.dataset,
+            PredictSpec(
                 input_dir=spec.predict_input,
                 output_dir=spec.predict_output,
+                dataset=first.dataset,
+                model=None,  # what find best chose, read when the job runs
                 device=spec.jobs[0].options.device,
             )
         )

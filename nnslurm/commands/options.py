@@ -12,6 +12,7 @@ from typing import TypeVar
 from nnslurm.cluster import ClusterSettings, parse_sbatch_arg, resolve
 from nnslurm.config import DEFAULT_STOP_SIGNALS, RunSpec, TrainingOptions, TrainJob, parse_signal_list
 from nnslurm.errors import UsageError
+from nnslurm.pretrained import check_weights_file
 from nnslurm.timeparse import parse_time
 
 logger = logging.getLogger(__name__)
@@ -413,6 +414,14 @@ def cluster_settings_from_args(args: argparse.Namespace) -> ClusterSettings:
     if path is not None:
         logger.info("profile %s from %s", args.profile or "default", path)
     return settings
+
+
+def check_submission(cluster: ClusterSettings, options: TrainingOptions) -> None:
+    """What submit and template check before anything is queued: the warning signal, and a
+    -pretrained_weights file the job could not load (caught at its start only, hours later)."""
+    check_warning_signal(cluster, options)
+    if options.pretrained_weights is not None:
+        check_weights_file(options.pretrained_weights)
 
 
 def check_warning_signal(cluster: ClusterSettings, options: TrainingOptions) -> None:

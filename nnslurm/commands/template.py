@@ -20,7 +20,7 @@ from nnslurm.commands.options import (
     add_cluster_arguments,
     add_run_arguments,
     add_training_arguments,
-    check_warning_signal,
+    check_submission,
     cluster_settings_from_args,
     run_specs_from_args,
     training_options_from_args,
@@ -120,7 +120,7 @@ def rendering_from_args(args: argparse.Namespace, environ: dict[str, str] | None
         )
     options = training_options_from_args(args)
     cluster = cluster_settings_from_args(args)
-    check_warning_signal(cluster, options)
+    check_submission(cluster, options)
     env = dict(os.environ) if environ is None else environ
     run = runs[0]
     default_name = f"nnslurm-{run.dataset}-{run.configuration}" + (

@@ -79,6 +79,7 @@ class ClusterSettings:
     constraint: str | None = None  # --constraint
     signal: str = DEFAULT_SIGNAL  # --signal=SIG@DELAY: the walltime warning signal
     signal_delay_s: int = DEFAULT_SIGNAL_DELAY_S  # --signal=SIG@DELAY: seconds before the limit
+    send_signal: bool = True  # False (--no-signal): no --signal line; the end-time rule stops the job
     sbatch_args: tuple[tuple[str, str | None], ...] = ()  # any other #SBATCH --KEY[=VALUE]
     setup: tuple[str, ...] = ()  # shell lines run before the job (module load, source venv)
     log_dir: str | None = None  # nnslurm's submitit folder (default $nnUNet_results/.nnslurm/submitit)
@@ -88,7 +89,7 @@ class ClusterSettings:
             raise UsageError(f"--time must be positive, got {self.time_s} s.")
         if self.signal_delay_s < 0:
             raise UsageError(f"--signal-delay must be 0 or more seconds, got {self.signal_delay_s}.")
-        if self.time_s <= self.signal_delay_s:
+        if self.send_signal and self.time_s <= self.signal_delay_s:
             raise UsageError(
                 f"--time {format_time(self.time_s)} must be longer than --signal-delay "
                 f"{self.signal_delay_s} s: the warning would come before the job starts.",
@@ -131,7 +132,12 @@ class ClusterSettings:
             ("cpus per task", str(self.cpus_per_task or "(cluster default)")),
             ("mem", self.mem or "(cluster default)"),
             ("constraint", self.constraint or "none"),
-            ("warning signal", f"SIG{self.signal_name} {self.signal_delay_s} s before the time limit"),
+            (
+                "warning signal",
+                f"SIG{self.signal_name} {self.signal_delay_s} s before the time limit"
+                if self.send_signal
+                else "none (--no-signal): the end-time rule stops the job before the limit",
+            ),
         ]
         rows += [(f"sbatch --{key}", "(flag)" if value is None else value) for key, value in self.sbatch_args]
         rows += [("setup", line) for line in self.setup]

@@ -9,6 +9,10 @@ same pinned to one CPU each 0.86 it/s). Unless the user set nnUNet_n_proc_DA, th
 workers are the allocation minus the main process; 0 is nnU-Net's single-process augmentation
 (`get_allowed_n_proc_DA() == 0` -> SingleThreadedAugmenter). Outside SLURM: the affinity, and
 nnU-Net's own choice of workers.
+
+NNSLURM_IGNORE_ALLOCATION=1 switches the rule off inside a job too (the affinity and nnU-Net's
+workers, as outside SLURM): for a site whose allocation variables are wrong, and for
+benchmarks/cpu_sharing.py, which measures what the rule is worth.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from nnslurm.scheduler.environment import SlurmEnvironment
 
 WORKERS_ENV = "nnUNet_n_proc_DA"  # nnU-Net's augmentation workers per GPU (0: in the main process)
+IGNORE_ENV = "NNSLURM_IGNORE_ALLOCATION"  # "1": take the affinity even inside a SLURM job
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,10 @@ def cpu_budget(environ: Mapping[str, str], affinity: int) -> CpuBudget:
     job = SlurmEnvironment.from_environ(environ)
     if not job.in_slurm:
         return CpuBudget(affinity, f"CPU affinity {affinity} (not in a SLURM job)", None)
+    if environ.get(IGNORE_ENV) == "1":
+        return CpuBudget(
+            affinity, f"CPU affinity {affinity} ({IGNORE_ENV}=1: the allocation is ignored)", None
+        )
     if job.cpus_per_task is not None:
         allocated: int | None = job.cpus_per_task
         given = f"SLURM_CPUS_PER_TASK={job.cpus_per_task}"

@@ -44,6 +44,7 @@ from nnslurm import EXIT_RESUMABLE
 from nnslurm.config import TrainJob
 from nnslurm.errors import SchedulerError
 from nnslurm.scheduler.environment import SlurmEnvironment
+from nnslurm.scheduler.restart import note_restart
 from nnslurm.stoppable import run_stoppable, stop_outside_training
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         if _on_local_executor():
             _remove_literal_job_id_folder()
         else:
-            _note_previous_end(self.job)
+            note_restart(self.job)  # a restart after a node failure: say so (sacct)
         outcome = run_stoppable(self.job, after_stop=self._after_stop)
         logger.info("training finished: %s", outcome.output_folder)
         return outcome
@@ -131,19 +132,6 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def __repr__(self) -> str:
         run = self.job.run
         return f"TrainingJob(dataset={run.dataset}, configuration={run.configuration}, fold={run.fold})"
-
-
-def _note_previous_end(job: TrainJob) -> None:
-    """A restarted job whose previous start left no stop record (a node failure): say why, by sacct."""
-    from nnslurm.launch import run_folder
-    from nnslurm.scheduler.restart import note_previous_end
-
-    folder = run_folder(job)
-    if folder is not None and SlurmEnvironment.from_environ().restart_count > 0:
-        try:
-            note_previous_end(folder)
-        except Exception:  # evidence for the log must never stop the training
-            logger.exception("could not record what ended the previous start")
 
 
 def _on_local_executor() -> bool:

@@ -159,10 +159,10 @@ def sbatch_parameters(
         if value is not None:
             params[key] = escape_backslashes(value) if isinstance(value, str) else value
     additional: dict[str, Any] = {
-        "signal": f"{cluster.signal_name}@{cluster.signal_delay_s}",  # to the srun step: no B:
+        **({"signal": f"{cluster.signal_name}@{cluster.signal_delay_s}"} if cluster.send_signal else {}),
         "requeue": True,  # clusters may default to JobRequeue=0
-    }
-    if dependency is not None:
+    }  # signal: to the srun step, no B:; none with --no-signal (without_submitit_signal)
+    if dependency is not None:  # a chain's stage, a resubmission (after the preempted job)
         additional["dependency"] = dependency
         additional["kill-on-invalid-dep"] = "yes"
     for key, value in cluster.sbatch_args:
@@ -201,8 +201,25 @@ def submitit_sbatch_text(command: str, folder: Path, map_count: int | None, para
     against submitit 1.5.4. tests/test_launch.py fails loudly if its signature changes.
     """
     make = submitit.slurm.slurm._make_sbatch_string
-    text: str = make(command=command, folder=folder, map_count=map_count, **params)
-    return text
+    return without_submitit_signal(
+        make(command=command, folder=folder, map_count=map_count, **params), params
+    )
+
+
+def without_submitit_signal(text: str, params: Mapping[str, Any]) -> str:
+    """submitit always writes `--signal=USR2@<signal_delay_s>`, which nnslurm's own --signal
+    replaces; with --no-signal there is none of nnslurm's, and submitit's line is dropped."""
+    if "signal" in params.get("additional_parameters", {}):
+        return text
+    lines = text.splitlines(keepends=True)
+    return "".join(line for line in lines if not line.startswith("#SBATCH --signal="))
+
+
+class SlurmExecutor(submitit.SlurmExecutor):
+    """submitit's SlurmExecutor, whose script has no --signal line with --no-signal."""
+
+    def _make_submission_file_text(self, command: str, uid: str) -> str:
+        return without_submitit_signal(super()._make_submission_file_text(command, uid), self.parameters)
 
 
 # --- submitting ---------------------------------------------------------------------------------
@@ -238,7 +255,7 @@ def make_executor(submission: Submission, dependency: str | None = None) -> subm
                 hint="run on a SLURM login node, use --executor local, or --dry-run to see the script.",
             )
         # submitit's countdown never decides (nnslurm.job: one requeue authority); it reads the same cap.
-        slurm_executor = submitit.SlurmExecutor(
+        slurm_executor = SlurmExecutor(
             folder=submission.folder, max_num_timeout=requeue_cap(submission.max_requeues, local=False)
         )
         slurm_executor.update_parameters(**slurm_parameters(submission, dependency=dependency))
@@ -297,7 +314,7 @@ def record_submitted(
             array_index=array_index,
             log_folder=str(job.paths.folder),
             time_limit_s=cluster.time_s,
-            signal=f"{cluster.signal_name}@{cluster.signal_delay_s}",
+            signal=f"{cluster.signal_name}@{cluster.signal_delay_s}" if cluster.send_signal else None,
             max_requeues=train_job.options.max_requeues,
         )
 

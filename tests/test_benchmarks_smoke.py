@@ -1,7 +1,7 @@
 """Every benchmark runs end to end with --quick (tiny sizes, one repetition) and prints its goal table.
 
 A smoke test, not a measurement: the numbers of a --quick run mean nothing (docs/benchmarks.md has
-the real ones). One after the other: each is mostly start-up, about a minute for all six.
+the real ones). One after the other: each is mostly start-up, about a minute and a half for all seven.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ BENCHMARKS = (
     "resume_startup",
     "interruptions",
     "throughput",
+    "cpu_sharing",
 )
 
 

@@ -53,3 +53,12 @@ def test_outside_slurm_the_affinity_as_before() -> None:
 def test_the_log_line_names_where_the_count_came_from() -> None:
     budget = cpu_budget({**IN_JOB, "SLURM_JOB_CPUS_PER_NODE": "8(x2)"}, 64)
     assert budget.source == "SLURM_JOB_CPUS_PER_NODE=8(x2), CPU affinity 64"
+
+
+def test_the_rule_can_be_switched_off() -> None:
+    """NNSLURM_IGNORE_ALLOCATION=1: inside a job as outside SLURM (benchmarks/cpu_sharing.py's other arm)."""
+    environ = {**IN_JOB, "SLURM_CPUS_PER_TASK": "1", "NNSLURM_IGNORE_ALLOCATION": "1"}
+    budget = cpu_budget(environ, 2)
+    assert (budget.cpus, budget.workers) == (2, None)
+    assert budget.source == "CPU affinity 2 (NNSLURM_IGNORE_ALLOCATION=1: the allocation is ignored)"
+    assert cpu_budget({**environ, "NNSLURM_IGNORE_ALLOCATION": "0"}, 2).cpus == 1

@@ -12,6 +12,7 @@ from typing import TypeVar
 from nnslurm.cluster import ClusterSettings, parse_sbatch_arg, resolve
 from nnslurm.config import DEFAULT_STOP_SIGNALS, RunSpec, TrainingOptions, TrainJob, parse_signal_list
 from nnslurm.errors import UsageError
+from nnslurm.pretrained import check_weights_file
 from nnslurm.timeparse import parse_time
 
 logger = logging.getLogger(__name__)
@@ -295,6 +296,12 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         help="send it this long before the time limit (default: 120; SLURM may send it up "
         "to 60 s earlier). Must leave time for one iteration plus a checkpoint",
     )
+    group.add_argument(
+        "--no-signal",
+        action="store_true",
+        help="no --signal in the script (sites whose job_submit plugin strips it): the end-time rule "
+        "(--end-time-safety) alone stops the job before its limit, so not with --no-end-time-stop",
+    )
 
 
 # --- parsed command line -> settings ------------------------------------------------------------
@@ -382,6 +389,11 @@ def training_job_from_args(args: argparse.Namespace) -> TrainJob:
 
 
 def cluster_settings_from_args(args: argparse.Namespace) -> ClusterSettings:
+    if args.no_signal and (args.signal is not None or args.signal_delay is not None):
+        raise UsageError(
+            "--no-signal with --signal/--signal-delay: choose one.",
+            hint="drop --no-signal to send the warning, or drop --signal/--signal-delay.",
+        )
     overrides = {
         "partition": args.partition,
         "account": args.account,
@@ -393,6 +405,7 @@ def cluster_settings_from_args(args: argparse.Namespace) -> ClusterSettings:
         "constraint": args.constraint,
         "signal": args.signal,
         "signal_delay_s": args.signal_delay,
+        "send_signal": False if args.no_signal else None,
         "sbatch_args": tuple(args.sbatch_arg) if args.sbatch_arg else None,
         "setup": tuple(args.setup) if args.setup else None,
         "log_dir": str(args.log_dir) if args.log_dir else None,
@@ -403,8 +416,25 @@ def cluster_settings_from_args(args: argparse.Namespace) -> ClusterSettings:
     return settings
 
 
+def check_submission(cluster: ClusterSettings, options: TrainingOptions) -> None:
+    """What submit and template check before anything is queued: the warning signal, and a
+    -pretrained_weights file the job could not load (caught at its start only, hours later)."""
+    check_warning_signal(cluster, options)
+    if options.pretrained_weights is not None:
+        check_weights_file(options.pretrained_weights)
+
+
 def check_warning_signal(cluster: ClusterSettings, options: TrainingOptions) -> None:
-    """The walltime warning must be a stop signal, or it would kill the training instead."""
+    """The walltime warning must be a stop signal, or it would kill the training instead; without
+    one (--no-signal) the end-time rule is the only stop before the limit, so it must be on."""
+    if not cluster.send_signal:
+        if options.end_time_safety_s is None:
+            raise UsageError(
+                "--no-signal with --no-end-time-stop: nothing would stop the job before its time limit; "
+                "the work since the last periodic checkpoint would be lost at every limit.",
+                hint="drop --no-end-time-stop (the end-time rule then stops the job), or drop --no-signal.",
+            )
+        return
     if cluster.signal_name not in options.stop_signals:
         raise UsageError(
             f"--signal {cluster.signal_name} is not one of --stop-signals {','.join(options.stop_signals)}: "

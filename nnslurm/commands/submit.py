@@ -15,7 +15,7 @@ from nnslurm.commands.options import (
     add_cluster_arguments,
     add_run_arguments,
     add_training_arguments,
-    check_warning_signal,
+    check_submission,
     cluster_settings_from_args,
     training_jobs_from_args,
 )
@@ -174,7 +174,7 @@ def make_submission(
     """The checked Submission of these runs; the log folder is the cluster's, or the default."""
     from nnslurm import launch
 
-    check_warning_signal(cluster, jobs[0].options)
+    check_submission(cluster, jobs[0].options)
     chosen = launch.choose_executor(executor)
     log_dir = Path(cluster.log_dir).expanduser() if cluster.log_dir else launch.default_log_dir()
     return launch.Submission(

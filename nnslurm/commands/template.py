@@ -20,7 +20,7 @@ from nnslurm.commands.options import (
     add_cluster_arguments,
     add_run_arguments,
     add_training_arguments,
-    check_warning_signal,
+    check_submission,
     cluster_settings_from_args,
     run_specs_from_args,
     training_options_from_args,
@@ -120,7 +120,7 @@ def rendering_from_args(args: argparse.Namespace, environ: dict[str, str] | None
         )
     options = training_options_from_args(args)
     cluster = cluster_settings_from_args(args)
-    check_warning_signal(cluster, options)
+    check_submission(cluster, options)
     env = dict(os.environ) if environ is None else environ
     run = runs[0]
     default_name = f"nnslurm-{run.dataset}-{run.configuration}" + (
@@ -177,9 +177,10 @@ def sbatch_lines(values: Rendering) -> list[str]:
     lines = [directive("job-name", values.job_name)]
     if values.name == "folds-array":
         lines.append(directive("array", f"0-{len(values.folds) - 1}"))
+    warning = f"B:{cluster.signal_name}@{cluster.signal_delay_s}"
     lines += [
         directive("time", format_time(cluster.time_s)),
-        directive("signal", f"B:{cluster.signal_name}@{cluster.signal_delay_s}"),
+        *([directive("signal", warning)] if cluster.send_signal else []),  # none with --no-signal
         directive("requeue"),
         directive("open-mode", "append"),
         directive("output", values.output),
@@ -207,7 +208,9 @@ def setup_lines(values: Rendering) -> list[str]:
 def run_lines(values: Rendering) -> list[str]:
     lines = [
         f"NNSLURM=({shlex.join(values.command)})",
-        f"export NNSLURM_WARNING_SIGNAL={values.cluster.signal_name}  # the signal of --signal above",
+        f"export NNSLURM_WARNING_SIGNAL={values.cluster.signal_name}  # the signal of --signal above"
+        if values.cluster.send_signal
+        else "# --no-signal: no warning signal; the end-time rule stops the job before its limit",
     ]
     if values.name == "folds-array":
         lines.append(f"FOLDS=({' '.join(shlex.quote(fold) for fold in values.folds)})")

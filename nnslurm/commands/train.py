@@ -54,7 +54,12 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Returns 0 when training finished; a stop leaves through `nnslurm.stoppable` with status 75."""
     job = training_job_from_args(args)
-    outcome = run_stoppable(job, after_stop=_after_stop_hook(job, _inside_slurm_job()))
+    in_slurm = _inside_slurm_job()
+    if in_slurm:  # an sbatch template's job, restarted after a node failure: say so (sacct)
+        from nnslurm.scheduler.restart import note_restart
+
+        note_restart(job)
+    outcome = run_stoppable(job, after_stop=_after_stop_hook(job, in_slurm))
     logger.info("training finished: %s", outcome.output_folder)
     return 0
 

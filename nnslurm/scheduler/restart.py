@@ -5,6 +5,8 @@ a signal it could act on: the log then only shows a start without an end. SLURM 
 (nnslurm submits with --requeue) and keeps one accounting record per start (`sacct -D`); the
 restarted job reads the record of the start before it and writes it into the run's event log as
 "interrupted", so `nnslurm status` and the log say "node failure" by evidence, not by guessing.
+Both ways a job trains call `note_restart` at its start: submitit's callable (nnslurm.job) and
+`nnslurm train` inside an sbatch template (nnslurm.commands.train).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from nnslurm.config import TrainJob
+from nnslurm.errors import NnslurmError
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.runs.history import Outcome, read_history
 from nnslurm.runs.interruptions import NODE_FAIL, Kind
@@ -19,6 +23,22 @@ from nnslurm.scheduler.commands import accounting_runs
 from nnslurm.scheduler.environment import SlurmEnvironment
 
 logger = logging.getLogger(__name__)
+
+
+def note_restart(job: TrainJob, env: SlurmEnvironment | None = None) -> None:
+    """At the start of a restarted SLURM job, before it trains: `note_previous_end` in the run's
+    folder. Evidence for the log only: nothing here may stop the training."""
+    env = env or SlurmEnvironment.from_environ()
+    if not env.in_slurm or env.restart_count < 1:
+        return
+    from nnslurm.nnunet import output_folder
+
+    try:
+        note_previous_end(output_folder(job.run), env)
+    except NnslurmError as error:  # no run folder (nnU-Net's setup): the training says why
+        logger.debug("no run folder for %s: %s", job.run, error)
+    except Exception:
+        logger.exception("could not record what ended the previous start")
 
 
 def note_previous_end(folder: Path, env: SlurmEnvironment | None = None) -> str | None:

@@ -319,7 +319,7 @@ def test_submission_environment_is_temporary(monkeypatch: pytest.MonkeyPatch, tm
             )
             return object()
 
-    monkeypatch.setattr(launch, "make_executor", lambda submission: Executor())
+    monkeypatch.setattr(launch, "make_executor", lambda submission, dependency=None: Executor())
     cluster = ClusterSettings(signal="USR2")
     launch.submit(launch.Submission(train_jobs(["0"]), cluster, "slurm", tmp_path, "x"))
     assert seen == [{"SUBMITIT_PREEMPT_SIGNAL": "USR2", "NNSLURM_WARNING_SIGNAL": "USR2"}]

@@ -14,7 +14,19 @@ from nnslurm.errors import NnslurmError
 logger = logging.getLogger("nnslurm")
 
 # Each module in nnslurm.commands has `register(subparsers)` and `run(args) -> int`.
-COMMANDS = ("train", "submit", "template", "demo", "synthetic_dataset", "status", "report", "cancel", "logs")
+COMMANDS = (
+    "train",
+    "submit",
+    "template",
+    "demo",
+    "synthetic_dataset",
+    "preprocess",
+    "find_best",
+    "status",
+    "report",
+    "cancel",
+    "logs",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -135,6 +135,7 @@ class _Units:
             return str(done["sha256"])
 
         def work() -> None:
+            logger.info("%s: unit fingerprint (-np %d)", self.dataset, self.processes)
             remove_marker(marker)
             started = time.perf_counter()
             try:
@@ -165,7 +166,6 @@ class _Units:
                 },
             )
 
-        logger.info("%s: unit fingerprint (-np %d)", self.dataset, self.processes)
         run_unit(self.check, "fingerprint", work)
         return str(read_marker(marker)["sha256"])  # type: ignore[index]
 
@@ -187,6 +187,7 @@ class _Units:
                 return identifier
 
         def work() -> None:
+            logger.info("%s: unit plans (planner %s)", self.dataset, self.spec.planner)
             remove_marker(marker)
             started = time.perf_counter()
             if self.spec.overwrite_plans_name is not None:
@@ -212,7 +213,6 @@ class _Units:
             )
 
         _check_planner(self.spec.planner)
-        logger.info("%s: unit plans (planner %s)", self.dataset, self.spec.planner)
         run_unit(self.check, "plans", work)
         return str(read_marker(marker)["plans_identifier"])  # type: ignore[index]
 
@@ -246,6 +246,9 @@ class _Units:
             return
 
         def work() -> None:
+            logger.info(
+                "%s: unit %s -> %s (-np %d)", self.dataset, configuration, data_identifier, self.processes
+            )
             remove_marker(marker)
             started = time.perf_counter()
             self.api.preprocess_dataset(
@@ -269,9 +272,6 @@ class _Units:
                 },
             )
 
-        logger.info(
-            "%s: unit %s -> %s (-np %d)", self.dataset, configuration, data_identifier, self.processes
-        )
         run_unit(self.check, configuration, work)
 
 

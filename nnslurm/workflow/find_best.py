@@ -70,6 +70,11 @@ class FindBestSpec:
     allow_ensembling: bool = True  # not --disable_ensembling (ensembles need two models and --npz)
     processes: int | None = None  # -np; None: the job's CPUs (nnslurm.cpus)
 
+    def __post_init__(self) -> None:
+        # Plain (configuration, trainer, plans) tuples and lists are accepted: stored as TrainedModel.
+        object.__setattr__(self, "models", tuple(TrainedModel(*m) for m in self.models))
+        object.__setattr__(self, "folds", tuple(int(f) for f in self.folds))
+
     @property
     def ensembles(self) -> bool:
         return self.allow_ensembling and len(self.models) > 1

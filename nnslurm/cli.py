@@ -20,11 +20,13 @@ COMMANDS = (
     "template",
     "demo",
     "synthetic_dataset",
+    "preprocess",
+    "find_best",
+    "predict",
     "status",
     "report",
     "cancel",
     "logs",
-    "predict",
 )
 
 

@@ -114,15 +114,20 @@ def stage_job(stage: Stage, spec: WorkflowSpec) -> Any:
         from nnslurm.workflow.preprocess import PreprocessJob, PreprocessSpec
 
         return PreprocessJob(
-            PreprocessSpec(dataset=first.dataset, configurations=preprocessed_configurations(spec))
+            PreprocessSpec(
+                dataset_id=dataset_id(first.dataset), configurations=preprocessed_configurations(spec)
+            )
         )
     if stage.kind == StageKind.FIND_BEST:
-        from nnslurm.workflow.find_best import FindBestJob, FindBestSpec
+        from nnslurm.workflow.find_best import FindBestJob, FindBestSpec, TrainedModel
 
         models = tuple(
-            dict.fromkeys((job.run.configuration, job.run.trainer, job.run.plans) for job in spec.jobs)
+            dict.fromkeys(
+                TrainedModel(job.run.configuration, job.run.trainer, job.run.plans) for job in spec.jobs
+            )
         )
-        return FindBestJob(FindBestSpec(dataset=first.dataset, models=models, folds=spec.folds))
+        folds = tuple(int(fold) for fold in spec.folds)  # plan_stages refused fold "all"
+        return FindBestJob(FindBestSpec(dataset=first.dataset, models=models, folds=folds))
     if stage.kind == StageKind.PREDICT:
         from nnslurm.workflow.predict import PredictJob, PredictSpec
 
@@ -137,6 +142,14 @@ def stage_job(stage: Stage, spec: WorkflowSpec) -> Any:
             )
         )
     raise ValueError(f"stage {stage.name} is a training: nnslurm.job.TrainingJob runs it")
+
+
+def dataset_id(dataset: str) -> int:
+    """501 from "501" or "Dataset501_Name" (preprocessing names datasets by id, as nnU-Net's -d)."""
+    text = dataset.removeprefix("Dataset").split("_")[0]
+    if not text.isdigit():
+        raise UsageError(f"dataset {dataset!r}: give its id (501) or DatasetXXX_Name for --preprocess.")
+    return int(text)
 
 
 def preprocessed_configurations(spec: WorkflowSpec) -> tuple[str, ...]:

@@ -154,7 +154,7 @@ def chosen_by_find_best(dataset_folder: Path) -> tuple[tuple[ModelSpec, ...], Pa
             "with --npz (it writes that file), or predict one model with -c CONFIGURATION.",
         )
     try:
-        info = json.loads(path.read_text())
+        info = _find_best_result(dataset_folder, path)
         best = info["best_model_or_ensemble"]
         folds = tuple(str(fold) for fold in info["folds"])
         models = tuple(
@@ -180,6 +180,16 @@ def chosen_by_find_best(dataset_folder: Path) -> tuple[tuple[ModelSpec, ...], Pa
             hint=f"run nnUNetv2_find_best_configuration {dataset_id} again (it writes postprocessing.pkl).",
         )
     return models, Path(postprocessing) if postprocessing is not None else None
+
+
+def _find_best_result(dataset_folder: Path, path: Path) -> Any:
+    """nnslurm's find-best stage marks its result complete (an interrupted one never is): where it
+    ran, only a complete result is read; a plain nnUNetv2_find_best_configuration's file as it is."""
+    from nnslurm.workflow.find_best import read_inference_information, stage_folder
+
+    if stage_folder(dataset_folder.name).is_dir():
+        return read_inference_information(dataset_folder.name)
+    return json.loads(path.read_text())
 
 
 def _member(dataset_folder: Path, model: ModelSpec) -> Member:

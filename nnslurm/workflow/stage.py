@@ -9,7 +9,11 @@ event log in the stage's folder. The next start redoes only the units not yet do
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +71,30 @@ class StopCheck:
 StageWork = Callable[[StopCheck], None]
 
 
+# The pid of the process running a stage, for forked children (nnslurm.workflow.stage._forked_child).
+_stage_pid: int | None = None
+
+
+def _forked_child() -> None:
+    """A child forked while a stage runs gets SIGTERM's default back.
+
+    multiprocessing.Pool.terminate() ends its workers with SIGTERM. nnU-Net's fork-context pools
+    (create_lists_from_splitted_dataset_folder: every listing of a raw dataset or an input
+    folder) inherit the monitor's handler, which ignores signals outside its own process, so the
+    workers never died and `with Pool(...)` hung in terminate() for ever (seen: preprocess stuck
+    in verify_dataset_integrity). USR1/USR2 stay ignored there: the walltime warning SLURM sends
+    to every process of a step must not kill a worker whose task the pool would then wait for.
+    """
+    if _stage_pid is not None:
+        with contextlib.suppress(ValueError):  # not the main thread: never fail a fork over it
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@functools.cache
+def _install_fork_hook() -> None:
+    os.register_at_fork(after_in_child=_forked_child)  # once per process; it cannot be removed
+
+
 def run_stage(name: str, folder: Path, work: StageWork, settings: StageSettings = StageSettings()) -> None:
     """Run one stage in this process; returns only when its work is complete.
 
@@ -74,6 +102,16 @@ def run_stage(name: str, folder: Path, work: StageWork, settings: StageSettings 
     status 75 outside SLURM (run the same command again to go on), or after the scheduler
     decision inside a job: 144 on submitit's local executor (start again), else 75.
     """
+    global _stage_pid
+    _install_fork_hook()
+    _stage_pid = os.getpid()
+    try:
+        _run_stage(name, folder, work, settings)
+    finally:
+        _stage_pid = None
+
+
+def _run_stage(name: str, folder: Path, work: StageWork, settings: StageSettings) -> None:
     events = EventLog(folder)
     with StopMonitor(
         settings.stop_signals, settings.stop_deadline_s, _abandon(name, folder, settings)
@@ -99,10 +137,12 @@ def run_stage(name: str, folder: Path, work: StageWork, settings: StageSettings 
 
 
 def stop_outside_stage(name: str, folder: Path, signal_name: str, settings: StageSettings) -> NoReturn:
-    """A stop signal that arrived outside `run_stage` (submitit's handler, just before or after the
-    work): recorded, then the same decision and exit as a stop at a unit boundary."""
-    request = StopRequest(signal_name.removeprefix("SIG"), time.time())
-    EventLog(folder).append(Event.STOPPED, stage=name, signal=request.signal, done=0)
+    """A stop signal that reached no monitor (submitit's own handler saw it, just before or after
+    `run_stage`): what is done is on disk; decide as a stopped stage does and leave."""
+    signal_name = signal_name.removeprefix("SIG")
+    logger.warning("%s: SIG%s outside the stage; what is done stays done", name, signal_name)
+    request = StopRequest(signal_name, time.time())
+    EventLog(folder).append(Event.STOPPED, stage=name, signal=signal_name, abandoned="outside the stage")
     _leave(folder, request, settings)
 
 

@@ -87,7 +87,10 @@ def results_dataset(dataset: str) -> Path:
 
 def stage_folder(dataset: str) -> Path:
     """The stage's event log and its marker: $nnUNet_results/DatasetXXX_Name/.nnslurm/find_best."""
-    return results_dataset(dataset) / ".nnslurm" / STAGE
+    return results_dataset(dataset) / STAGE_IN_DATASET
+
+
+STAGE_IN_DATASET = Path(".nnslurm") / STAGE  # the stage folder, inside the results' dataset folder
 
 
 def run_find_best(spec: FindBestSpec, settings: StageSettings | None = None) -> dict[str, Any]:

@@ -185,9 +185,9 @@ def chosen_by_find_best(dataset_folder: Path) -> tuple[tuple[ModelSpec, ...], Pa
 def _find_best_result(dataset_folder: Path, path: Path) -> Any:
     """nnslurm's find-best stage marks its result complete (an interrupted one never is): where it
     ran, only a complete result is read; a plain nnUNetv2_find_best_configuration's file as it is."""
-    from nnslurm.workflow.find_best import read_inference_information, stage_folder
+    from nnslurm.workflow.find_best import STAGE_IN_DATASET, read_inference_information
 
-    if stage_folder(dataset_folder.name).is_dir():
+    if (dataset_folder / STAGE_IN_DATASET).is_dir():
         return read_inference_information(dataset_folder.name)
     return json.loads(path.read_text())
 

@@ -139,6 +139,7 @@ def stage_job(stage: Stage, spec: WorkflowSpec) -> Any:
                 dataset=first.dataset,
                 model=None,  # what find best chose, read when the job runs
                 device=spec.jobs[0].options.device,
+                trainers=tuple(dict.fromkeys(job.run.trainer for job in spec.jobs if ":" in job.run.trainer)),
             )
         )
     raise ValueError(f"stage {stage.name} is a training: nnslurm.job.TrainingJob runs it")

@@ -79,6 +79,9 @@ class PredictSpec:
     device: str = "auto"  # -device: cpu | cuda | auto (cuda when available)
     step_size: float = 0.5  # -step_size
     disable_tta: bool = False  # --disable_tta
+    # `package.module:Class` of trainers outside nnU-Net's folder (nnslurm train -tr ...): the
+    # predictor finds a model's trainer by its class name, which nnU-Net looks for only in its own
+    trainers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
@@ -180,6 +183,38 @@ def chosen_by_find_best(dataset_folder: Path) -> tuple[tuple[ModelSpec, ...], Pa
             hint=f"run nnUNetv2_find_best_configuration {dataset_id} again (it writes postprocessing.pkl).",
         )
     return models, Path(postprocessing) if postprocessing is not None else None
+
+
+@contextlib.contextmanager
+def trainer_lookup(trainers: Sequence[str]) -> Iterator[None]:
+    """nnU-Net's predictor finds the trainer class by the name in the checkpoint, importing every
+    trainer module of nnU-Net: one that fails to import (primus: torchvision beside a CPU torch)
+    ends the search, and trainers outside nnU-Net's folder are never found. Look them up as
+    `nnslurm train -tr` does (nnslurm.nnunet.find_trainer_class), `trainers` first."""
+    import nnunetv2.inference.predict_from_raw_data as predictor_module
+
+    from nnslurm.nnunet import find_trainer_class
+
+    def by_name(name: str) -> type:
+        for spec in trainers:
+            if spec.rpartition(":")[2] == name:
+                return find_trainer_class(spec)
+        return find_trainer_class(name)
+
+    saved = {}
+    replacements = {  # 2.7+: by name; 2.6: (folder, name, module)
+        "recursive_find_trainer_class_by_name": by_name,
+        "recursive_find_python_class": lambda _folder, name, _module: by_name(name),
+    }
+    for attribute, replacement in replacements.items():
+        if hasattr(predictor_module, attribute):
+            saved[attribute] = getattr(predictor_module, attribute)
+            setattr(predictor_module, attribute, replacement)
+    try:
+        yield
+    finally:
+        for attribute, original in saved.items():
+            setattr(predictor_module, attribute, original)
 
 
 def _find_best_result(dataset_folder: Path, path: Path) -> Any:
@@ -387,7 +422,10 @@ class _Work:
                 allow_tqdm=False,
             )
             folds = [fold if fold == "all" else int(fold) for fold in member.model.folds]
-            predictor.initialize_from_trained_model_folder(str(member.folder), folds, member.model.checkpoint)
+            with trainer_lookup(self.spec.trainers):
+                predictor.initialize_from_trained_model_folder(
+                    str(member.folder), folds, member.model.checkpoint
+                )
         logger.info("model %s folds %s on %s", member.model.identifier, " ".join(member.model.folds), device)
         return predictor
 

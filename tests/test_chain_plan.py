@@ -220,7 +220,7 @@ def test_status_of_a_chain_in_flight(tmp_path: Path) -> None:
     )
     rows = chain_status(record(tmp_path), scheduler)  # type: ignore[arg-type]
     assert [row.state for row in rows] == [StageState.RUNNING, StageState.WAITING, StageState.WAITING]
-    assert rows[0].detail == "1/2 task(s) finished" and rows[1].detail == "waiting for afterok:40"
+    assert rows[0].detail == "1/2 task(s) finished" and rows[1].detail == "waiting for train 2d (to succeed)"
 
 
 def test_a_resubmitted_training_task_is_followed_to_its_new_job(tmp_path: Path) -> None:

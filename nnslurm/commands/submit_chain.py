@@ -130,12 +130,24 @@ def wait_for_chain(
     shown: dict[str, str] = {}
     started = time.time()
     while True:
+        alive = _local_controller_alive(record)  # before the rows: a controller gone has written all
         rows = chain_status(record)
         for row in rows:
             line = f"{row.stage}: {row.state} [{row.detail}]"
             if shown.get(row.stage) != line:
                 shown[row.stage] = line
                 echo(f"[{time.time() - started:6.0f} s] {line}")
-        if is_over(rows):
+        if is_over(rows) or not alive:
             return rows
         time.sleep(poll_s)
+
+
+def _local_controller_alive(record: ChainRecord) -> bool:
+    """A local chain is one job: once its controller is gone, nothing more will happen."""
+    from nnslurm.runs.status import process_alive
+    from nnslurm.scheduler.environment import LOCAL_PREFIX
+
+    job_id = record.jobs[0].job_id
+    if record.executor == "slurm" or not job_id.startswith(LOCAL_PREFIX):
+        return True
+    return process_alive(int(job_id.removeprefix(LOCAL_PREFIX)))

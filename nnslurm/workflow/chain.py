@@ -145,6 +145,39 @@ def stage_job(stage: Stage, spec: WorkflowSpec) -> Any:
     raise ValueError(f"stage {stage.name} is a training: nnslurm.job.TrainingJob runs it")
 
 
+def stage_folder(stage: Stage, spec: WorkflowSpec) -> Path | None:
+    """Where a stage that is not a training keeps its event log (read by status when the scheduler
+    cannot say: the local executor, a job SLURM forgot)."""
+    dataset = spec.jobs[0].run.dataset
+    try:
+        if stage.kind == StageKind.PREPROCESS:
+            from nnslurm.workflow import preprocess
+
+            return preprocess.stage_folder(dataset)
+        if stage.kind == StageKind.FIND_BEST:
+            from nnslurm.workflow import find_best
+
+            return find_best.stage_folder(dataset)
+    except NnslurmError as error:  # the dataset cannot be named yet: status asks the scheduler only
+        logger.debug("no stage folder for %s: %s", stage.name, error)
+        return None
+    if stage.kind == StageKind.PREDICT and spec.predict_output is not None:
+        from nnslurm.workflow.outputs import STATE_FOLDER
+
+        return spec.predict_output / STATE_FOLDER
+    return None
+
+
+def stage_folders(stage: Stage, spec: WorkflowSpec) -> tuple[str, ...]:
+    """The record's folders of a stage: each training task's run folder, or the stage's folder."""
+    from nnslurm import launch
+
+    if stage.kind == StageKind.TRAIN:
+        return tuple(str(launch.run_folder(job) or "") for job in stage.jobs)
+    folder = stage_folder(stage, spec)
+    return (str(folder),) if folder is not None else ()
+
+
 def dataset_id(dataset: str) -> int:
     """501 from "501" or "Dataset501_Name" (preprocessing names datasets by id, as nnU-Net's -d)."""
     text = dataset.removeprefix("Dataset").split("_")[0]
@@ -189,11 +222,11 @@ def submit_chain(spec: WorkflowSpec, submission: Submission, cpu_partition: str 
                 jobs = launch.submit(stage_submission, dependency=dependency)
                 job_id = str(jobs[0].job_id).split("_")[0] if len(jobs) > 1 else str(jobs[0].job_id)
                 task_ids = tuple(str(job.job_id) for job in jobs)
-                folders = tuple(str(launch.run_folder(job) or "") for job in stage.jobs)
             else:
                 where = submission if stage.gpu else cpu_submission(submission, cpu_partition)
                 job = launch.submit_stage(stage_job(stage, spec), where, name, dependency)
-                job_id, task_ids, folders = str(job.job_id), (str(job.job_id),), ()
+                job_id, task_ids = str(job.job_id), (str(job.job_id),)
+            folders = stage_folders(stage, spec)
             job_ids[stage.name], tasks[stage.name] = job_id, len(task_ids)
             chain_jobs.append(ChainJob(stage.name, stage.kind.value, job_id, task_ids, dependency, folders))
             logger.info("%s: job %s%s", stage.name, job_id, f" after {dependency}" if dependency else "")
@@ -218,7 +251,8 @@ def _cancel_submitted(jobs: Sequence[ChainJob]) -> None:
 
 
 def submit_local_chain(spec: WorkflowSpec, submission: Submission) -> ChainRecord:
-    """Without SLURM: one local job that runs the stages in order (`LocalChain`)."""
+    """Without SLURM: one local job that runs the stages in order (`LocalChain`); every stage of
+    the record names that job."""
     import submitit
 
     from nnslurm import launch
@@ -235,9 +269,9 @@ def submit_local_chain(spec: WorkflowSpec, submission: Submission) -> ChainRecor
             stage.name,
             stage.kind.value,
             event_id,
-            (event_id,),
+            tuple(event_id for _ in stage.jobs) or (event_id,),
             None,
-            tuple(str(launch.run_folder(train_job) or "") for train_job in stage.jobs),
+            stage_folders(stage, spec),
         )
         for stage in stages
     ]

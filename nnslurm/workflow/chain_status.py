@@ -94,9 +94,14 @@ def chain_status(record: ChainRecord, scheduler: Scheduler = query_scheduler) ->
     answers = scheduler(current.values()) if record.executor == "slurm" else None
     rows: list[StageStatus] = []
     for job in record.jobs:
-        tasks = {
-            task: _task_state(current[task], job, index, answers) for index, task in enumerate(job.task_ids)
-        }
+        if record.executor == "slurm":
+            tasks = {
+                task: _task_state(current[task], job, index, answers)
+                for index, task in enumerate(job.task_ids)
+            }
+        else:  # one local job runs every stage: each run folder (or the stage's folder) says
+            folders: list[Path | None] = [Path(folder) for folder in job.folders if folder] or [None]
+            tasks = {str(folder or job.job_id): _from_records(folder) for folder in folders}
         state = next(candidate for candidate in _PRECEDENCE if candidate in {s for s, _ in tasks.values()})
         rows.append(
             StageStatus(
@@ -171,9 +176,20 @@ def _detail(
         bad = [f"{task}: {said}" for task, (task_state, said) in tasks.items() if task_state == state]
         return "; ".join(bad)
     if state == StageState.WAITING:
-        return f"waiting for {job.dependency}"
+        return f"waiting for {_waited_for(job, before)}"
     done = sum(task_state == StageState.FINISHED for task_state, _ in tasks.values())
     return f"{done}/{len(tasks)} task(s) finished" if len(tasks) > 1 else next(iter(tasks.values()))[1]
+
+
+def _waited_for(job: ChainJob, before: list[StageStatus]) -> str:
+    """'afterok:11:12' -> 'train 2d, train 3d_fullres to succeed' (aftercorr: 'fold by fold')."""
+    names = {row.job_id: row.stage for row in before}
+    words = []
+    for part in (job.dependency or "").split(","):
+        kind, *ids = part.split(":")
+        stages = ", ".join(names.get(job_id, f"job {job_id}") for job_id in ids)
+        words.append(f"{stages} ({'fold by fold' if kind == 'aftercorr' else 'to succeed'})")
+    return "; ".join(words) or "its dependency"
 
 
 def is_over(rows: Iterable[StageStatus]) -> bool:

@@ -67,7 +67,10 @@ def register(subparsers: Any) -> None:
         "-f", dest="folds", nargs="+", default=None, help="folds to use (default: 0 1 2 3 4), or all"
     )
     group.add_argument(
-        "-tr", dest="trainer", default="nnUNetTrainer", help="trainer class (default: %(default)s)"
+        "-tr",
+        dest="trainer",
+        default="nnUNetTrainer",
+        help="trainer class, or package.module:Class for your own (default: %(default)s)",
     )
     group.add_argument(
         "-p", dest="plans", default="nnUNetPlans", help="plans identifier (default: %(default)s)"
@@ -108,7 +111,9 @@ def spec_from_args(args: argparse.Namespace) -> PredictSpec:
     model = None
     if args.configuration is not None:
         folds = tuple(args.folds) if args.folds else ModelSpec.folds
-        model = ModelSpec(args.configuration, args.trainer, args.plans, folds, args.checkpoint)
+        # -tr package.module:Class (your own trainer): the model folder is named by the class
+        trainer = args.trainer.rpartition(":")[2]
+        model = ModelSpec(args.configuration, trainer, args.plans, folds, args.checkpoint)
     elif args.folds or args.checkpoint != "checkpoint_final.pth":
         raise UsageError(
             "--from-find-best takes its folds and checkpoint from find-best's result; drop -f/-chk."
@@ -121,6 +126,7 @@ def spec_from_args(args: argparse.Namespace) -> PredictSpec:
         device=args.device,
         step_size=args.step_size,
         disable_tta=args.disable_tta,
+        trainers=(args.trainer,) if ":" in args.trainer else (),
     )
 
 

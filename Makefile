@@ -36,17 +36,17 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/nnslurm demo
 
-# Two workers: most tests wait (on SLURM jobs, paced training, signals), so two run side by side;
-# the SLURM tests share one cluster and stay on one worker, in order (tests/slurm/conftest.py).
-TEST_WORKERS ?= 2
+# The SLURM tests (one cluster: in order) and all the others run side by side, as two pytest
+# processes: most tests wait (on SLURM jobs, paced training, signals), so together they take
+# about as long as the longer of the two (scripts/run-tests).
 test: $(STAMP)
-	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	PYTHON=$(BIN)/python scripts/run-tests $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slurm and not nnunet" $(PYTEST_ARGS)
 
 test-oldest: $(OLDEST_STAMP)
-	PYTHONPATH=$(CURDIR)/$(OLDEST) $(BIN)/python -m pytest $(OLDEST_TESTS) -m "not slurm" -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	PYTHONPATH=$(CURDIR)/$(OLDEST) $(BIN)/python -m pytest $(OLDEST_TESTS) -m "not slurm" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check nnslurm tests benchmarks

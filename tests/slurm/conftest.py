@@ -28,8 +28,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.slurm)
-            # one cluster: under pytest-xdist (--dist loadgroup) every SLURM test runs on one worker
-            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 def _reachable() -> str | None:

@@ -24,6 +24,7 @@ from .tools import (
     events,
     job_env,
     kinds,
+    patient,
     report,
     wait_for_event,
 )
@@ -86,7 +87,7 @@ def test_the_whole_workflow_as_one_chain(
     args += ["--log-dir", str(tmp_path / "logs"), "--wait"]
     waiting = Background.start(args, env, tmp_path / "submit.out")
     results = dataset.results
-    record = wait_for(lambda: _chain(results), 120, "the chain's record")
+    record = wait_for(lambda: _chain(results), patient(120), "the chain's record")
     idle_cluster.own.update(str(job["job_id"]) for job in record["jobs"])
     assert [job["stage"] for job in record["jobs"]] == [
         "preprocess",
@@ -104,7 +105,7 @@ def test_the_whole_workflow_as_one_chain(
     # The prediction job gets its walltime warning (the --signal SLURM sends before the limit)
     # once its first case is written; it stops at a case boundary and requeues itself.
     predict_job = job_of(record, "predict")
-    wait_for(lambda: _first_written(output), 900, "the prediction's first case")
+    wait_for(lambda: _first_written(output), patient(900), "the prediction's first case")
     subprocess.run(["scancel", "--signal=USR1", predict_job], check=True, timeout=30)
 
     code, said = waiting.finish(900)

@@ -19,7 +19,7 @@ from support import wait_for
 
 from nnslurm.synthetic import PACED_TRAINER
 
-from .tools import Background, Cluster, check_story, events, kinds, position, sh, wait_for_event
+from .tools import Background, Cluster, check_story, events, kinds, patient, position, sh, wait_for_event
 
 # As in test_scenarios.py: a floor of 0.25 s per iteration, so that after the epoch-0 checkpoint
 # 120 iterations (>= 30 s) remain, more than the 20 s GraceTime and what each scenario waits for.
@@ -155,7 +155,7 @@ def node(cluster: Cluster) -> Iterator[str]:
             timeout=30,
             check=False,
         )
-        wait_for(lambda: node_state(name) in USABLE, 60, f"node {name} to come back")
+        wait_for(lambda: node_state(name) in USABLE, patient(60), f"node {name} to come back")
 
 
 USABLE = ("idle", "mixed", "allocated", "completing")
@@ -184,7 +184,7 @@ def test_node_failure_requeues_and_resumes(
     # ReturnToService=2 may already have put the node back (then RESUME is refused as invalid).
     if node_state(node) not in USABLE:
         subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False, timeout=30)
-    wait_for(lambda: node_state(node) in USABLE, 60, f"node {node} to come back")
+    wait_for(lambda: node_state(node) in USABLE, patient(60), f"node {node} to come back")
     code, output = waiting.finish(400)
     assert code == 0, output
     log = events(run_folder)

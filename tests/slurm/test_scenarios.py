@@ -28,6 +28,7 @@ from .tools import (
     job_env,
     kinds,
     paced_training,
+    patient,
     report,
     submit_args,
     template_setup,
@@ -64,7 +65,7 @@ def test_walltime_requeue_through_submit(
     waiting = Background.start(args, job_env(nnunet_env), tmp_path / "submit.out")
     job_id = wait_for_event(run_folder, "submitted", 60)["job_id"]
     idle_cluster.own.add(job_id)
-    wait_for(lambda: _ended(waiting), 400, "the job to end")
+    wait_for(lambda: _ended(waiting), patient(400), "the job to end")
     code, output = waiting.finish(60)
     assert code == 0, output
     assert f"job {job_id} (3d_fullres fold 0): finished [COMPLETED]" in output
@@ -228,7 +229,7 @@ def test_requeue_from_outside(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_
     idle_cluster.own.add(job_id)
     wait_for_event(run_folder, "checkpoint", 300, reason="periodic")
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
-    wait_for(lambda: _ended(waiting), 300, "the job to end")
+    wait_for(lambda: _ended(waiting), patient(300), "the job to end")
     code, output = waiting.finish(60)
     assert code == 0, output
     story = check_story(run_folder, ITERATIONS, EPOCHS)
@@ -292,7 +293,7 @@ def test_requeue_cap(idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Pat
     waiting = Background.start(args, job_env(nnunet_env), tmp_path / "submit.out")
     job_id = wait_for_event(run_folder, "submitted", 60)["job_id"]
     idle_cluster.own.add(job_id)
-    wait_for(lambda: _ended(waiting), 300, "the job to end")
+    wait_for(lambda: _ended(waiting), patient(300), "the job to end")
     code, output = waiting.finish(60)
     assert code == 1, output
     assert "failed [" in output

@@ -102,6 +102,22 @@ def read_events(run_folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def last_event(run_folder: Path, kind: str) -> dict | None:
+    """The newest record of this kind in the run's event log; None before there is one."""
+    if not (run_folder / "nnslurm_events.jsonl").is_file():
+        return None
+    found = [record for record in read_events(run_folder) if record["event"] == kind]
+    return found[-1] if found else None
+
+
+def the_only_run_status(env: dict[str, str]) -> dict:
+    """`nnslurm status --json`'s one run."""
+    result = nnslurm(["status", "--json"], env)
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads(result.stdout)["runs"]
+    return run
+
+
 @pytest.fixture
 def clean_env() -> Iterator[None]:
     """Keep tests that set nnUNet_* in-process from leaking into each other."""

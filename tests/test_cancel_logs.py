@@ -1,5 +1,5 @@
 """`nnslurm cancel` and `nnslurm logs`: a real local-executor job cancelled and resumed, scancel at the
-subprocess seam, and (marked slurm) the whole story on the real single-node cluster."""
+subprocess seam (the real cluster's story: tests/slurm/test_cancel_logs.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events, skip_unless_required
+from conftest import TINY_TRAINING, NnunetEnv, last_event, nnslurm, read_events
 from support import FakeCluster, Output, started, wait_for, write_log
 
 from nnslurm import cli
@@ -21,19 +21,6 @@ from nnslurm.runs.status import process_alive, run_status
 from nnslurm.scheduler import commands as slurm
 
 USER = _user()
-
-
-def event(folder: Path, kind: str) -> dict | None:
-    path = folder / "nnslurm_events.jsonl"
-    found = [e for e in read_events(folder) if e["event"] == kind] if path.is_file() else []
-    return found[-1] if found else None
-
-
-def status_of(env: dict[str, str]) -> dict:
-    result = nnslurm(["status", "--json"], env)
-    assert result.returncode == 0, result.stderr
-    (run,) = json.loads(result.stdout)["runs"]
-    return run
 
 
 @pytest.mark.nnunet
@@ -54,16 +41,16 @@ def test_cancel_a_local_executor_job_then_resume(
         ).returncode
     assert code == 0, (tmp_path / "submit.out").read_text()
     folder = nnunet_env.run_folder()
-    wait_for(lambda: event(folder, "checkpoint"), 120, "the first checkpoint")
-    job_id = event(folder, "submitted")["job_id"]  # type: ignore[index]
-    training_pid = event(folder, "started")["pid"]  # type: ignore[index]
+    wait_for(lambda: last_event(folder, "checkpoint"), 120, "the first checkpoint")
+    job_id = last_event(folder, "submitted")["job_id"]  # type: ignore[index]
+    training_pid = last_event(folder, "started")["pid"]  # type: ignore[index]
 
     assert cli.main(["cancel", str(folder)]) == 0  # in this process: no start-up delay
     said = capsys.readouterr().out
     assert f"SIGTERM to pid {training_pid}" in said and "resumable" in said
-    decision = wait_for(lambda: event(folder, "decision"), 120, "the job to stop")
+    decision = wait_for(lambda: last_event(folder, "decision"), 120, "the job to stop")
     wait_for(lambda: not process_alive(training_pid), 60, "the training process to exit")
-    request = event(folder, "cancel_requested")
+    request = last_event(folder, "cancel_requested")
     assert request is not None
     assert (request["job_id"], request["by"], request["target_pid"]) == (job_id, USER, training_pid)
 
@@ -262,51 +249,3 @@ def test_logs_follow_until_the_run_ends(logged_run: tuple[Path, Path]) -> None:
     out, err = output.rest(), process.stderr.read()
     assert process.returncode == 0, err
     assert out.endswith(f"==> {logs / '31_0_log.out'} <==\nstart 3 (requeued again)\n")
-
-
-# --- the real cluster ------------------------------------------------------------------------------
-
-
-@pytest.mark.slurm
-@pytest.mark.nnunet
-def test_status_cancel_logs_report_on_real_slurm(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
-    """A real sbatch job: running in status, cancelled with scancel, its log and its picture."""
-    if not slurm.available():
-        skip_unless_required("no SLURM cluster reachable: start it with `scripts/slurm-dev-cluster up`")
-    env = nnunet_env.env(nnUNet_n_proc_DA="0")
-    wait_for(lambda: not slurm.run_command(["squeue", "-h", "-o", "%i"]).stdout.strip(), 300, "an idle node")
-    args = [*TINY_TRAINING, "--epochs", "6", "--iterations-per-epoch", "20", "--no-final-validation"]
-    submitted = nnslurm(
-        ["submit", "--executor", "slurm", "--log-dir", str(tmp_path / "logs"), "--time", "10", *args], env
-    )
-    assert submitted.returncode == 0, submitted.stderr
-    folder = nnunet_env.run_folder()
-    job_id = str(event(folder, "submitted")["job_id"])  # type: ignore[index]
-    try:
-        wait_for(lambda: event(folder, "checkpoint"), 180, "the first epoch")
-        run = status_of(env)
-        assert (run["state"], run["job_id"], run["executor"], run["scheduler_state"]) == (
-            "running",
-            job_id,
-            "slurm",
-            "RUNNING",
-        )
-
-        cancelled = nnslurm(["cancel", job_id], env)
-        assert cancelled.returncode == 0, cancelled.stderr
-        decision = wait_for(lambda: event(folder, "decision"), 120, "the job's stop decision")
-        assert decision["kind"] == "cancel"
-        wait_for(lambda: slurm.query_scheduler([job_id]).get(job_id), 60, "sacct")  # type: ignore[union-attr]
-        wait_for(lambda: status_of(env)["scheduler_state"] == "CANCELLED", 60, "the job to end as CANCELLED")
-        run = status_of(env)
-        assert (run["state"], run["detail"]) == ("cancelled", f"cancelled by {USER}")
-        assert run["interruptions"]["cancel"] == 1
-        assert (run["epoch"], run["iteration"]) == (decision["epoch"], decision["iteration"])
-
-        logs = nnslurm(["logs", str(folder)], env)
-        assert logs.returncode == 0 and "SIGTERM received: stopping at epoch" in logs.stdout
-        report = nnslurm(["report", job_id, "-o", str(tmp_path / "t.png")], env)
-        assert report.returncode == 0 and (tmp_path / "t.png").is_file()
-        assert "cancel     job " + job_id in report.stdout
-    finally:
-        subprocess.run(["scancel", job_id], capture_output=True, timeout=30, check=False)

@@ -107,7 +107,7 @@ def test_cancel_mode_preemption_resubmits(
         "--partition",
         "cancel",
         "--cpus-per-task",
-        str(idle_cluster.cpus),
+        "1",
     )
     waiting = Background.start(args, env, tmp_path / "submit.out")
     job_id = wait_for_event(run_folder, "submitted", 60)["job_id"]

@@ -140,7 +140,7 @@ def _preempt_once(cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path, expec
     started = time.time()
     run_folder = nnunet_env.run_folder(TRAINER)
     args = submit_args(
-        tmp_path / "logs", *training(EPOCHS, ITERATIONS), "--time", "10", "--cpus-per-task", str(cluster.cpus)
+        tmp_path / "logs", *training(EPOCHS, ITERATIONS), "--time", "10", "--cpus-per-task", "1"
     )
     waiting = Background.start(args, job_env(nnunet_env), tmp_path / "submit.out")
     job_id = wait_for_event(run_folder, "submitted", 60)["job_id"]
@@ -195,7 +195,7 @@ def test_preemption_through_template(idle_cluster: Cluster, nnunet_env: NnunetEn
             "--time",
             "10",
             "--cpus-per-task",
-            str(idle_cluster.cpus),
+            "1",
             "--log-dir",
             str(tmp_path),
             *template_setup(env),

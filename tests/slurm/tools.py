@@ -121,8 +121,10 @@ class Cluster:
                 subprocess.run(["scancel", job_id], capture_output=True, timeout=30, check=False)
         self.own.clear()
 
-    def preempt(self, cpus: int = 1, seconds: int = 2) -> str:
-        """A `high` job that needs CPUs of the node: SLURM preempts a `low` job for it."""
+    def preempt(self, cpus: int | None = None, seconds: int = 2) -> str:
+        """A `high` job that needs CPUs of the node (all of them unless told): SLURM preempts a
+        `low` job for it."""
+        cpus = self.cpus if cpus is None else cpus
         job_id = sh(
             [
                 "sbatch",

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+logger = logging.getLogger(__name__)
+
 
 class NnslurmError(Exception):
     """Base of every error nnslurm reports to the user; the message says what to do."""
@@ -57,3 +63,16 @@ class SchedulerError(NnslurmError):
 
 class RequeueLimitReached(NnslurmError):
     """The run was stopped for walltime more often than --max-requeues allows."""
+
+
+@contextmanager
+def nnunet_failures(what: str, hint: str) -> Iterator[None]:
+    """nnU-Net's own exceptions inside as one NnslurmError: its message, the traceback only with -v.
+    nnslurm's errors pass through unchanged."""
+    try:
+        yield
+    except NnslurmError:
+        raise
+    except Exception as error:
+        logger.debug("nnU-Net's traceback", exc_info=True)
+        raise NnslurmError(f"nnU-Net's {what} failed: {type(error).__name__}: {error}", hint=hint) from error

@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,6 +117,16 @@ def the_only_run_status(env: dict[str, str]) -> dict:
     assert result.returncode == 0, result.stderr
     (run,) = json.loads(result.stdout)["runs"]
     return run
+
+
+@pytest.fixture
+def no_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No SLURM commands on the PATH (only python's folder); a fresh working folder, user config and
+    nnUNet_results."""
+    monkeypatch.setenv("PATH", os.path.dirname(shutil.which("python3") or "/usr/bin/python3"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ of failing the job at its start hours later. template checks the same."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,12 +15,7 @@ from nnslurm import cli
 RUN = ["-d", "501", "-f", "0"]
 
 
-@pytest.fixture(autouse=True)
-def no_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("PATH", os.path.dirname(shutil.which("python3") or "/usr/bin/python3"))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+pytestmark = pytest.mark.usefixtures("no_cluster")
 
 
 def weights(path: Path, **content: object) -> Path:

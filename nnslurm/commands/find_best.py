@@ -8,7 +8,7 @@ import json
 import logging
 from typing import Any
 
-from nnslurm.errors import NnslurmError, NnunetSetupError, UsageError
+from nnslurm.errors import NnunetSetupError, UsageError, nnunet_failures
 from nnslurm.nnunet import dataset_name, env_folder
 from nnslurm.workflow.find_best import (
     INFORMATION_FILE,
@@ -95,16 +95,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
-    try:
+    with nnunet_failures("find_best_configuration", hint="run again with -v for nnU-Net's traceback."):
         result = run_find_best(spec)
-    except NnslurmError:
-        raise
-    except Exception as error:  # nnU-Net's own failure: its message, the traceback only with -v
-        logger.debug("nnU-Net's traceback", exc_info=True)
-        raise NnslurmError(
-            f"nnU-Net's find_best_configuration failed: {type(error).__name__}: {error}",
-            hint="run again with -v for nnU-Net's traceback.",
-        ) from error
     best = result["best_model_or_ensemble"]
     chosen = " + ".join(
         f"{m['trainer']}__{m['plans_identifier']}__{m['configuration']}"

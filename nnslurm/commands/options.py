@@ -106,6 +106,11 @@ def add_run_arguments(
     group.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
 
 
+def add_device_argument(group: argparse._ActionsContainer, help: str) -> None:
+    """-device as nnU-Net spells it (and --device): auto is cuda when available, else cpu."""
+    group.add_argument("-device", "--device", default="auto", choices=("auto", "cpu", "cuda"), help=help)
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Every TrainingOptions field as a flag (TrainingOptions.to_argv writes them back)."""
     group = parser.add_argument_group("training length (recorded with the run; a resume must match)")
@@ -158,13 +163,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="seed python/numpy/torch before training (default with --deterministic: 12345)",
     )
-    group.add_argument(
-        "--device",
-        "-device",
-        default="auto",
-        choices=("auto", "cpu", "cuda"),
-        help="as nnUNetv2_train -device (default: cuda when available, else cpu)",
-    )
+    add_device_argument(group, "as nnUNetv2_train -device (default: cuda when available, else cpu)")
     group.add_argument(
         "-pretrained_weights",
         type=Path,

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from nnslurm.commands.options import add_device_argument
 from nnslurm.errors import UsageError
 from nnslurm.workflow.predict import ModelSpec, PredictSpec, resolve, run_prediction
 
@@ -88,13 +89,7 @@ def register(subparsers: Any) -> None:
         help="the model or ensemble and postprocessing in inference_information.json",
     )
     group = parser.add_argument_group("inference")
-    group.add_argument(
-        "-device",
-        "--device",
-        default="auto",
-        choices=("auto", "cpu", "cuda"),
-        help="default: cuda if available",
-    )
+    add_device_argument(group, "as nnUNetv2_predict -device (default: cuda when available, else cpu)")
     group.add_argument(
         "-step_size", type=float, default=0.5, help="sliding window step (default: %(default)s)"
     )

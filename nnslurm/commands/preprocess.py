@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
-from nnslurm.errors import NnslurmError, UsageError
+from nnslurm.errors import UsageError, nnunet_failures
 from nnslurm.workflow.preprocess import (
     DEFAULT_CONFIGURATIONS,
     DEFAULT_PLANNER,
     PreprocessSpec,
     run_preprocess,
 )
-
-logger = logging.getLogger(__name__)
 
 EPILOG = """\
 units (a stop signal is acted on between them; each is redone whole if it was interrupted):
@@ -83,16 +80,10 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
-    try:
+    with nnunet_failures(
+        "planning/preprocessing", hint="run again with -v for nnU-Net's traceback; finished units are kept."
+    ):
         plans = run_preprocess(spec)
-    except NnslurmError:
-        raise
-    except Exception as error:  # nnU-Net's own failure: its message, the traceback only with -v
-        logger.debug("nnU-Net's traceback", exc_info=True)
-        raise NnslurmError(
-            f"nnU-Net's planning/preprocessing failed: {type(error).__name__}: {error}",
-            hint="run again with -v for nnU-Net's traceback; finished units are kept.",
-        ) from error
     print(f"Dataset {spec.dataset_id} is preprocessed: train with -p {plans}")
     return 0
 

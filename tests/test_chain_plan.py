@@ -148,6 +148,37 @@ def test_dry_run_prints_every_job_with_its_dependencies(tmp_path: Path, clean_en
     assert not (tmp_path / "results").exists()  # nothing written
 
 
+def test_cpu_stages_ask_for_cpus_only_and_keep_every_other_setting(tmp_path: Path, clean_env: None) -> None:
+    import os
+
+    env = dict(os.environ, nnUNet_results=str(tmp_path / "results"), nnUNet_raw=str(tmp_path / "raw"))
+    env["nnUNet_preprocessed"] = str(tmp_path / "preprocessed")
+    args = ["submit", "-d", "501", "--cross-validation", "-c", "2d", "--npz", "--preprocess", "--find-best"]
+    args += ["--gpus", "1", "--sbatch-arg", "gres=gpu:a100:1,tmpdisk:100", "--sbatch-arg", "mem-per-gpu=8G"]
+    args += [
+        "--sbatch-arg",
+        "mail-type=END",
+        "--account",
+        "lab",
+        "--cpu-partition",
+        "cpu",
+        "--partition",
+        "a100",
+    ]
+    result = run_cli([*args, "--executor", "slurm", "--dry-run"], env)
+    assert result.returncode == 0, result.stderr
+    preprocess, train, find_best = result.stdout.split("\n# --- ")[1:]
+    assert "#SBATCH --gpus-per-node=1" in train or "#SBATCH --gpus=1" in train
+    assert "#SBATCH --gres=gpu:a100:1,tmpdisk:100" in train and "#SBATCH --mem-per-gpu=8G" in train
+    for script in (preprocess, find_best):
+        sbatch_lines = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+        assert not [line for line in sbatch_lines if "gpu" in line], sbatch_lines
+        assert {"#SBATCH --gres=tmpdisk:100", "#SBATCH --mail-type=END", "#SBATCH --partition=cpu"} <= set(
+            sbatch_lines
+        )
+        assert "#SBATCH --account=lab" in sbatch_lines
+
+
 def test_bad_chain_input_is_refused_before_anything_is_queued(tmp_path: Path, clean_env: None) -> None:
     import os
 

@@ -195,12 +195,36 @@ def preprocessed_configurations(spec: WorkflowSpec) -> tuple[str, ...]:
 # --- submitting -----------------------------------------------------------------------------------
 
 
+# sbatch options that ask for GPUs (sbatch(1)); a CPU stage drops them, and --gres's gpu entries.
+GPU_SBATCH_KEYS = frozenset(
+    {"G", "gpus", "gpus-per-node", "gpus-per-task", "gpus-per-socket", "gpu-bind", "gpu-freq"}
+    | {"cpus-per-gpu", "mem-per-gpu", "ntasks-per-gpu"}
+)
+
+
 def cpu_submission(submission: Submission, partition: str | None) -> Submission:
-    """A CPU stage's settings: no GPU, the CPU partition when one was given."""
+    """A CPU stage's settings: no GPU (--gpus, the GPU options among --sbatch-arg, gres=gpu...),
+    the CPU partition when one was given; every other setting as the training's."""
     cluster = dataclasses.replace(
-        submission.cluster, gpus=None, partition=partition or submission.cluster.partition
+        submission.cluster,
+        gpus=None,
+        partition=partition or submission.cluster.partition,
+        sbatch_args=_without_gpus(submission.cluster.sbatch_args),
     )
     return dataclasses.replace(submission, cluster=cluster)
+
+
+def _without_gpus(sbatch_args: tuple[tuple[str, str | None], ...]) -> tuple[tuple[str, str | None], ...]:
+    kept: list[tuple[str, str | None]] = []
+    for key, value in sbatch_args:
+        if key in GPU_SBATCH_KEYS:
+            continue
+        if key == "gres" and value is not None:  # gres=gpu:a100:1,tmpdisk:100 -> tmpdisk:100
+            value = ",".join(item for item in value.split(",") if not item.startswith("gpu"))
+            if not value:
+                continue
+        kept.append((key, value))
+    return tuple(kept)
 
 
 def submit_chain(spec: WorkflowSpec, submission: Submission, cpu_partition: str | None = None) -> ChainRecord:

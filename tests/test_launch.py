@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nnslurm import cli, launch
+from nnslurm import cli, launch, waiting
 from nnslurm.cluster import ClusterSettings, resolve
 from nnslurm.commands.options import parse_folds
 from nnslurm.commands.template import TEMPLATES, template_text
@@ -364,10 +364,10 @@ JOB_LINE = "JobId=42 JobName=t JobState={} Reason=None Restarts=1 Requeue=1 Time
 @pytest.mark.parametrize(
     ("sacct_state", "scontrol_state", "expected"),
     [
-        ("NODE_FAIL", "PENDING", launch.RUNNING),  # requeued by SLURM: --wait goes on
-        ("PREEMPTED", "RUNNING", launch.RUNNING),
-        ("NODE_FAIL", None, launch.FAILED),  # gone from slurmctld: the end stands
-        ("FAILED", "PENDING", launch.FAILED),  # not a state SLURM requeues from
+        ("NODE_FAIL", "PENDING", waiting.RUNNING),  # requeued by SLURM: --wait goes on
+        ("PREEMPTED", "RUNNING", waiting.RUNNING),
+        ("NODE_FAIL", None, waiting.FAILED),  # gone from slurmctld: the end stands
+        ("FAILED", "PENDING", waiting.FAILED),  # not a state SLURM requeues from
     ],
 )
 def test_a_job_slurm_requeued_is_not_reported_ended(
@@ -381,7 +381,7 @@ def test_a_job_slurm_requeued_is_not_reported_ended(
     if scontrol_state is None:
         cluster.fail["scontrol show job"] = (1, "slurm_load_jobs error: Invalid job id specified")
     with use_runner(cluster):
-        state, detail = launch.job_state(EndedJob(tmp_path, sacct_state))  # type: ignore[arg-type]
+        state, detail = waiting.job_state(EndedJob(tmp_path, sacct_state))  # type: ignore[arg-type]
     assert state == expected, detail
-    if expected == launch.RUNNING:
+    if expected == waiting.RUNNING:
         assert detail == f"{sacct_state}, requeued by SLURM"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from support import FakeCluster, started, stop, write_log
 
-from nnslurm import launch
+from nnslurm import launch, waiting
 from nnslurm.config import RunSpec, TrainingOptions, TrainJob
 from nnslurm.errors import RequeueLimitReached, SchedulerError
 from nnslurm.runs.events import Event, EventLog, read_events
@@ -286,16 +286,16 @@ def test_wait_follows_the_resubmitted_job(tmp_path: Path, monkeypatch: pytest.Mo
     folder = resubmitted_run(tmp_path)
     job = TrainJob(RunSpec("501", "3d_fullres", "0"), TrainingOptions())
     states = {
-        "15": (launch.FAILED, "COMPLETED, ended without a result"),
-        "16": (launch.FINISHED, "COMPLETED"),
+        "15": (waiting.FAILED, "COMPLETED, ended without a result"),
+        "16": (waiting.FINISHED, "COMPLETED"),
     }
-    monkeypatch.setattr(launch, "run_folder", lambda train_job: folder)
-    monkeypatch.setattr(launch, "job_state", lambda submitted: states[str(submitted.job_id)])
+    monkeypatch.setattr(waiting, "run_folder", lambda train_job: folder)
+    monkeypatch.setattr(waiting, "job_state", lambda submitted: states[str(submitted.job_id)])
     submission = launch.Submission((job,), cluster_settings(), "slurm", tmp_path / "logs", "x")
     shown: list[str] = []
-    (report,) = launch.wait([SimpleNamespace(job_id="15")], submission, poll_s=0, echo=shown.append)  # type: ignore[list-item]
-    assert (report.job_id, report.state, report.earlier_jobs) == ("16", launch.FINISHED, ("15",))
-    assert "resubmitted after job 15" in launch.describe_report(report)
+    (report,) = waiting.wait([SimpleNamespace(job_id="15")], submission, poll_s=0, echo=shown.append)  # type: ignore[list-item]
+    assert (report.job_id, report.state, report.earlier_jobs) == ("16", waiting.FINISHED, ("15",))
+    assert "resubmitted after job 15" in waiting.describe_report(report)
     assert any("following its new job 16" in line for line in shown)
 
 

@@ -188,7 +188,7 @@ def make_submission(
 
 def send(submission: Submission, wait: bool) -> int:
     """Submit, say where each run went and, with `wait`, follow the jobs to their end."""
-    from nnslurm import launch
+    from nnslurm import launch, waiting
 
     jobs = submission.jobs
     launch.check_runs(jobs)
@@ -210,11 +210,11 @@ def send(submission: Submission, wait: bool) -> int:
                 "follow them in the run folders' nnslurm_events.jsonl"
             )
         return 0
-    reports = launch.wait(submitted, submission)
+    reports = waiting.wait(submitted, submission)
     print("summary:")
     for report in reports:
-        print("  " + launch.describe_report(report))
-    return 0 if all(report.state == launch.FINISHED for report in reports) else 1
+        print("  " + waiting.describe_report(report))
+    return 0 if all(report.state == waiting.FINISHED for report in reports) else 1
 
 
 def dry_run(submission: Submission) -> int:

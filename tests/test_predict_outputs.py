@@ -17,15 +17,8 @@ from support import wait_for
 
 from nnslurm.errors import UsageError
 from nnslurm.workflow.outputs import Staging, publish, write_json_atomically
-from nnslurm.workflow.predict import (
-    Case,
-    ModelSpec,
-    PredictJob,
-    PredictSpec,
-    cases_done,
-    chosen_by_find_best,
-    list_cases,
-)
+from nnslurm.workflow.predict import Case, PredictJob, cases_done, list_cases
+from nnslurm.workflow.predict_models import ModelSpec, PredictSpec, chosen_by_find_best
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from nnslurm.commands.options import add_device_argument
 from nnslurm.errors import UsageError
-from nnslurm.workflow.predict import ModelSpec, PredictSpec, resolve, run_prediction
+from nnslurm.workflow.predict import run_prediction
+from nnslurm.workflow.predict_models import ModelSpec, PredictSpec, resolve
 
 logger = logging.getLogger(__name__)
 

@@ -129,7 +129,8 @@ def stage_job(stage: Stage, spec: WorkflowSpec) -> Any:
         folds = tuple(int(fold) for fold in spec.folds)  # plan_stages refused fold "all"
         return FindBestJob(FindBestSpec(dataset=first.dataset, models=models, folds=folds))
     if stage.kind == StageKind.PREDICT:
-        from nnslurm.workflow.predict import PredictJob, PredictSpec
+        from nnslurm.workflow.predict import PredictJob
+        from nnslurm.workflow.predict_models import PredictSpec
 
         assert spec.predict_input is not None and spec.predict_output is not None
         return PredictJob(

@@ -36,9 +36,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/nnslurm demo
 
-# The SLURM tests (one cluster: in order) and all the others run side by side, as two pytest
-# processes: most tests wait (on SLURM jobs, paced training, signals), so together they take
-# about as long as the longer of the two (scripts/run-tests).
+# The SLURM tests (one cluster: in order) and all the others (two workers, one per half of the
+# cores) run side by side: scripts/run-tests.
 test: $(STAMP)
 	PYTHON=$(BIN)/python scripts/run-tests $(PYTEST_ARGS)
 
@@ -46,7 +45,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slurm and not nnunet" $(PYTEST_ARGS)
 
 test-oldest: $(OLDEST_STAMP)
-	PYTHONPATH=$(CURDIR)/$(OLDEST) $(BIN)/python -m pytest $(OLDEST_TESTS) -m "not slurm" $(PYTEST_ARGS)
+	PYTHONPATH=$(CURDIR)/$(OLDEST) NNSLURM_PIN_TEST_WORKERS=1 $(BIN)/python -m pytest $(OLDEST_TESTS) \
+		-m "not slurm" -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check nnslurm tests benchmarks

@@ -33,6 +33,23 @@ def _caller_path() -> list[str]:
     return [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
 
 
+# scripts/run-tests sets this: each pytest-xdist worker trains on its own share of the cores.
+PIN_WORKERS_ENV = "NNSLURM_PIN_TEST_WORKERS"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Pin this xdist worker (gw0, gw1, ...) to its share of the CPU affinity: trainings in two
+    workers with a torch thread per core each on the same cores ran 4x slower than pinned apart
+    (nnslurm/cpus.py); pinned, each training's torch threads follow its worker's cores."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if os.environ.get(PIN_WORKERS_ENV) != "1" or not worker.startswith("gw"):
+        return
+    index, count = int(worker[2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = sorted(os.sched_getaffinity(0))
+    share = cores[index * len(cores) // count : (index + 1) * len(cores) // count]
+    os.sched_setaffinity(0, share or [cores[index % len(cores)]])
+
+
 @dataclass(frozen=True)
 class NnunetEnv:
     """nnUNet_raw/_preprocessed with dataset 501 built; each test gets its own nnUNet_results."""

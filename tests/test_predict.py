@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,9 +81,9 @@ def predict_some_foreground(model: Path, case: Path) -> None:
 
     predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model), (0,), "checkpoint_final.pth")
-    [(_, probabilities)] = predictor.predict_from_files_sequential(
-        [[str(case)]], None, save_probabilities=True
-    )
+    with tempfile.TemporaryDirectory() as folder:  # written, not returned: 2.6 returns nothing
+        predictor.predict_from_files_sequential([[str(case)]], [f"{folder}/case"], save_probabilities=True)
+        probabilities = np.load(f"{folder}/case.npz")["probabilities"]
     ratio = np.log(np.maximum(probabilities[0], 1e-6) / np.maximum(probabilities[1], 1e-6))
     path = model / "fold_0" / "checkpoint_final.pth"
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)

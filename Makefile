@@ -38,9 +38,9 @@ demo: $(STAMP)
 	$(BIN)/nnslurm demo
 
 # The SLURM tests (one cluster: in order) and all the others (two workers, one per half of the
-# cores) run side by side: scripts/run-tests.
-test: $(STAMP)
-	PYTHON=$(BIN)/python scripts/run-tests $(PYTEST_ARGS)
+# cores) run side by side, then OLDEST_TESTS against the oldest nnU-Net: scripts/run-tests.
+test: $(OLDEST_STAMP)
+	PYTHON=$(BIN)/python OLDEST_PATH=$(CURDIR)/$(OLDEST) OLDEST_TESTS="$(OLDEST_TESTS)" scripts/run-tests $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slurm and not nnunet" $(PYTEST_ARGS)

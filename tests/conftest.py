@@ -42,6 +42,9 @@ def pytest_configure(config: pytest.Config) -> None:
     workers with a torch thread per core each on the same cores ran 4x slower than pinned apart
     (nnslurm/cpus.py); pinned, each training's torch threads follow its worker's cores."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker:  # xdist sets an 80x24 terminal in its workers; the CLI's output follows COLUMNS
+        for name in ("COLUMNS", "LINES"):
+            os.environ.pop(name, None)
     if os.environ.get(PIN_WORKERS_ENV) != "1" or not worker.startswith("gw"):
         return
     index, count = int(worker[2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

@@ -161,6 +161,21 @@ def node(cluster: Cluster) -> Iterator[str]:
 USABLE = ("idle", "mixed", "allocated", "completing")
 
 
+def job_processes(job_id: str) -> list[int]:
+    """This machine's processes of the job: its steps' slurmstepd and whatever runs in them."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+            if cmdline.startswith(f"slurmstepd: [{job_id}.".encode()) or (
+                f"SLURM_JOB_ID={job_id}\0".encode() in (entry / "environ").read_bytes()
+            ):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def node_state(name: str) -> str:
     return sh(["sinfo", "-h", "-n", name, "-o", "%T"]).strip().rstrip("*~#!%$@^-")
 
@@ -177,13 +192,16 @@ def test_node_failure_requeues_and_resumes(
     idle_cluster.own.add(job_id)
     checkpoint = wait_for_event(run_folder, "checkpoint", 300, reason="periodic")
     time.sleep(3)  # a few iterations past the checkpoint: work the failure may cost
+    # The node "fails" but its processes live on: drained at once, it takes no job until the old
+    # job's processes are gone (measured: ReturnToService=2 put it back within 40 ms and SLURM
+    # relaunched the requeued job while the old step was still ending: "Duplicate jobid", drained).
     sh(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=nnslurm-test"])
+    sh(["scontrol", "update", f"NodeName={node}", "State=DRAIN", "Reason=nnslurm-test"])
     wait_for(
         lambda: "NODE_FAIL" in idle_cluster.states(job_id), 120, f"sacct to record NODE_FAIL for {job_id}"
     )
-    # ReturnToService=2 may already have put the node back (then RESUME is refused as invalid).
-    if node_state(node) not in USABLE:
-        subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False, timeout=30)
+    wait_for(lambda: not job_processes(job_id), patient(60), f"the processes of job {job_id} to end")
+    subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False, timeout=30)
     wait_for(lambda: node_state(node) in USABLE, patient(60), f"node {node} to come back")
     code, output = waiting.finish(400)
     assert code == 0, output

@@ -1,5 +1,5 @@
 """`nnslurm cancel` and `nnslurm logs`: a real local-executor job cancelled and resumed, scancel at the
-subprocess seam (the real cluster's story: tests/slurm/test_cancel_logs.py)."""
+subprocess seam (the real cluster's story: tests/slurm/test_cluster_cancel_logs.py)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import TINY_PLANS, NnunetEnv, nnslurm
-from support import wait_for
+from support import processes_with_marker, wait_for
 
 from nnslurm.synthetic import PACED_TRAINER
 
@@ -162,18 +162,17 @@ USABLE = ("idle", "mixed", "allocated", "completing")
 
 
 def job_processes(job_id: str) -> list[int]:
-    """This machine's processes of the job: its steps' slurmstepd and whatever runs in them."""
-    found = []
+    """This machine's processes of the job: whatever runs in its steps, and their slurmstepd."""
+    stepds = []
     for entry in Path("/proc").iterdir():
         try:
-            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
-            if cmdline.startswith(f"slurmstepd: [{job_id}.".encode()) or (
-                f"SLURM_JOB_ID={job_id}\0".encode() in (entry / "environ").read_bytes()
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(
+                f"slurmstepd: [{job_id}.".encode()
             ):
-                found.append(int(entry.name))
+                stepds.append(int(entry.name))
         except OSError:
             continue
-    return found
+    return processes_with_marker(f"SLURM_JOB_ID={job_id}\0") + stepds
 
 
 def node_state(name: str) -> str:

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # The oldest nnU-Net that pyproject.toml claims, laid over .venv's packages (PYTHONPATH): nnunetv2
 # and the network package it pins (<0.4), nothing else, so it takes seconds instead of a second venv.
-# The stop/resume and drop-in tests run against it too (nnslurm/nnunet_compat.py: what differs).
+# The stop/resume and drop-in tests run against it too (nnslurm/training/nnunet_compat.py: what differs).
 OLDEST_NNUNET := 2.6.0
 OLDEST := .nnunet-$(OLDEST_NNUNET)
 OLDEST_STAMP := $(OLDEST)/.installed

@@ -6,7 +6,7 @@ one CPU (SLURM_JOB_ID, SLURM_CPUS_PER_TASK=1, SLURM_JOB_CPUS_PER_NODE=1; every S
 the PATH is a fake that only answers scontrol's EndTime, an hour away, so nothing reaches a real
 cluster). Arms:
 
-- rule: nnslurm's default (nnslurm/cpus.py): torch threads = the allocation, 1;
+- rule: nnslurm's default (nnslurm/slurm/cpus.py): torch threads = the allocation, 1;
 - every-core: NNSLURM_IGNORE_ALLOCATION=1, what nnslurm did before the rule: torch threads = the
   affinity, every core of the node.
 

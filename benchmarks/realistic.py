@@ -47,8 +47,8 @@ def nnslurm_trainer(space: Workspace, results: Path, realistic: bool = True) -> 
 
     from nnslurm.checkpoints import BackgroundWriter
     from nnslurm.runs.events import EventLog
-    from nnslurm.signals import StopMonitor
-    from nnslurm.trainer import LoopContext, preemptible_class
+    from nnslurm.training.signals import StopMonitor
+    from nnslurm.training.trainer import LoopContext, preemptible_class
 
     trainer = build_trainer(space, results, preemptible_class(nnUNetTrainer), realistic)
     trainer.nnslurm = LoopContext(

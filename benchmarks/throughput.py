@@ -17,7 +17,7 @@ Two ways to put the arms side by side:
   nnslurm adds is paid for in full.
 
 --arms picks the arms: plain (nnU-Net's own loop), nnslurm (this checkout), plain-tuned (nnU-Net's
-loop with glibc's malloc thresholds fixed as nnslurm fixes them, see nnslurm/malloc.py, through
+loop with glibc's malloc thresholds fixed as nnslurm fixes them, see nnslurm/training/malloc.py, through
 MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_), other (`nnslurm train` of another copy of the
 package, --compare-checkout DIR holding DIR/nnslurm, e.g. a `git worktree` of the commit before a
 change). Ratios are against the first arm.
@@ -46,7 +46,7 @@ from common import (
     workspace,
 )
 
-from nnslurm.malloc import MMAP_THRESHOLD, TRIM_THRESHOLD
+from nnslurm.training.malloc import MMAP_THRESHOLD, TRIM_THRESHOLD
 
 GOAL = 0.99
 ARMS = ("plain", "nnslurm", "plain-tuned", "other")

@@ -28,7 +28,7 @@ GOAL = 0.8
 
 def snapshot(trainer: Any) -> dict[str, Any]:
     """The state nnslurm's writer receives for a checkpoint, taken as the loop takes it."""
-    from nnslurm import rng
+    from nnslurm.core import rng
 
     return trainer._snapshot(1, 0, [], rng.capture())
 

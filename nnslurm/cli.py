@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 
 from nnslurm import __version__
-from nnslurm.errors import NnslurmError
+from nnslurm.core.errors import NnslurmError
+from nnslurm.core.logs import configure_logging
 
 logger = logging.getLogger("nnslurm")
 
@@ -46,15 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status (tests call this directly)."""
     parser = build_parser()
@@ -73,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("interrupted")
         return 130
-    except SystemExit as leaving:  # a stopped `train` leaves through nnslurm.stoppable.exit_process
+    except SystemExit as leaving:  # a stopped `train` leaves through nnslurm.training.stoppable.exit_process
         return leaving.code if isinstance(leaving.code, int) else 1
 
 

@@ -40,7 +40,7 @@ PIN_WORKERS_ENV = "NNSLURM_PIN_TEST_WORKERS"
 def pytest_configure(config: pytest.Config) -> None:
     """Pin this xdist worker (gw0, gw1, ...) to its share of the CPU affinity: trainings in two
     workers with a torch thread per core each on the same cores ran 4x slower than pinned apart
-    (nnslurm/cpus.py); pinned, each training's torch threads follow its worker's cores."""
+    (nnslurm/slurm/cpus.py); pinned, each training's torch threads follow its worker's cores."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if worker:  # xdist sets an 80x24 terminal in its workers; the CLI's output follows COLUMNS
         for name in ("COLUMNS", "LINES"):

@@ -64,7 +64,7 @@ class Output:
 
 @dataclass
 class FakeCluster:
-    """A runner (nnslurm.scheduler.commands.use_runner) that answers SLURM commands from a script
+    """A runner (nnslurm.slurm.commands.use_runner) that answers SLURM commands from a script
     and records every command line. A command is answered by the longest key it starts with."""
 
     answers: dict[str, list[str]] = field(default_factory=dict)  # "scontrol show" -> stdout per call

@@ -18,7 +18,7 @@ from support import FakeCluster, Output, started, wait_for, write_log
 from nnslurm import cli
 from nnslurm.commands.cancel import _user
 from nnslurm.runs.status import process_alive, run_status
-from nnslurm.scheduler import commands as slurm
+from nnslurm.slurm import commands as slurm
 
 USER = _user()
 

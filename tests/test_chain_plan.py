@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from support import FakeCluster
 
-from nnslurm.config import RunSpec, TrainingOptions, TrainJob
-from nnslurm.errors import UsageError
-from nnslurm.scheduler.commands import SchedulerJob, use_runner
+from nnslurm.core.config import RunSpec, TrainingOptions, TrainJob
+from nnslurm.core.errors import UsageError
+from nnslurm.slurm.commands import SchedulerJob, use_runner
 from nnslurm.workflow.chain import ChainJob, ChainRecord, find_chain, read_chains
 from nnslurm.workflow.chain_status import StageState, chain_status
 from nnslurm.workflow.plan import (
@@ -310,8 +310,8 @@ def cascade_chain(tmp_path: Path) -> ChainRecord:
 def test_dependants_of_a_resubmitted_task_wait_for_its_new_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from nnslurm.scheduler.redirect import redirect_dependants
     from nnslurm.workflow.chain import CHAINS_FOLDER
-    from nnslurm.workflow.redirect import redirect_dependants
 
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     chains = tmp_path / CHAINS_FOLDER

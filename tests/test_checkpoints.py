@@ -35,7 +35,7 @@ from nnslurm.checkpoints import (
     weights_checksum,
 )
 from nnslurm.checkpoints.choose import UNUSABLE_SUFFIX
-from nnslurm.errors import CheckpointError
+from nnslurm.core.errors import CheckpointError
 
 IDENTITY = RunIdentity("Dataset501_Synthetic", "nnUNetPlans", "3d_fullres", "0", "nnUNetTrainer")
 

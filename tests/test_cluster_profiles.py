@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nnslurm.cluster import ClusterSettings, load_profile, parse_sbatch_arg, profile_files, resolve
-from nnslurm.errors import UsageError
+from nnslurm.core.cluster import ClusterSettings, load_profile, parse_sbatch_arg, profile_files, resolve
+from nnslurm.core.errors import UsageError
 
 PROFILES = """
 [profiles.gpu]

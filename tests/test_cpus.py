@@ -1,11 +1,11 @@
-"""Torch threads and augmentation workers follow the job's allocation (nnslurm.cpus): the rule as a
+"""Torch threads and augmentation workers follow the job's allocation (nnslurm.slurm.cpus): the rule as a
 pure function over the job's environment variables and the CPU affinity."""
 
 from __future__ import annotations
 
 import pytest
 
-from nnslurm.cpus import CpuBudget, cpu_budget
+from nnslurm.slurm.cpus import CpuBudget, cpu_budget
 
 IN_JOB = {"SLURM_JOB_ID": "42"}
 

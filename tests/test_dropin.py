@@ -19,11 +19,11 @@ import torch
 from conftest import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm, read_events
 
 from nnslurm.checkpoints import CheckpointInfo, RunIdentity
-from nnslurm.errors import CheckpointError, NnslurmError, UsageError
-from nnslurm.pretrained import META_FIELD, PretrainedWeights, record_for_resume
-from nnslurm.signals import StopMonitor
-from nnslurm.training import _validate
-from nnslurm.validation import RECORD, Validation, begin, checkpoint_for, is_done
+from nnslurm.core.errors import CheckpointError, NnslurmError, UsageError
+from nnslurm.training.pretrained import META_FIELD, PretrainedWeights, record_for_resume
+from nnslurm.training.process import _validate
+from nnslurm.training.signals import StopMonitor
+from nnslurm.training.validation import RECORD, Validation, begin, checkpoint_for, is_done
 
 SIGNALS = ["-tr", "signal_trainers:nnUNetTrainerSignals"]
 TINY_POSITIONAL = [
@@ -32,7 +32,7 @@ TINY_POSITIONAL = [
 ]  # fmt: skip
 
 
-# --- what "validated" means (nnslurm.validation) -----------------------------------------------
+# --- what "validated" means (nnslurm.training.validation) -----------------------------------------------
 
 
 def test_a_validation_is_done_only_with_a_whole_summary_that_covers_the_request(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_a_validation_that_fails_after_a_stop_signal_is_that_stop(tmp_path: Path
     assert not is_done(tmp_path, validation)
 
 
-# --- pretrained weights on resume (nnslurm.pretrained) -----------------------------------------
+# --- pretrained weights on resume (nnslurm.training.pretrained) -----------------------------------------
 
 
 def checkpoint_info(tmp_path: Path, meta: dict) -> CheckpointInfo:

@@ -14,10 +14,11 @@ from types import SimpleNamespace
 import pytest
 from support import FakeCluster, started, stop, wait_for, write_log
 
-from nnslurm import cli, launch
+from nnslurm import cli
+from nnslurm.jobs import submission as launch
 from nnslurm.runs.holder import holders
 from nnslurm.runs.state import RunState
-from nnslurm.scheduler.commands import use_runner
+from nnslurm.slurm.commands import use_runner
 
 
 def submitted(job: str, t: float) -> dict:

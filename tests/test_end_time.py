@@ -11,16 +11,23 @@ from pathlib import Path
 import pytest
 from support import FakeCluster
 
-from nnslurm.config import TrainingOptions
+from nnslurm.core.config import TrainingOptions
 from nnslurm.runs.events import read_events
-from nnslurm.scheduler import commands
 from nnslurm.scheduler.after_stop import after_stop
-from nnslurm.scheduler.end_time import END_TIME_SIGNAL, EndTimeReader, end_time_decision
-from nnslurm.scheduler.environment import SlurmEnvironment
 from nnslurm.scheduler.policy import StopEvidence, StopKind, decide
-from nnslurm.signals import StopMonitor, StopRequest
-from nnslurm.stop_margin import EPOCH_END, ITERATION, VALIDATION, EndTimeGuard, PhaseTimes, end_time_guard
-from nnslurm.training import TrainingOutcome
+from nnslurm.slurm import commands
+from nnslurm.slurm.end_time import END_TIME_SIGNAL, EndTimeReader, end_time_decision
+from nnslurm.slurm.environment import SlurmEnvironment
+from nnslurm.training.process import TrainingOutcome
+from nnslurm.training.signals import StopMonitor, StopRequest
+from nnslurm.training.stop_margin import (
+    EPOCH_END,
+    ITERATION,
+    VALIDATION,
+    EndTimeGuard,
+    PhaseTimes,
+    end_time_guard,
+)
 
 END = datetime(2026, 12, 1, 12, 0, 0)
 END_S = END.timestamp()
@@ -397,7 +404,7 @@ def test_after_an_end_time_stop_the_job_requeues_itself_and_says_why(tmp_path: P
 
 @pytest.mark.usefixtures("in_job")
 def test_end_time_stops_count_against_the_requeue_cap(tmp_path: Path) -> None:
-    from nnslurm.errors import RequeueLimitReached
+    from nnslurm.core.errors import RequeueLimitReached
 
     fake = FakeCluster(answers={"scontrol show": [scontrol()]})
     options = TrainingOptions(max_requeues=1)

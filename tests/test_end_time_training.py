@@ -12,7 +12,7 @@ import pytest
 from conftest import TINY_PLANS, NnunetEnv, nnslurm
 
 from nnslurm import EXIT_RESUMABLE
-from nnslurm.synthetic import PACED_TRAINER
+from nnslurm.commands.synthetic import PACED_TRAINER
 
 pytestmark = pytest.mark.nnunet
 

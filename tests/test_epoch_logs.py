@@ -1,10 +1,10 @@
-"""nnU-Net's external loggers (W&B) get each epoch once, whole, at its end (nnslurm.epoch_logs)."""
+"""nnU-Net's external loggers (W&B) get each epoch once, whole, at its end (nnslurm.training.epoch_logs)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from nnslurm.epoch_logs import HeldUntilEpochEnd, epoch_ended, hold_until_epoch_end
+from nnslurm.training.epoch_logs import HeldUntilEpochEnd, epoch_ended, hold_until_epoch_end
 
 
 class Recorder:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nnslurm.trainer import eta_text
+from nnslurm.training.trainer import eta_text
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from nnslurm import cli, launch, waiting
-from nnslurm.cluster import ClusterSettings, resolve
+from nnslurm import cli
 from nnslurm.commands.options import parse_folds
 from nnslurm.commands.template import TEMPLATES, template_text
-from nnslurm.config import RunSpec, TrainingOptions, TrainJob
-from nnslurm.errors import NnunetSetupError, UsageError
+from nnslurm.core.cluster import ClusterSettings, resolve
+from nnslurm.core.config import RunSpec, TrainingOptions, TrainJob
+from nnslurm.core.errors import NnunetSetupError, UsageError
+from nnslurm.jobs import submission as launch
+from nnslurm.jobs import waiting
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]
@@ -375,7 +377,7 @@ def test_a_job_slurm_requeued_is_not_reported_ended(
 ) -> None:
     from support import FakeCluster
 
-    from nnslurm.scheduler.commands import use_runner
+    from nnslurm.slurm.commands import use_runner
 
     cluster = FakeCluster(answers={"scontrol show job": [JOB_LINE.format(scontrol_state)]})
     if scontrol_state is None:

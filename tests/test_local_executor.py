@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm, read_events
 from support import wait_for
 
-from nnslurm.synthetic import PACED_TRAINER
+from nnslurm.commands.synthetic import PACED_TRAINER
 
 pytestmark = pytest.mark.nnunet
 

@@ -15,10 +15,10 @@ import pytest
 from conftest import TINY_TRAINING, NnunetEnv
 from support import wait_for
 
-from nnslurm import lock
-from nnslurm.errors import RunLockedError
-from nnslurm.lock import EXCLUSIVE_FILE, RunLock
-from nnslurm.scheduler import commands as slurm
+from nnslurm.core.errors import RunLockedError
+from nnslurm.slurm import commands as slurm
+from nnslurm.training import lock
+from nnslurm.training.lock import EXCLUSIVE_FILE, RunLock
 
 
 @pytest.fixture
@@ -149,10 +149,10 @@ def test_a_lock_file_of_an_earlier_start_of_this_job_is_taken_over(
 
 NO_LOCKS_CLI = (
     "import errno, os, sys\n"
-    "import nnslurm.lock\n"
+    "import nnslurm.training.lock\n"
     "def fails(fd, operation):\n"
     "    raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))\n"
-    "nnslurm.lock.lockf = fails\n"
+    "nnslurm.training.lock.lockf = fails\n"
     "from nnslurm.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm
 
-from nnslurm.nnunet_compat import nnunet_version, trainer_plans
+from nnslurm.training.nnunet_compat import nnunet_version, trainer_plans
 
 BIN = Path(sys.executable).parent
 
@@ -131,8 +131,8 @@ def hooks_called(source: str) -> list[str]:
 
 
 def test_the_mirrored_loop_calls_nnunets_hooks_in_its_order() -> None:
-    """nnslurm.trainer runs nnU-Net's run_training hook by hook: same hooks, same order."""
-    from nnslurm.trainer import PreemptibleTrainerMixin as Mixin
+    """nnslurm.training.trainer runs nnU-Net's run_training hook by hook: same hooks, same order."""
+    from nnslurm.training.trainer import PreemptibleTrainerMixin as Mixin
 
     nnunet = hooks_called(inspect.getsource(nnunet_trainer().run_training))
     assert nnunet[0] == "on_train_start" and nnunet[-1] == "on_train_end", nnunet
@@ -145,7 +145,7 @@ def test_the_mirrored_loop_calls_nnunets_hooks_in_its_order() -> None:
 
 
 def test_version_switches_match_the_installed_nnunet() -> None:
-    """Each switch of nnslurm.nnunet_compat is on exactly where nnU-Net's source needs it."""
+    """Each switch of nnslurm.training.nnunet_compat is on exactly where nnU-Net's source needs it."""
     from nnunetv2.training.logging import nnunet_logger
 
     trainer = nnunet_trainer()

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from nnslurm import cli, launch
-from nnslurm.cluster import ClusterSettings
-from nnslurm.config import RunSpec, TrainingOptions, TrainJob
+from nnslurm import cli
+from nnslurm.core.cluster import ClusterSettings
+from nnslurm.core.config import RunSpec, TrainingOptions, TrainJob
+from nnslurm.jobs import submission as launch
 
 RUN = ["-d", "501", "-f", "0"]
 

@@ -10,16 +10,16 @@ from typing import Any
 import pytest
 from support import FakeCluster, started, write_log
 
-from nnslurm.config import TrainingOptions
+from nnslurm.core.config import TrainingOptions
 from nnslurm.runs.events import read_events
 from nnslurm.runs.interruptions import Kind
 from nnslurm.runs.status import run_status
-from nnslurm.scheduler import commands
 from nnslurm.scheduler.after_stop import after_stop
-from nnslurm.scheduler.commands import parse_sacct_runs
-from nnslurm.scheduler.environment import SlurmEnvironment
 from nnslurm.scheduler.restart import note_previous_end
-from nnslurm.training import TrainingOutcome
+from nnslurm.slurm import commands
+from nnslurm.slurm.commands import parse_sacct_runs
+from nnslurm.slurm.environment import SlurmEnvironment
+from nnslurm.training.process import TrainingOutcome
 
 RESTARTED = SlurmEnvironment.from_environ({"SLURM_JOB_ID": "15", "SLURM_RESTART_COUNT": "1"})
 SACCT_D = "15|NODE_FAIL\n15|RUNNING\n"

@@ -15,8 +15,8 @@ from nnslurm import cli
 from nnslurm.commands import train
 from nnslurm.runs.events import read_events
 from nnslurm.runs.interruptions import Kind
-from nnslurm.scheduler import commands
-from nnslurm.training import TrainingOutcome
+from nnslurm.slurm import commands
+from nnslurm.training.process import TrainingOutcome
 
 DATASET = "Dataset501_Synthetic"
 SACCT_D = "15|NODE_FAIL\n15|RUNNING\n"

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from nnslurm import cli
-from nnslurm.cluster import ClusterSettings
 from nnslurm.commands.demo import submit_command
 from nnslurm.commands.options import (
     run_specs_from_args,
@@ -19,8 +18,9 @@ from nnslurm.commands.options import (
     training_options_from_args,
 )
 from nnslurm.commands.submit import make_submission
-from nnslurm.config import RunSpec, TrainingOptions, TrainJob
-from nnslurm.synthetic import PACED_TRAINER
+from nnslurm.commands.synthetic import PACED_TRAINER
+from nnslurm.core.cluster import ClusterSettings
+from nnslurm.core.config import RunSpec, TrainingOptions, TrainJob
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

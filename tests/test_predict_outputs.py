@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support import wait_for
 
-from nnslurm.errors import UsageError
+from nnslurm.core.errors import UsageError
 from nnslurm.workflow.outputs import Staging, publish, write_json_atomically
 from nnslurm.workflow.predict import Case, PredictJob, cases_done, list_cases
 from nnslurm.workflow.predict_models import ModelSpec, PredictSpec, chosen_by_find_best

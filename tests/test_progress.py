@@ -7,7 +7,7 @@ import io
 import pytest
 from conftest import TINY_TRAINING, NnunetEnv, nnslurm, run_on_a_terminal
 
-from nnslurm.progress import TrainingProgress
+from nnslurm.training.progress import TrainingProgress
 
 
 class Terminal(io.StringIO):

@@ -13,8 +13,8 @@ from matplotlib.image import imread
 from support import build_interrupted_run, started, stop, write_log
 
 from nnslurm import cli
-from nnslurm.report import DPI, FIGSIZE
-from nnslurm.timeparse import describe
+from nnslurm.core.timeparse import describe
+from nnslurm.runs.timeline import DPI, FIGSIZE
 
 WIDTH, HEIGHT = round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI)
 

@@ -12,17 +12,15 @@ from typing import Any
 import pytest
 from support import FakeCluster, started, stop, write_log
 
-from nnslurm import launch, waiting
-from nnslurm.config import RunSpec, TrainingOptions, TrainJob
-from nnslurm.errors import RequeueLimitReached, SchedulerError
+from nnslurm.core.config import RunSpec, TrainingOptions, TrainJob
+from nnslurm.core.errors import RequeueLimitReached, SchedulerError
+from nnslurm.jobs import submission as launch
+from nnslurm.jobs import waiting
 from nnslurm.runs.events import Event, EventLog, read_events
 from nnslurm.runs.history import read_history
 from nnslurm.runs.state import RunState
 from nnslurm.runs.status import run_status
-from nnslurm.scheduler import commands
 from nnslurm.scheduler.after_stop import Clock, after_stop
-from nnslurm.scheduler.commands import SchedulerJob, parse_job_info, parse_preempt_mode
-from nnslurm.scheduler.environment import SlurmEnvironment
 from nnslurm.scheduler.policy import (
     StopEvidence,
     StopKind,
@@ -32,7 +30,10 @@ from nnslurm.scheduler.policy import (
     resubmit_rule,
 )
 from nnslurm.scheduler.resubmit import ResubmittedJob, sbatch_argv
-from nnslurm.training import TrainingOutcome
+from nnslurm.slurm import commands
+from nnslurm.slurm.commands import SchedulerJob, parse_job_info, parse_preempt_mode
+from nnslurm.slurm.environment import SlurmEnvironment
+from nnslurm.training.process import TrainingOutcome
 
 NOW = datetime(2026, 12, 1, 11, 0, 20)
 
@@ -300,13 +301,13 @@ def test_wait_follows_the_resubmitted_job(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def cluster_settings() -> Any:
-    from nnslurm.cluster import ClusterSettings
+    from nnslurm.core.cluster import ClusterSettings
 
     return ClusterSettings()
 
 
 def test_the_resubmission_waits_for_the_old_job_and_keeps_the_settings(tmp_path: Path) -> None:
-    from nnslurm.cluster import ClusterSettings
+    from nnslurm.core.cluster import ClusterSettings
 
     jobs = tuple(TrainJob(RunSpec("501", "3d_fullres", fold), TrainingOptions()) for fold in ("0", "1"))
     submission = launch.Submission(jobs, ClusterSettings(partition="cancel"), "slurm", tmp_path, "x")

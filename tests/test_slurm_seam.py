@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from support import FakeCluster
 
-from nnslurm.config import TrainingOptions
-from nnslurm.errors import CommandError, RequeueLimitReached, SchedulerError
+from nnslurm.core.config import TrainingOptions
+from nnslurm.core.errors import CommandError, RequeueLimitReached, SchedulerError
 from nnslurm.runs.events import read_events
-from nnslurm.scheduler import commands
 from nnslurm.scheduler.after_stop import Clock, after_stop, wait_for_requeue
-from nnslurm.scheduler.commands import JobInfo, parse_job_info
-from nnslurm.scheduler.environment import SlurmEnvironment, submitted_event_id
 from nnslurm.scheduler.policy import StopEvidence, StopKind, decide, self_requeues
-from nnslurm.training import TrainingOutcome
+from nnslurm.slurm import commands
+from nnslurm.slurm.commands import JobInfo, parse_job_info
+from nnslurm.slurm.environment import SlurmEnvironment, submitted_event_id
+from nnslurm.training.process import TrainingOutcome
 
 NOW = datetime(2026, 11, 30, 5, 6, 20)
 

@@ -17,7 +17,7 @@ from support import FakeCluster, Output, build_interrupted_run, started, stop, w
 from nnslurm import cli
 from nnslurm.runs.state import LOG_STATE, LogSays, RunState, run_state
 from nnslurm.runs.status import run_status
-from nnslurm.scheduler.commands import SchedulerJob, use_runner
+from nnslurm.slurm.commands import SchedulerJob, use_runner
 
 
 @pytest.fixture

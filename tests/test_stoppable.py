@@ -1,5 +1,5 @@
-"""The one stop path (nnslurm.stoppable, nnslurm.job): how a stopped process leaves, the import-time
-exit, submitit's handler handing over, and the one requeue authority. Real processes and signals,
+"""The one stop path (training/stoppable.py, jobs/training_job.py): how a stopped process leaves, the import-
+time exit, submitit's handler handing over, and the one requeue authority. Real processes and signals,
 no nnU-Net training."""
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from submitit.local import local as submitit_local
 from submitit.local.local import LocalJobEnvironment
 
 from nnslurm import EXIT_RESUMABLE
-from nnslurm.config import RunSpec, TrainingOptions, TrainJob
-from nnslurm.errors import RequeueLimitReached
-from nnslurm.job import LOCAL_MAX_REQUEUES, LOCAL_REQUEUE_EXIT, TrainingJob, requeue_cap
-from nnslurm.stoppable import exit_process, run_stoppable
+from nnslurm.core.config import RunSpec, TrainingOptions, TrainJob
+from nnslurm.core.errors import RequeueLimitReached
+from nnslurm.jobs.training_job import LOCAL_MAX_REQUEUES, LOCAL_REQUEUE_EXIT, TrainingJob, requeue_cap
+from nnslurm.training.stoppable import exit_process, run_stoppable
 
 
 def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -51,7 +51,7 @@ def test_exit_from_another_thread_ends_the_process() -> None:
     result = run_python(
         """
         import threading, time
-        from nnslurm.stoppable import exit_process, run_stoppable
+        from nnslurm.training.stoppable import exit_process, run_stoppable
         threading.Thread(target=exit_process, args=(144,)).start()
         time.sleep(30)
         print("still alive")
@@ -63,7 +63,7 @@ def test_exit_from_another_thread_ends_the_process() -> None:
 
 def test_signal_while_importing_exits_resumable_without_deciding() -> None:
     """A stop whose deadline passes while the main thread still imports torch and nnU-Net (here: an
-    import of nnslurm.training that takes 60 s) exits 75 at the deadline, saying so."""
+    import of nnslurm.training.process that takes 60 s) exits 75 at the deadline, saying so."""
     result = run_python(
         """
         import logging, os, signal, sys, time
@@ -71,14 +71,14 @@ def test_signal_while_importing_exits_resumable_without_deciding() -> None:
 
         class SlowTraining:  # stands in for the seconds that torch and nnU-Net take to import
             def find_spec(self, name, path=None, target=None):
-                if name == "nnslurm.training":
+                if name == "nnslurm.training.process":
                     os.kill(os.getpid(), signal.SIGUSR1)  # the handlers are in: we are inside them
                     time.sleep(60)
                 return None
 
         sys.meta_path.insert(0, SlowTraining())
-        from nnslurm.config import RunSpec, TrainingOptions, TrainJob
-        from nnslurm.stoppable import run_stoppable
+        from nnslurm.core.config import RunSpec, TrainingOptions, TrainJob
+        from nnslurm.training.stoppable import run_stoppable
         run_stoppable(TrainJob(RunSpec("501"), TrainingOptions(stop_deadline_s=0.5)))
         """
     )
@@ -93,10 +93,10 @@ class FakeOutcome:
 
 
 def fake_training(monkeypatch: pytest.MonkeyPatch, status: str) -> None:
-    """nnslurm.training without nnU-Net: run_training returns at once with `status`."""
-    module = types.ModuleType("nnslurm.training")
+    """nnslurm.training.process without nnU-Net: run_training returns at once with `status`."""
+    module = types.ModuleType("nnslurm.training.process")
     module.run_training = lambda job, monitor, on_run_folder=None: FakeOutcome(status)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "nnslurm.training", module)
+    monkeypatch.setitem(sys.modules, "nnslurm.training.process", module)
 
 
 def test_a_stop_leaves_with_the_status_after_stop_decides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,15 +126,15 @@ def test_a_stop_signal_after_training_finished_is_ignored() -> None:
     result = run_python(
         """
         import os, signal, sys, types
-        from nnslurm.config import RunSpec, TrainJob
-        from nnslurm.stoppable import run_stoppable
+        from nnslurm.core.config import RunSpec, TrainJob
+        from nnslurm.training.stoppable import run_stoppable
 
         class Finished:
             status, output_folder = "finished", "run"
 
-        training = types.ModuleType("nnslurm.training")
+        training = types.ModuleType("nnslurm.training.process")
         training.run_training = lambda job, monitor, on_run_folder=None: Finished()
-        sys.modules["nnslurm.training"] = training
+        sys.modules["nnslurm.training.process"] = training
         run_stoppable(TrainJob(RunSpec("501")))
         for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
             os.kill(os.getpid(), sig)

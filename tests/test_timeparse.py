@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nnslurm.errors import UsageError
-from nnslurm.timeparse import describe, format_time, parse_scontrol_time, parse_time, slurm_minutes
+from nnslurm.core.errors import UsageError
+from nnslurm.core.timeparse import describe, format_time, parse_scontrol_time, parse_time, slurm_minutes
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events
 
-from nnslurm.nnunet_compat import nnunet_version
+from nnslurm.training.nnunet_compat import nnunet_version
 
 pytestmark = pytest.mark.nnunet
 

@@ -168,7 +168,7 @@ def test_find_best_stops_before_its_unit_then_writes_nnunets_files(
     assert read_events(stage)[-1]["event"] == "finished"
 
     # The predict stage reads it only through the marker: a torn file is refused.
-    from nnslurm.errors import NnunetSetupError
+    from nnslurm.core.errors import NnunetSetupError
     from nnslurm.workflow.find_best import read_inference_information
 
     for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):

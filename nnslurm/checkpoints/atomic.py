@@ -18,7 +18,7 @@ from typing import IO, Any, cast
 
 import torch
 
-from nnslurm.errors import CheckpointError
+from nnslurm.core.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

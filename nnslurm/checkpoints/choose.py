@@ -25,7 +25,7 @@ from nnslurm.checkpoints.read import (
     read_checkpoint,
     verify_weights,
 )
-from nnslurm.errors import CheckpointError
+from nnslurm.core.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

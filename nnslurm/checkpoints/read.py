@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from nnslurm.checkpoints.fileformat import CHECKSUMS, LEGACY_FORMAT, META_KEY
-from nnslurm.errors import CheckpointError
+from nnslurm.core.errors import CheckpointError
 
 # Equal progress: prefer the file that says more (final is finished; latest is nnslurm's stop file).
 NAME_RANK = {"checkpoint_final.pth": 3, "checkpoint_latest.pth": 2, "checkpoint_best.pth": 1}

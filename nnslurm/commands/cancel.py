@@ -18,14 +18,14 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from nnslurm.errors import NnslurmError, UsageError
+from nnslurm.core.errors import NnslurmError, UsageError
 from nnslurm.runs.discovery import resolve
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.runs.history import History, Outcome, read_history
 from nnslurm.runs.state import RunState
 from nnslurm.runs.status import live_process, run_status
-from nnslurm.scheduler.commands import cancel as scancel
-from nnslurm.scheduler.environment import is_local_job, is_slurm_job
+from nnslurm.slurm.commands import cancel as scancel
+from nnslurm.slurm.environment import is_local_job, is_slurm_job
 
 logger = logging.getLogger(__name__)
 

@@ -15,16 +15,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nnslurm.cluster import resolve
 from nnslurm.commands.options import checked
-from nnslurm.config import RunSpec, TrainingOptions, TrainJob
-from nnslurm.nnunet import FOLDER_VARIABLES, output_folder
+from nnslurm.commands.synthetic import PACED_TRAINER, TINY_PLANS, make_synthetic_dataset
+from nnslurm.core.cluster import resolve
+from nnslurm.core.config import RunSpec, TrainingOptions, TrainJob
+from nnslurm.core.nnunet import FOLDER_VARIABLES, output_folder
+from nnslurm.core.timeparse import format_time, parse_time
 from nnslurm.runs.events import Event, read_events
-from nnslurm.synthetic import PACED_TRAINER, TINY_PLANS, make_synthetic_dataset
-from nnslurm.timeparse import format_time, parse_time
 
-if TYPE_CHECKING:  # nnslurm.launch imports submitit: only when a command submits
-    from nnslurm.launch import Submission
+if TYPE_CHECKING:  # nnslurm.jobs.submission imports submitit: only when a command submits
+    from nnslurm.jobs.submission import Submission
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import json
 import logging
 from typing import Any
 
-from nnslurm.errors import NnunetSetupError, UsageError, nnunet_failures
-from nnslurm.nnunet import dataset_name, env_folder
+from nnslurm.core.errors import NnunetSetupError, UsageError, nnunet_failures
+from nnslurm.core.nnunet import dataset_name, env_folder
 from nnslurm.workflow.find_best import (
     INFORMATION_FILE,
     INSTRUCTIONS_FILE,

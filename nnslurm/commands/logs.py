@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnslurm.errors import CommandError, NnslurmError, SchedulerError, UsageError
+from nnslurm.core.errors import CommandError, NnslurmError, SchedulerError, UsageError
 from nnslurm.runs.discovery import resolve
 from nnslurm.runs.history import History, read_history
 from nnslurm.runs.state import TERMINAL_STATES
 from nnslurm.runs.status import run_status
-from nnslurm.scheduler.commands import job_info
-from nnslurm.scheduler.environment import LOCAL_PREFIX, is_slurm_job
+from nnslurm.slurm.commands import job_info
+from nnslurm.slurm.environment import LOCAL_PREFIX, is_slurm_job
 
 EPILOG = """\
 Where the files are found, for each job of the run:

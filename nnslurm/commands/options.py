@@ -9,11 +9,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from nnslurm.cluster import ClusterSettings, parse_sbatch_arg, resolve
-from nnslurm.config import DEFAULT_STOP_SIGNALS, RunSpec, TrainingOptions, TrainJob, parse_signal_list
-from nnslurm.errors import UsageError
-from nnslurm.pretrained import check_weights_file
-from nnslurm.timeparse import parse_time
+from nnslurm.core.cluster import ClusterSettings, parse_sbatch_arg, resolve
+from nnslurm.core.config import DEFAULT_STOP_SIGNALS, RunSpec, TrainingOptions, TrainJob, parse_signal_list
+from nnslurm.core.errors import UsageError
+from nnslurm.core.timeparse import parse_time
+from nnslurm.training.pretrained import check_weights_file
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nnslurm.commands.options import add_device_argument
-from nnslurm.errors import UsageError
+from nnslurm.core.errors import UsageError
 from nnslurm.workflow.predict import run_prediction
 from nnslurm.workflow.predict_models import ModelSpec, PredictSpec, resolve
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from nnslurm.errors import UsageError, nnunet_failures
+from nnslurm.core.errors import UsageError, nnunet_failures
 from nnslurm.workflow.preprocess import (
     DEFAULT_CONFIGURATIONS,
     DEFAULT_PLANNER,

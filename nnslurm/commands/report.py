@@ -25,7 +25,7 @@ The summary: total wall time (first to last record), compute time (first to last
 training process, start-up imports excluded), queued / idle time (the rest), iterations redone,
 and every interruption with its evidence.
 
---json prints the summary, schema "nnslurm.report/1": folder, state, start, end, wall_s,
+--json prints the summary, schema "nnslurm.runs.timeline/1": folder, state, start, end, wall_s,
 compute_s, queue_s (before the first start), idle_s (between starts), starts, interruptions
 {{kind: count}}, iterations_redone, position {{epoch, iteration, time}}, events[] (kind, time,
 job_id, signal, at, resumed_at, reason), picture (its path, or null). A job id of a whole
@@ -56,13 +56,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnslurm import report
+    from nnslurm.runs import timeline as report
 
     results = os.environ.get("nnUNet_results")
     targets = resolve(args.run, Path(results) if results else None)
     folders = list(dict.fromkeys(folder for folder, _ in targets))
     if args.output is not None and len(folders) > 1:
-        from nnslurm.errors import UsageError
+        from nnslurm.core.errors import UsageError
 
         raise UsageError(
             f"{args.run} names {len(folders)} runs (a job array); -o can hold one picture.",

@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from nnslurm.errors import NnslurmError, UsageError
+from nnslurm.core.errors import NnslurmError, UsageError
+from nnslurm.core.timeparse import describe
 from nnslurm.runs.discovery import discover
 from nnslurm.runs.state import RunState
 from nnslurm.runs.status import SCHEMA, RunStatus, iso_time, statuses
-from nnslurm.timeparse import describe
 from nnslurm.workflow.chain import CHAINS_FOLDER, ChainRecord, read_chains
 from nnslurm.workflow.chain_status import StageStatus, chain_status
 
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def results_folder(given: Path | None) -> Path:
-    from nnslurm.nnunet import env_folder
+    from nnslurm.core.nnunet import env_folder
 
     if given is None:
         return env_folder("nnUNet_results")
@@ -158,7 +158,7 @@ def collect_chains(args: argparse.Namespace, results: Path) -> list[tuple[ChainR
 
 
 def _same_dataset(recorded: str, asked: str) -> bool:
-    from nnslurm.nnunet import dataset_name
+    from nnslurm.core.nnunet import dataset_name
 
     try:
         return dataset_name(recorded) == dataset_name(asked)

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nnslurm.cluster import ClusterSettings
 from nnslurm.commands.options import (
     RUN_USAGE,
     add_cluster_arguments,
@@ -19,12 +18,13 @@ from nnslurm.commands.options import (
     cluster_settings_from_args,
     training_jobs_from_args,
 )
-from nnslurm.config import TrainJob
-from nnslurm.errors import NnslurmError, UsageError
+from nnslurm.core.cluster import ClusterSettings
+from nnslurm.core.config import TrainJob
+from nnslurm.core.errors import NnslurmError, UsageError
 from nnslurm.workflow.plan import WorkflowSpec
 
-if TYPE_CHECKING:  # nnslurm.launch imports submitit: only when a command submits
-    from nnslurm.launch import Submission
+if TYPE_CHECKING:  # nnslurm.jobs.submission imports submitit: only when a command submits
+    from nnslurm.jobs.submission import Submission
     from nnslurm.runs.holder import Holder
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def make_submission(
     jobs: Sequence[TrainJob], cluster: ClusterSettings, executor: str, job_name: str | None = None
 ) -> Submission:
     """The checked Submission of these runs; the log folder is the cluster's, or the default."""
-    from nnslurm import launch
+    from nnslurm.jobs import submission as launch
 
     check_submission(cluster, jobs[0].options)
     chosen = launch.choose_executor(executor)
@@ -188,7 +188,8 @@ def make_submission(
 
 def send(submission: Submission, wait: bool) -> int:
     """Submit, say where each run went and, with `wait`, follow the jobs to their end."""
-    from nnslurm import launch, waiting
+    from nnslurm.jobs import submission as launch
+    from nnslurm.jobs import waiting
 
     jobs = submission.jobs
     launch.check_runs(jobs)
@@ -218,7 +219,7 @@ def send(submission: Submission, wait: bool) -> int:
 
 
 def dry_run(submission: Submission) -> int:
-    from nnslurm import launch
+    from nnslurm.jobs import submission as launch
 
     print("# nnslurm submit --dry-run: nothing is submitted")
     print(
@@ -271,7 +272,7 @@ class RunAlreadyQueued(NnslurmError):
 
 def held_runs(jobs: Sequence[TrainJob]) -> list[Holder]:
     """Runs of this submission that a queued or running job holds (nnslurm.runs.holder)."""
-    from nnslurm import launch
+    from nnslurm.jobs import submission as launch
     from nnslurm.runs.holder import holders
 
     folders = [folder for folder in (launch.run_folder(job) for job in jobs) if folder is not None]

@@ -7,13 +7,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from nnslurm.errors import NnslurmError
+from nnslurm.core.errors import NnslurmError
 from nnslurm.workflow.chain import ChainRecord, check_chain_input, cpu_submission, submit_chain
 from nnslurm.workflow.chain_status import StageState, StageStatus, chain_status, is_over
 from nnslurm.workflow.plan import Stage, StageKind, WorkflowSpec, dependency_expression, plan_stages
 
 if TYPE_CHECKING:
-    from nnslurm.launch import Submission
+    from nnslurm.jobs.submission import Submission
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def describe_stage(stage: Stage, spec: WorkflowSpec) -> str:
 
 def dry_run(spec: WorkflowSpec, submission: Submission, cpu_partition: str | None) -> int:
     """Every job of the chain with its dependencies, and each job's sbatch script."""
-    from nnslurm import launch
+    from nnslurm.jobs import submission as launch
 
     stages = plan_stages(spec)
     print(f"# nnslurm submit --dry-run: a chain of {len(stages)} job(s); nothing is submitted")
@@ -79,8 +79,8 @@ def dry_run(spec: WorkflowSpec, submission: Submission, cpu_partition: str | Non
 
 
 def _problems(spec: WorkflowSpec) -> list[str]:
-    from nnslurm import launch
     from nnslurm.commands.submit import RunAlreadyQueued, held_runs
+    from nnslurm.jobs import submission as launch
 
     problems = []
     try:
@@ -96,8 +96,8 @@ def _problems(spec: WorkflowSpec) -> list[str]:
 
 
 def send(spec: WorkflowSpec, submission: Submission, cpu_partition: str | None, wait: bool) -> int:
-    from nnslurm import launch
     from nnslurm.commands.submit import RunAlreadyQueued, held_runs
+    from nnslurm.jobs import submission as launch
 
     check_chain_input(spec)
     if not spec.preprocess:
@@ -145,7 +145,7 @@ def wait_for_chain(
 def _local_controller_alive(record: ChainRecord) -> bool:
     """A local chain is one job: once its controller is gone, nothing more will happen."""
     from nnslurm.runs.status import process_alive
-    from nnslurm.scheduler.environment import LOCAL_PREFIX
+    from nnslurm.slurm.environment import LOCAL_PREFIX
 
     job_id = record.jobs[0].job_id
     if record.executor == "slurm" or not job_id.startswith(LOCAL_PREFIX):

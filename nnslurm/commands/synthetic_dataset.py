@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from nnslurm.synthetic import TINY_PLANS, make_synthetic_dataset
+from nnslurm.commands.synthetic import TINY_PLANS, make_synthetic_dataset
 
 logger = logging.getLogger(__name__)
 

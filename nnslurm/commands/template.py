@@ -15,7 +15,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from nnslurm.cluster import ClusterSettings
 from nnslurm.commands.options import (
     add_cluster_arguments,
     add_run_arguments,
@@ -25,9 +24,10 @@ from nnslurm.commands.options import (
     run_specs_from_args,
     training_options_from_args,
 )
-from nnslurm.directives import directive
-from nnslurm.errors import UsageError
-from nnslurm.timeparse import format_time
+from nnslurm.core.cluster import ClusterSettings
+from nnslurm.core.directives import directive
+from nnslurm.core.errors import UsageError
+from nnslurm.core.timeparse import format_time
 
 TEMPLATES = {
     "train": "nnslurm-train.sbatch",

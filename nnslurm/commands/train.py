@@ -13,12 +13,12 @@ from nnslurm.commands.options import (
     add_training_arguments,
     training_job_from_args,
 )
-from nnslurm.config import TrainJob
-from nnslurm.scheduler.end_time import END_TIME_SIGNAL
-from nnslurm.stoppable import AfterStop, run_stoppable
+from nnslurm.core.config import TrainJob
+from nnslurm.slurm.end_time import END_TIME_SIGNAL
+from nnslurm.training.stoppable import AfterStop, run_stoppable
 
 if TYPE_CHECKING:
-    from nnslurm.training import TrainingOutcome
+    from nnslurm.training.process import TrainingOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Returns 0 when training finished; a stop leaves through `nnslurm.stoppable` with status 75."""
+    """Returns 0 when training finished; a stop leaves through `nnslurm.training.stoppable` with status 75."""
     job = training_job_from_args(args)
     in_slurm = _inside_slurm_job()
     if in_slurm:  # an sbatch template's job, restarted after a node failure: say so (sacct)
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _inside_slurm_job() -> bool:
-    from nnslurm.scheduler.environment import SlurmEnvironment
+    from nnslurm.slurm.environment import SlurmEnvironment
 
     return SlurmEnvironment.from_environ().in_slurm
 

@@ -6,10 +6,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnslurm.errors import NnslurmError
+from nnslurm.core.errors import NnslurmError
 from nnslurm.runs.events import EVENTS_FILE
 from nnslurm.runs.history import read_history
-from nnslurm.scheduler.environment import local_event_id
+from nnslurm.slurm.environment import local_event_id
 
 _FOLDER = re.compile(r"^(?P<trainer>.+)__(?P<plans>.+)__(?P<configuration>[^_].*)$")
 

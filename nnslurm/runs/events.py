@@ -17,7 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from nnslurm.scheduler.environment import SlurmEnvironment
+from nnslurm.slurm.environment import SlurmEnvironment
 
 logger = logging.getLogger(__name__)
 

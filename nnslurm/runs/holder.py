@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nnslurm.runs.state import RunState, Slurm, slurm_kind
 from nnslurm.runs.status import RunStatus, live_process, statuses
-from nnslurm.scheduler.environment import is_slurm_job
+from nnslurm.slurm.environment import is_slurm_job
 
 # Run states in which the newest job may still train (what SLURM or the process then confirms).
 MAY_HOLD = (RunState.PENDING, RunState.RUNNING, RunState.REQUEUED, RunState.PREEMPTED)

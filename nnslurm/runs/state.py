@@ -15,8 +15,8 @@ from typing import Any
 from nnslurm.runs.events import Event
 from nnslurm.runs.history import History, Outcome
 from nnslurm.runs.interruptions import Kind, cancel_request_for, classify
-from nnslurm.scheduler.commands import SchedulerJob
 from nnslurm.scheduler.policy import StopKind
+from nnslurm.slurm.commands import SchedulerJob
 
 
 class RunState(StrEnum):

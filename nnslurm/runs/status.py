@@ -2,7 +2,7 @@
 from the run's history, the scheduler's view of its newest job, and whether its process lives.
 
 The state itself is decided in nnslurm.runs.state; squeue/sacct are asked through
-nnslurm.scheduler.commands, once for all runs.
+nnslurm.slurm.commands, once for all runs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnslurm.core.timeparse import describe
 from nnslurm.runs.discovery import RunName
 from nnslurm.runs.history import (
     SEGMENT_EVENTS,
@@ -27,10 +28,9 @@ from nnslurm.runs.history import (
 )
 from nnslurm.runs.interruptions import KINDS, interruptions, iterations_redone
 from nnslurm.runs.state import LogSays, RunState, run_state, what_the_log_says
-from nnslurm.scheduler.commands import SchedulerJob, query_scheduler
-from nnslurm.scheduler.environment import LOCAL_PREFIX, is_local_job, is_slurm_job
 from nnslurm.scheduler.policy import StopKind
-from nnslurm.timeparse import describe
+from nnslurm.slurm.commands import SchedulerJob, query_scheduler
+from nnslurm.slurm.environment import LOCAL_PREFIX, is_local_job, is_slurm_job
 
 SCHEMA = "nnslurm.status/1"  # documented in nnslurm.commands.status (fields only ever added)
 

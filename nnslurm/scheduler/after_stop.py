@@ -17,18 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nnslurm.errors import CommandError, RequeueLimitReached, SchedulerError
+from nnslurm.core.errors import CommandError, RequeueLimitReached, SchedulerError
+from nnslurm.core.timeparse import describe
 from nnslurm.runs.events import Event, EventLog, read_events
-from nnslurm.scheduler.commands import (
-    JobInfo,
-    accounting_runs,
-    accounting_state,
-    job_info,
-    partition_preempt_mode,
-    requeue,
-)
-from nnslurm.scheduler.end_time import END_TIME_SIGNAL
-from nnslurm.scheduler.environment import SlurmEnvironment
 from nnslurm.scheduler.policy import (
     BY_NNSLURM,
     BY_SLURM,
@@ -44,11 +35,20 @@ from nnslurm.scheduler.policy import (
     self_requeues,
 )
 from nnslurm.scheduler.resubmit import Resubmit, sbatch_again
-from nnslurm.timeparse import describe
+from nnslurm.slurm.commands import (
+    JobInfo,
+    accounting_runs,
+    accounting_state,
+    job_info,
+    partition_preempt_mode,
+    requeue,
+)
+from nnslurm.slurm.end_time import END_TIME_SIGNAL
+from nnslurm.slurm.environment import SlurmEnvironment
 
 if TYPE_CHECKING:
-    from nnslurm.config import TrainingOptions
-    from nnslurm.training import TrainingOutcome
+    from nnslurm.core.config import TrainingOptions
+    from nnslurm.training.process import TrainingOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ def resubmit_run(events: EventLog, env: SlurmEnvironment, resubmit: Resubmit, le
 def _redirect_dependants(old: str, new: str) -> None:
     """A chain's jobs that wait for this one wait for the resubmitted job instead (before this one
     ends: its end as preempted would cancel them)."""
-    from nnslurm.workflow.redirect import redirect_dependants
+    from nnslurm.scheduler.redirect import redirect_dependants
 
     try:
         redirect_dependants(old, new)

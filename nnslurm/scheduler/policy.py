@@ -43,11 +43,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from nnslurm.core.timeparse import describe
 from nnslurm.runs.events import Event
-from nnslurm.scheduler.commands import JobInfo
-from nnslurm.scheduler.end_time import END_TIME_SIGNAL
-from nnslurm.scheduler.environment import SlurmEnvironment
-from nnslurm.timeparse import describe
+from nnslurm.slurm.commands import JobInfo
+from nnslurm.slurm.end_time import END_TIME_SIGNAL
+from nnslurm.slurm.environment import SlurmEnvironment
 
 
 class StopKind(StrEnum):

@@ -5,7 +5,7 @@ a signal it could act on: the log then only shows a start without an end. SLURM 
 (nnslurm submits with --requeue) and keeps one accounting record per start (`sacct -D`); the
 restarted job reads the record of the start before it and writes it into the run's event log as
 "interrupted", so `nnslurm status` and the log say "node failure" by evidence, not by guessing.
-Both ways a job trains call `note_restart` at its start: submitit's callable (nnslurm.job) and
+Both ways a job trains call `note_restart` at its start: submitit's callable (nnslurm.jobs.training_job) and
 `nnslurm train` inside an sbatch template (nnslurm.commands.train).
 """
 
@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nnslurm.config import TrainJob
-from nnslurm.errors import NnslurmError
+from nnslurm.core.config import TrainJob
+from nnslurm.core.errors import NnslurmError
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.runs.history import Outcome, read_history
 from nnslurm.runs.interruptions import NODE_FAIL, Kind
-from nnslurm.scheduler.commands import accounting_runs
-from nnslurm.scheduler.environment import SlurmEnvironment
+from nnslurm.slurm.commands import accounting_runs
+from nnslurm.slurm.environment import SlurmEnvironment
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def note_restart(job: TrainJob, env: SlurmEnvironment | None = None) -> None:
     env = env or SlurmEnvironment.from_environ()
     if not env.in_slurm or env.restart_count < 1:
         return
-    from nnslurm.nnunet import output_folder
+    from nnslurm.core.nnunet import output_folder
 
     try:
         note_previous_end(output_folder(job.run), env)

@@ -1,7 +1,7 @@
 """Submitting a preempted run again as a new job, from inside the job SLURM will not requeue.
 
 Two ways, one contract (`Resubmit`: the old job's id in, the new job out):
-- submitit jobs (`nnslurm submit`): nnslurm.launch.resubmit, a new SlurmExecutor submission of
+- submitit jobs (`nnslurm submit`): nnslurm.jobs.submission.resubmit, a new SlurmExecutor submission of
   the same TrainingJob with the same parameters, so the new job has its own pickle, script and
   result files where submitit (and `submit --wait`) look for them;
 - sbatch templates (`nnslurm train` inside the script): `sbatch_again` here, the job's own script
@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnslurm.errors import SchedulerError
-from nnslurm.scheduler.commands import JobInfo, job_info, run_command
+from nnslurm.core.errors import SchedulerError
+from nnslurm.slurm.commands import JobInfo, job_info, run_command
 
 logger = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nnslurm.errors import NnslurmError, UsageError
+from nnslurm.core.errors import NnslurmError, UsageError
 from nnslurm.workflow.plan import Stage, StageKind, WorkflowSpec, dependency_expression, plan_stages
 
 if TYPE_CHECKING:
-    from nnslurm.launch import Submission
+    from nnslurm.jobs.submission import Submission
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def stage_job(stage: Stage, spec: WorkflowSpec) -> Any:
                 trainers=tuple(dict.fromkeys(job.run.trainer for job in spec.jobs if ":" in job.run.trainer)),
             )
         )
-    raise ValueError(f"stage {stage.name} is a training: nnslurm.job.TrainingJob runs it")
+    raise ValueError(f"stage {stage.name} is a training: nnslurm.jobs.training_job.TrainingJob runs it")
 
 
 def stage_folder(stage: Stage, spec: WorkflowSpec) -> Path | None:
@@ -171,7 +171,7 @@ def stage_folder(stage: Stage, spec: WorkflowSpec) -> Path | None:
 
 def stage_folders(stage: Stage, spec: WorkflowSpec) -> tuple[str, ...]:
     """The record's folders of a stage: each training task's run folder, or the stage's folder."""
-    from nnslurm import launch
+    from nnslurm.jobs import submission as launch
 
     if stage.kind == StageKind.TRAIN:
         return tuple(str(launch.run_folder(job) or "") for job in stage.jobs)
@@ -230,7 +230,7 @@ def _without_gpus(sbatch_args: tuple[tuple[str, str | None], ...]) -> tuple[tupl
 
 def submit_chain(spec: WorkflowSpec, submission: Submission, cpu_partition: str | None = None) -> ChainRecord:
     """Submit every stage in plan order with its dependencies; write and return the chain's record."""
-    from nnslurm import launch
+    from nnslurm.jobs import submission as launch
 
     if submission.executor == "local":
         return submit_local_chain(spec, submission)
@@ -263,7 +263,7 @@ def submit_chain(spec: WorkflowSpec, submission: Submission, cpu_partition: str 
 
 def _cancel_submitted(jobs: Sequence[ChainJob]) -> None:
     """A later stage was refused: the stages already queued would wait for a chain that is not there."""
-    from nnslurm.scheduler.commands import cancel
+    from nnslurm.slurm.commands import cancel
 
     for job in reversed(jobs):
         logger.warning(
@@ -280,8 +280,8 @@ def submit_local_chain(spec: WorkflowSpec, submission: Submission) -> ChainRecor
     the record names that job."""
     import submitit
 
-    from nnslurm import launch
-    from nnslurm.scheduler.environment import submitted_event_id
+    from nnslurm.jobs import submission as launch
+    from nnslurm.slurm.environment import submitted_event_id
 
     stages = plan_stages(spec)
     executor = launch.make_executor(submission)
@@ -316,7 +316,7 @@ class LocalChain:
         self.spec = spec
 
     def __call__(self) -> str:
-        from nnslurm.job import TrainingJob
+        from nnslurm.jobs.training_job import TrainingJob
 
         for stage in self.stages:
             logger.info("chain: %s", stage.name)
@@ -335,7 +335,7 @@ class LocalChain:
 
 
 def chains_folder(environ: Mapping[str, str] | None = None) -> Path:
-    from nnslurm.nnunet import env_folder
+    from nnslurm.core.nnunet import env_folder
 
     del environ  # env_folder reads os.environ
     return env_folder("nnUNet_results", must_exist=False) / CHAINS_FOLDER

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nnslurm.runs.events import Event, read_events
-from nnslurm.scheduler.commands import SchedulerJob, query_scheduler
+from nnslurm.slurm.commands import SchedulerJob, query_scheduler
 from nnslurm.workflow.chain import ChainJob, ChainRecord
 
 

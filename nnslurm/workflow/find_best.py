@@ -30,9 +30,9 @@ from typing import Any, NamedTuple, NoReturn
 
 import submitit
 
-from nnslurm.cpus import read_cpu_budget
-from nnslurm.errors import NnunetSetupError, UsageError
-from nnslurm.nnunet import dataset_name, env_folder
+from nnslurm.core.errors import NnunetSetupError, UsageError
+from nnslurm.core.nnunet import dataset_name, env_folder
+from nnslurm.slurm.cpus import read_cpu_budget
 from nnslurm.workflow.stage import StageSettings, StopCheck, run_stage, stop_outside_stage
 from nnslurm.workflow.units import file_sha256, read_marker, remove_marker, run_unit, write_marker
 
@@ -68,7 +68,7 @@ class FindBestSpec:
     models: tuple[TrainedModel, ...]  # -c × -tr × -p: the (configuration, trainer, plans) trained
     folds: tuple[int, ...] = (0, 1, 2, 3, 4)  # -f
     allow_ensembling: bool = True  # not --disable_ensembling (ensembles need two models and --npz)
-    processes: int | None = None  # -np; None: the job's CPUs (nnslurm.cpus)
+    processes: int | None = None  # -np; None: the job's CPUs (nnslurm.slurm.cpus)
 
     def __post_init__(self) -> None:
         # Plain (configuration, trainer, plans) tuples and lists are accepted: stored as TrainedModel.
@@ -300,7 +300,7 @@ class FindBestJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict[str, Any]:
         if not logging.getLogger().handlers:  # in a submitit job nobody configured logging yet
-            from nnslurm.cli import configure_logging
+            from nnslurm.core.logs import configure_logging
 
             configure_logging(verbose=False)
         return run_find_best(self.spec, self.settings)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from nnslurm.config import TrainJob
-from nnslurm.errors import UsageError
+from nnslurm.core.config import TrainJob
+from nnslurm.core.errors import UsageError
 
 CASCADE = "3d_cascade_fullres"
 LOWRES = "3d_lowres"  # the cascade's first stage: its fold's validation predictions feed the cascade

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import submitit
 
-from nnslurm.errors import RunLockedError, UsageError
-from nnslurm.lock import RunLock
+from nnslurm.core.errors import RunLockedError, UsageError
+from nnslurm.training.lock import RunLock
 from nnslurm.workflow.outputs import Staging, publish, write_json_atomically
 from nnslurm.workflow.predict_models import (
     Member,
@@ -322,10 +322,10 @@ def _nnunet_output() -> Iterator[None]:
 
 
 def _torch_device(name: str) -> Any:
-    """nnUNetv2_predict's device setup, with the CPU threads this job was given (nnslurm.cpus)."""
+    """nnUNetv2_predict's device setup, with the CPU threads this job was given (nnslurm.slurm.cpus)."""
     import torch
 
-    from nnslurm.cpus import read_cpu_budget
+    from nnslurm.slurm.cpus import read_cpu_budget
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -363,7 +363,7 @@ class PredictJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> PredictResult:
         if not logging.getLogger().handlers:  # in a submitit job nobody configured logging yet
-            from nnslurm.cli import configure_logging
+            from nnslurm.core.logs import configure_logging
 
             configure_logging(verbose=False)
         result = run_prediction(self.spec, self.settings)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnslurm.errors import NnunetSetupError, UsageError
-from nnslurm.nnunet import dataset_name, env_folder
+from nnslurm.core.errors import NnunetSetupError, UsageError
+from nnslurm.core.nnunet import dataset_name, env_folder
 from nnslurm.workflow.outputs import STATE_FOLDER
 
 FIND_BEST_FILE = "inference_information.json"  # nnunetv2.evaluation.find_best_configuration writes it
@@ -151,10 +151,10 @@ def trainer_lookup(trainers: Sequence[str]) -> Iterator[None]:
     """nnU-Net's predictor finds the trainer class by the name in the checkpoint, importing every
     trainer module of nnU-Net: one that fails to import (primus: torchvision beside a CPU torch)
     ends the search, and trainers outside nnU-Net's folder are never found. Look them up as
-    `nnslurm train -tr` does (nnslurm.nnunet.find_trainer_class), `trainers` first."""
+    `nnslurm train -tr` does (nnslurm.core.nnunet.find_trainer_class), `trainers` first."""
     import nnunetv2.inference.predict_from_raw_data as predictor_module
 
-    from nnslurm.nnunet import find_trainer_class
+    from nnslurm.core.nnunet import find_trainer_class
 
     def by_name(name: str) -> type:
         for spec in trainers:

@@ -35,9 +35,9 @@ from typing import Any, NoReturn
 
 import submitit
 
-from nnslurm.cpus import WORKERS_ENV, read_cpu_budget
-from nnslurm.errors import UsageError
-from nnslurm.nnunet import env_folder
+from nnslurm.core.errors import UsageError
+from nnslurm.core.nnunet import env_folder
+from nnslurm.slurm.cpus import WORKERS_ENV, read_cpu_budget
 from nnslurm.workflow.stage import StageSettings, StopCheck, run_stage, stop_outside_stage
 from nnslurm.workflow.units import file_sha256, read_marker, remove_marker, run_unit, write_marker
 
@@ -59,7 +59,7 @@ class PreprocessSpec:
     gpu_memory_target_gb: float | None = None  # -gpu_memory_target: None = the planner's default
     overwrite_plans_name: str | None = None  # -overwrite_plans_name: the plans file's name
     verify_dataset_integrity: bool = True  # --verify_dataset_integrity (nnslurm checks by default)
-    processes: int | None = None  # -np and -npfp; None: the job's CPUs (nnslurm.cpus)
+    processes: int | None = None  # -np and -npfp; None: the job's CPUs (nnslurm.slurm.cpus)
 
 
 def raw_dataset_name(dataset_id: int) -> str:
@@ -370,6 +370,6 @@ class PreprocessJob(submitit.helpers.Checkpointable):
 
 def _configure_logging() -> None:
     if not logging.getLogger().handlers:  # in a submitit job nobody configured logging yet
-        from nnslurm.cli import configure_logging
+        from nnslurm.core.logs import configure_logging
 
         configure_logging(verbose=False)

@@ -21,18 +21,18 @@ from pathlib import Path
 from typing import NoReturn
 
 from nnslurm import EXIT_RESUMABLE
-from nnslurm.config import DEFAULT_STOP_SIGNALS, TrainingOptions
+from nnslurm.core.config import DEFAULT_STOP_SIGNALS, TrainingOptions
 from nnslurm.runs.events import Event, EventLog
-from nnslurm.scheduler.environment import SlurmEnvironment
-from nnslurm.signals import StopMonitor, StopRequest
-from nnslurm.stoppable import exit_process
+from nnslurm.slurm.environment import SlurmEnvironment
+from nnslurm.training.signals import StopMonitor, StopRequest
+from nnslurm.training.stoppable import exit_process
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class StageSettings:
-    """How a stage stops: the same names as training's (nnslurm.config.TrainingOptions)."""
+    """How a stage stops: the same names as training's (nnslurm.core.config.TrainingOptions)."""
 
     stop_signals: tuple[str, ...] = DEFAULT_STOP_SIGNALS
     # A unit (one case) that outlasts this after a stop signal is abandoned: it is redone next start.
@@ -171,9 +171,9 @@ def _leave(folder: Path, request: StopRequest, settings: StageSettings) -> NoRet
     env = SlurmEnvironment.from_environ()
     if not env.in_slurm and not env.local:
         exit_process(EXIT_RESUMABLE)  # `nnslurm predict` by hand: run it again to go on
-    from nnslurm.job import LOCAL_REQUEUE_EXIT, requeue_cap
+    from nnslurm.jobs.training_job import LOCAL_REQUEUE_EXIT, requeue_cap
     from nnslurm.scheduler.after_stop import after_stop
-    from nnslurm.training import TrainingOutcome
+    from nnslurm.training.process import TrainingOutcome
 
     outcome = TrainingOutcome(
         status="stopped",

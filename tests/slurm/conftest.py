@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import skip_unless_required
 
-from nnslurm.scheduler import commands as slurm
+from nnslurm.slurm import commands as slurm
 
 from .tools import Cluster, stop_background
 

@@ -159,7 +159,7 @@ def _first_written(output: Path) -> bool:
 
 def _stage_times(record: dict[str, Any]) -> str:
     """Wall time of each stage from sacct (first start to last end of its jobs)."""
-    from nnslurm.scheduler.commands import run_command
+    from nnslurm.slurm.commands import run_command
 
     times = []
     for job in record["jobs"]:

@@ -9,7 +9,7 @@ from conftest import TINY_TRAINING, NnunetEnv, last_event, nnslurm, the_only_run
 from support import wait_for
 
 from nnslurm.commands.cancel import _user
-from nnslurm.scheduler import commands as slurm
+from nnslurm.slurm import commands as slurm
 
 from .tools import Cluster, patient
 

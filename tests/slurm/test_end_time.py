@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import NnunetEnv, nnslurm, skip_unless_required
 
-from nnslurm.scheduler import commands as slurm
+from nnslurm.slurm import commands as slurm
 
 from .tools import (
     TRAINER,

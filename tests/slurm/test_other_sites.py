@@ -17,7 +17,7 @@ import pytest
 from conftest import TINY_PLANS, NnunetEnv, nnslurm
 from support import processes_with_marker, wait_for
 
-from nnslurm.synthetic import PACED_TRAINER
+from nnslurm.commands.synthetic import PACED_TRAINER
 
 from .tools import Background, Cluster, check_story, events, kinds, patient, position, sh, wait_for_event
 

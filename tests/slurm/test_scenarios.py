@@ -316,7 +316,7 @@ def test_array_with_one_task_preempted(idle_cluster: Cluster, nnunet_env: Nnunet
     started = time.time()
     folders = [nnunet_env.run_folder(TRAINER, fold=fold) for fold in ("0", "1")]
     run = [arg for arg in training(EPOCHS, ITERATIONS) if arg not in ("-f", "0")]
-    # One CPU per task: each trains with 1 torch thread whatever the node's binding (nnslurm.cpus),
+    # One CPU per task: each trains with 1 torch thread whatever the node's binding (nnslurm.slurm.cpus),
     # so the two tasks do not slow each other down on a 2-CPU node.
     args = submit_args(tmp_path / "logs", *run, "--fold", "0-1", "--time", "10", "--cpus-per-task", "1")
     waiting = Background.start(args, job_env(nnunet_env), tmp_path / "submit.out")

@@ -13,8 +13,8 @@ from typing import Any
 from conftest import TINY_PLANS, NnunetEnv
 from support import wait_for
 
-from nnslurm.scheduler import commands as slurm
-from nnslurm.synthetic import PACED_TRAINER
+from nnslurm.commands.synthetic import PACED_TRAINER
+from nnslurm.slurm import commands as slurm
 
 DONE_STATES = (
     "COMPLETED",

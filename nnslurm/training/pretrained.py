@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nnslurm.errors import CheckpointError, UsageError
+from nnslurm.core.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:  # the checkpoints package imports torch: `nnslurm submit` checks weights without it
     from nnslurm.checkpoints import CheckpointInfo

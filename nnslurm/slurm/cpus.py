@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nnslurm.scheduler.environment import SlurmEnvironment
+from nnslurm.slurm.environment import SlurmEnvironment
 
 WORKERS_ENV = "nnUNet_n_proc_DA"  # nnU-Net's augmentation workers per GPU (0: in the main process)
 IGNORE_ENV = "NNSLURM_IGNORE_ALLOCATION"  # "1": take the affinity even inside a SLURM job

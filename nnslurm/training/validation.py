@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nnslurm.config import TrainingOptions
-from nnslurm.errors import NnslurmError
+from nnslurm.core.config import TrainingOptions
+from nnslurm.core.errors import NnslurmError
 
 logger = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import submitit
 
-from nnslurm.config import TrainJob
-from nnslurm.launch import run_folder
+from nnslurm.core.config import TrainJob
+from nnslurm.jobs.submission import run_folder
 from nnslurm.runs.events import POSITION_EVENTS, Event, read_events
 
 if TYPE_CHECKING:
-    from nnslurm.launch import Submission
+    from nnslurm.jobs.submission import Submission
 
 FINISHED, FAILED, CANCELLED, RUNNING = "finished", "failed", "cancelled", "running"
 
@@ -85,8 +85,8 @@ _IN_FLIGHT = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING
 
 def queued_again(job_id: str) -> bool:
     """Whether scontrol still has the job queued or running (it was requeued, not ended)."""
-    from nnslurm.errors import CommandError, SchedulerError
-    from nnslurm.scheduler.commands import job_info
+    from nnslurm.core.errors import CommandError, SchedulerError
+    from nnslurm.slurm.commands import job_info
 
     try:
         return job_info(job_id, timeout=15).state in _IN_FLIGHT

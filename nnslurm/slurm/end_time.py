@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from nnslurm.errors import CommandError, SchedulerError
-from nnslurm.scheduler.commands import JobInfo, job_info
-from nnslurm.timeparse import describe
+from nnslurm.core.errors import CommandError, SchedulerError
+from nnslurm.core.timeparse import describe
+from nnslurm.slurm.commands import JobInfo, job_info
 
 logger = logging.getLogger(__name__)
 

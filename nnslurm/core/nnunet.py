@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from nnslurm.config import RunSpec
-from nnslurm.errors import NnunetSetupError
+from nnslurm.core.config import RunSpec
+from nnslurm.core.errors import NnunetSetupError
 
 logger = logging.getLogger(__name__)
 

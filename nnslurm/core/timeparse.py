@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 
-from nnslurm.errors import UsageError
+from nnslurm.core.errors import UsageError
 
 _FORMATS = (
     "MINUTES (90), MINUTES:SECONDS (0:45), HOURS:MINUTES:SECONDS (1:30:00), "

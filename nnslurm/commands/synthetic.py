@@ -1,7 +1,7 @@
 """A tiny real nnU-Net dataset (noise plus a bright sphere, label = sphere) for demos and tests,
 and the paced trainer that makes its training outlast one start anywhere.
 
-`-tr nnslurm.synthetic:nnUNetTrainerPaced` is nnU-Net's trainer with a floor on the time per
+`-tr nnslurm.commands.synthetic:nnUNetTrainerPaced` is nnU-Net's trainer with a floor on the time per
 training iteration, NNSLURM_MIN_ITERATION_S (default 0.15 s): the demo (`nnslurm demo`) and the
 tests that rely on a real time limit (SLURM --time, the local executor's timeout) need training
 that a start cannot finish, however fast the machine.
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from nnslurm.errors import UsageError
-from nnslurm.nnunet import env_folder
+from nnslurm.core.errors import UsageError
+from nnslurm.core.nnunet import env_folder
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def min_iteration_s() -> float:
 
 
 def __getattr__(name: str) -> Any:
-    """`-tr nnslurm.synthetic:nnUNetTrainerPaced`, built on first use (nnU-Net imports take seconds)."""
+    """`-tr nnslurm.commands.synthetic:nnUNetTrainerPaced`, built on first use (nnU-Net imports are slow)."""
     if name == "nnUNetTrainerPaced":
         return _paced_trainer()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

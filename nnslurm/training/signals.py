@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any
 
-from nnslurm.config import parse_signal
+from nnslurm.core.config import parse_signal
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class StopRequest:
-    signal: str  # "USR1", "TERM", ...; "ENDTIME": the end-time rule (nnslurm.stop_margin), no signal
+    signal: str  # "USR1", "TERM", ...; "ENDTIME": the end-time rule (nnslurm.training.stop_margin), no signal
     received_at: float  # time.time() when the handler ran
     reason: str | None = None  # a stop no signal asked for: why, with the numbers
     measures: Mapping[str, Any] = field(default_factory=dict)  # its numbers, for the event log

@@ -1,5 +1,5 @@
 """Submitting TrainingJobs through submitit: executor choice, the sbatch script, arrays (following
-them to their end: nnslurm.waiting).
+them to their end: nnslurm.jobs.waiting).
 
 Nothing here changes submitit's class attributes: the warning signal and `--requeue` go into the
 sbatch script through `additional_parameters`, and the job learns the signal from two variables
@@ -25,15 +25,15 @@ from typing import Any
 import submitit
 import submitit.slurm.slurm
 
-from nnslurm.cluster import ClusterSettings
-from nnslurm.config import TrainJob
-from nnslurm.directives import check_log_folder, check_value, escape_backslashes
-from nnslurm.errors import NnslurmError, NnunetSetupError, UsageError
-from nnslurm.job import TrainingJob, requeue_cap
+from nnslurm.core.cluster import ClusterSettings
+from nnslurm.core.config import TrainJob
+from nnslurm.core.directives import check_log_folder, check_value, escape_backslashes
+from nnslurm.core.errors import NnslurmError, NnunetSetupError, UsageError
+from nnslurm.core.timeparse import slurm_minutes
+from nnslurm.jobs.training_job import TrainingJob, requeue_cap
 from nnslurm.runs.events import Event, EventLog
-from nnslurm.scheduler.environment import WARNING_SIGNAL_ENV, submitted_event_id
 from nnslurm.scheduler.resubmit import ResubmittedJob, after_job
-from nnslurm.timeparse import slurm_minutes
+from nnslurm.slurm.environment import WARNING_SIGNAL_ENV, submitted_event_id
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def sbatch_parameters(
     """Keyword arguments of SlurmExecutor.update_parameters (submitit's names) of one job or array.
 
     submitit writes `#SBATCH --key=<shlex.quote(value)>`, which sbatch reads back except for
-    backslashes (nnslurm.directives): those are doubled here, in --output/--error (given again for
+    backslashes (nnslurm.core.directives): those are doubled here, in --output/--error (given again for
     that) too. Values no #SBATCH line can carry were refused when the settings were made.
     `dependency` (a chain's stage, a resubmission) comes with --kill-on-invalid-dep=yes: a job
     whose dependency can never be satisfied is cancelled instead of pending forever.
@@ -253,7 +253,7 @@ def make_executor(submission: Submission, dependency: str | None = None) -> subm
                 "--executor slurm, but sbatch/srun are not on the PATH.",
                 hint="run on a SLURM login node, use --executor local, or --dry-run to see the script.",
             )
-        # submitit's countdown never decides (nnslurm.job: one requeue authority); it reads the same cap.
+        # submitit's countdown never decides (training_job.py: one requeue authority); same cap.
         slurm_executor = SlurmExecutor(
             folder=submission.folder, max_num_timeout=requeue_cap(submission.max_requeues, local=False)
         )
@@ -366,7 +366,7 @@ class SubmissionRefused(NnslurmError):
 
 
 def run_folder(job: TrainJob) -> Path | None:
-    from nnslurm.nnunet import output_folder
+    from nnslurm.core.nnunet import output_folder
 
     try:
         return output_folder(job.run)
@@ -377,7 +377,7 @@ def run_folder(job: TrainJob) -> Path | None:
 
 def check_runs(jobs: Sequence[TrainJob]) -> None:
     """Fail before submitting what would fail in the job: dataset, plans, configuration, fold."""
-    from nnslurm.nnunet import load_plans
+    from nnslurm.core.nnunet import load_plans
 
     for job in jobs:
         load_plans(job.run)

@@ -2,7 +2,7 @@
 
 submitit's `process_job` installs its handlers (SIGTERM and SIGCONT: log only; its USR signal:
 checkpoint and requeue inside the handler), then calls this object, which trains through
-`nnslurm.stoppable.run_stoppable`: nnslurm's recording handlers replace submitit's at once (a
+`nnslurm.training.stoppable.run_stoppable`: nnslurm's recording handlers replace submitit's at once (a
 signal during the seconds of imports is not lost), and the loop, not a handler, checkpoints.
 
 After a stop (see `nnslurm.scheduler.policy` for the evidence):
@@ -41,16 +41,16 @@ import submitit
 from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
 from nnslurm import EXIT_RESUMABLE
-from nnslurm.config import TrainJob
-from nnslurm.errors import SchedulerError
-from nnslurm.scheduler.environment import SlurmEnvironment
+from nnslurm.core.config import TrainJob
+from nnslurm.core.errors import SchedulerError
 from nnslurm.scheduler.restart import note_restart
-from nnslurm.stoppable import run_stoppable, stop_outside_training
+from nnslurm.slurm.environment import SlurmEnvironment
+from nnslurm.training.stoppable import run_stoppable, stop_outside_training
 
 if TYPE_CHECKING:
-    from nnslurm.launch import Submission
+    from nnslurm.jobs.submission import Submission
     from nnslurm.scheduler.resubmit import ResubmittedJob
-    from nnslurm.training import TrainingOutcome
+    from nnslurm.training.process import TrainingOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 # the first start and 5 restarts. tests/test_stoppable.py fails if that changes.
 LOCAL_MAX_REQUEUES = 5
 # The exit status that makes the local controller start the job again (LocalJobEnvironment._requeue
-# exits with it; nnslurm exits with it itself, through nnslurm.stoppable.exit_process).
+# exits with it; nnslurm exits with it itself, through nnslurm.training.stoppable.exit_process).
 LOCAL_REQUEUE_EXIT = LOCAL_REQUEUE_RETURN_CODE
 
 
@@ -72,7 +72,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
     """One nnU-Net run (dataset, configuration, fold) as a submitit job; every start resumes it.
 
     `again` is the run's own submission (one job, the settings it was submitted with): a job
-    preempted where SLURM will not requeue it submits it as a new job (nnslurm.launch.resubmit)."""
+    preempted where SLURM will not requeue it submits it as a new job (nnslurm.jobs.submission.resubmit)."""
 
     def __init__(self, job: TrainJob, again: Submission | None = None) -> None:
         self.job = job
@@ -80,7 +80,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> TrainingOutcome:
         if not logging.getLogger().handlers:  # in a submitit job nobody configured logging yet
-            from nnslurm.cli import configure_logging
+            from nnslurm.core.logs import configure_logging
 
             configure_logging(verbose=False)  # the per-epoch progress lines reach the job's log
         if _on_local_executor():
@@ -120,7 +120,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def _resubmit(self, old_job_id: str) -> ResubmittedJob:
         """A new submitit job of this run, with the settings it was submitted with (not the job's
         own script: the new job id needs its own pickle where submitit looks for it)."""
-        from nnslurm.launch import resubmit
+        from nnslurm.jobs.submission import resubmit
 
         if self.again is None:
             raise SchedulerError(

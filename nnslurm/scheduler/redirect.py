@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from nnslurm.errors import CommandError, SchedulerError
+from nnslurm.core.errors import CommandError, SchedulerError
 from nnslurm.workflow.chain import ChainJob, ChainRecord, find_chain
 from nnslurm.workflow.plan import After
 
@@ -105,7 +105,7 @@ def _corresponding_task(dependant: ChainJob, stage: ChainJob, old: str) -> str |
 
 def redirect_dependants(old: str, new: str) -> list[tuple[str, str]]:
     """Point every dependant of `old` at `new` (scontrol), and keep it in the chain's record."""
-    from nnslurm.scheduler.commands import update_dependency
+    from nnslurm.slurm.commands import update_dependency
 
     chain = find_chain(old)
     if chain is None or chain.path is None:

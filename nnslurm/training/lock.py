@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from nnslurm.errors import CommandError, RunLockedError, SchedulerError
-from nnslurm.scheduler.commands import job_info
-from nnslurm.scheduler.environment import SlurmEnvironment
+from nnslurm.core.errors import CommandError, RunLockedError, SchedulerError
+from nnslurm.slurm.commands import job_info
+from nnslurm.slurm.environment import SlurmEnvironment
 
 logger = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from nnslurm import EXIT_RESUMABLE
-from nnslurm.config import TrainJob
-from nnslurm.processes import kill_children
-from nnslurm.signals import StopMonitor, StopRequest
+from nnslurm.core.config import TrainJob
+from nnslurm.core.processes import kill_children
+from nnslurm.training.signals import StopMonitor, StopRequest
 
 if TYPE_CHECKING:
-    from nnslurm.training import TrainingOutcome
+    from nnslurm.training.process import TrainingOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def run_stoppable(job: TrainJob, after_stop: AfterStop | None = None) -> Trainin
     stop = _StopPath(job, after_stop)
     options = job.options
     with StopMonitor(options.stop_signals, options.stop_deadline_s, stop.on_deadline) as monitor:
-        from nnslurm.training import run_training  # seconds: torch and nnU-Net; the handlers are in
+        from nnslurm.training.process import run_training  # seconds: torch and nnU-Net; the handlers are in
 
         stop.imported = True
         outcome = run_training(job, monitor, on_run_folder=stop.found_run_folder)
@@ -63,7 +63,7 @@ def stop_outside_training(job: TrainJob, signal_name: str, after_stop: AfterStop
     """A stop signal that reached no monitor (submitit's own handler saw it, before or after
     `run_stoppable`): nothing new to save; what is on disk is resumable. Decide and leave."""
     logger.warning("SIG%s outside training: nothing new to save; leaving resumable", signal_name)
-    from nnslurm.training import abandoned_outcome
+    from nnslurm.training.process import abandoned_outcome
 
     request = StopRequest(signal_name, time.time())
     _StopPath(job, after_stop).leave(abandoned_outcome(job, None, request, "startup"))
@@ -114,7 +114,7 @@ class _StopPath:
             phase,
             socket.gethostname(),
         )
-        from nnslurm.training import abandoned_outcome  # imported already, by the main thread
+        from nnslurm.training.process import abandoned_outcome  # imported already, by the main thread
 
         self.leave(abandoned_outcome(self.job, self.run_folder, request, phase))
 

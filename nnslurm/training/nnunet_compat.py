@@ -1,6 +1,6 @@
 """What differs between the nnU-Net versions nnslurm supports (pyproject.toml: nnunetv2>=2.6,<2.9).
 
-The mixin (nnslurm.trainer) runs nnU-Net's `run_training` hook by hook; those hooks, the
+The mixin (nnslurm.training.trainer) runs nnU-Net's `run_training` hook by hook; those hooks, the
 checkpoint keys, the dataloaders, `perform_actual_validation(save_probabilities)` and
 `get_training_transforms` are the same in 2.5.1 to 2.8.1. What differs from 2.6.0 on, handled here:
 
@@ -8,7 +8,7 @@ checkpoint keys, the dataloaders, `perform_actual_validation(save_probabilities)
   and passes it to its MetaLogger, which resumes the W&B run. 2.6 does not read it; left in, it
   would end up in the run folder's plans.json and the checkpoints' init_args.
 - the logger: 2.7.0+ `MetaLogger` (local lists plus external loggers such as W&B, see
-  nnslurm.epoch_logs), before that `nnUNetLogger` (local lists only); `get_checkpoint` and
+  nnslurm.training.epoch_logs), before that `nnUNetLogger` (local lists only); `get_checkpoint` and
   `load_checkpoint` are the same in both.
 
 2.5.x is not supported: on current torch (2.13, which nnslurm is tested with) its own PolyLR

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from nnslurm.errors import CommandError, SchedulerError
-from nnslurm.scheduler.environment import is_slurm_job
-from nnslurm.timeparse import parse_scontrol_time
+from nnslurm.core.errors import CommandError, SchedulerError
+from nnslurm.core.timeparse import parse_scontrol_time
+from nnslurm.slurm.environment import is_slurm_job
 
 logger = logging.getLogger(__name__)
 

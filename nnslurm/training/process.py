@@ -1,11 +1,11 @@
 """One training process: lock the run folder, pick the checkpoint, run nnU-Net's trainer, report.
 
-As nnUNetv2_train: a fresh start may load -pretrained_weights (nnslurm.pretrained); after training
-comes the final validation (nnslurm.validation: --npz, --val_best), and --val only validates a
+As nnUNetv2_train: a fresh start may load -pretrained_weights (nnslurm.training.pretrained); after training
+comes the final validation (nnslurm.training.validation: --npz, --val_best), and --val only validates a
 finished run.
 
 `run_training` returns a TrainingOutcome ("finished" or "stopped" with a durable checkpoint);
-what happens next (exit 75, requeue, nothing) is decided by the stop path (`nnslurm.stoppable`).
+what happens next (exit 75, requeue, nothing) is decided by the stop path (`nnslurm.training.stoppable`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from nnslurm import rng
 from nnslurm.checkpoints import (
     BackgroundWriter,
     CheckpointInfo,
@@ -32,20 +31,21 @@ from nnslurm.checkpoints import (
     read_checkpoint,
     remove_stale_temp_files,
 )
-from nnslurm.config import TrainingOptions, TrainJob
-from nnslurm.cpus import WORKERS_ENV, CpuBudget, read_cpu_budget
-from nnslurm.errors import NnslurmError
-from nnslurm.lock import RunLock
-from nnslurm.malloc import fix_malloc_thresholds
-from nnslurm.nnunet import find_trainer_class, load_plans, output_folder
-from nnslurm.nnunet_compat import trainer_plans
-from nnslurm.pretrained import META_FIELD, PretrainedWeights, load_into, record_for_resume
-from nnslurm.processes import children_die_with_this_process
+from nnslurm.core import rng
+from nnslurm.core.config import TrainingOptions, TrainJob
+from nnslurm.core.errors import NnslurmError
+from nnslurm.core.nnunet import find_trainer_class, load_plans, output_folder
+from nnslurm.core.processes import children_die_with_this_process
 from nnslurm.runs.events import Event, EventLog
-from nnslurm.signals import StopMonitor, StopRequest
-from nnslurm.stop_margin import end_time_guard
-from nnslurm.trainer import NEVER, LoopContext, ResumePoint, TrainingStopped, preemptible_class
-from nnslurm.validation import Validation, begin, checkpoint_for, is_done, requested
+from nnslurm.slurm.cpus import WORKERS_ENV, CpuBudget, read_cpu_budget
+from nnslurm.training.lock import RunLock
+from nnslurm.training.malloc import fix_malloc_thresholds
+from nnslurm.training.nnunet_compat import trainer_plans
+from nnslurm.training.pretrained import META_FIELD, PretrainedWeights, load_into, record_for_resume
+from nnslurm.training.signals import StopMonitor, StopRequest
+from nnslurm.training.stop_margin import end_time_guard
+from nnslurm.training.trainer import NEVER, LoopContext, ResumePoint, TrainingStopped, preemptible_class
+from nnslurm.training.validation import Validation, begin, checkpoint_for, is_done, requested
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def run_training(
     """Train (or resume) one nnU-Net run in this process, under an installed stop `monitor`.
 
     `on_run_folder` learns the run folder once this process holds its lock (the stop path records
-    a stop without an iteration boundary there). Callers go through `nnslurm.stoppable`.
+    a stop without an iteration boundary there). Callers go through `nnslurm.training.stoppable`.
     """
     run, options = job.run, job.options
     plans, dataset_json = load_plans(run)
@@ -282,7 +282,7 @@ def _train(
 
 
 def _validate(trainer: Any, folder: Path, validation: Validation, monitor: StopMonitor) -> StopRequest | None:
-    """nnU-Net's final validation, redone wholly (nnslurm.validation); returns the stop request
+    """nnU-Net's final validation, redone wholly (nnslurm.training.validation); returns the stop request
     when the validation failed because of it."""
     monitor.phase = "final validation"
     path = checkpoint_for(folder, validation)
@@ -310,7 +310,7 @@ def _validate(trainer: Any, folder: Path, validation: Validation, monitor: StopM
 
 def _prepare_process(options: TrainingOptions) -> None:
     children_die_with_this_process()
-    fix_malloc_thresholds()  # before the trainer allocates anything (nnslurm.malloc: why)
+    fix_malloc_thresholds()  # before the trainer allocates anything (nnslurm.training.malloc: why)
     seed = (
         options.seed
         if options.seed is not None
@@ -336,7 +336,7 @@ def _device(name: str) -> torch.device:
 
 def _follow_allocation(budget: CpuBudget, threads: bool) -> None:
     """nnU-Net would take every core of the node (threads) and 12 augmentation workers: take
-    what this job was given (nnslurm.cpus). Torch threads on the CPU device only, as nnU-Net."""
+    what this job was given (nnslurm.slurm.cpus). Torch threads on the CPU device only, as nnU-Net."""
     if threads:
         torch.set_num_threads(budget.cpus)
     if budget.workers is not None:

@@ -18,16 +18,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from nnslurm.errors import NnslurmError
+from nnslurm.core.errors import NnslurmError
+from nnslurm.core.timeparse import describe
 from nnslurm.runs.history import History, Outcome, Point, read_history
 from nnslurm.runs.interruptions import KINDS, Interruption, Kind, interruptions, iterations_redone
 from nnslurm.runs.state import RunState
 from nnslurm.runs.status import RunStatus, iso_time
-from nnslurm.timeparse import describe
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "nnslurm.report/1"
+SCHEMA = "nnslurm.runs.timeline/1"
 FIGSIZE = (12.0, 6.5)  # inches
 DPI = 120  # FIGSIZE x DPI = 1440 x 780 pixels
 CHECKPOINT_FILES = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")

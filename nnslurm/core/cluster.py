@@ -26,10 +26,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from nnslurm.config import parse_signal
-from nnslurm.directives import check_log_folder, check_value
-from nnslurm.errors import UsageError
-from nnslurm.timeparse import describe, format_time, parse_time
+from nnslurm.core.config import parse_signal
+from nnslurm.core.directives import check_log_folder, check_value
+from nnslurm.core.errors import UsageError
+from nnslurm.core.timeparse import describe, format_time, parse_time
 
 DEFAULT_TIME_S = 24 * 3600
 DEFAULT_SIGNAL = "USR1"

@@ -4,7 +4,7 @@ The loop calls `EndTimeGuard.before(upcoming)` at every iteration boundary, betw
 steps and before the epoch-end work. The time since the previous call is the duration of the
 phase announced then, so the guard keeps the slowest recent iteration, validation step and epoch
 end without the loop timing anything; `checkpoint` adds each checkpoint's write time. When the
-end-time rule (nnslurm.scheduler.end_time) says stop, the guard records a stop request on the
+end-time rule (nnslurm.slurm.end_time) says stop, the guard records a stop request on the
 monitor: the loop then stops exactly as after a signal.
 """
 
@@ -16,17 +16,17 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from nnslurm.config import TrainingOptions
+from nnslurm.core.config import TrainingOptions
 from nnslurm.runs.events import Event, read_events
-from nnslurm.scheduler.end_time import (
+from nnslurm.slurm.end_time import (
     CONFIRM_TIMEOUT_S,
     END_TIME_SIGNAL,
     EndTimeDecision,
     EndTimeReader,
     end_time_decision,
 )
-from nnslurm.scheduler.environment import SlurmEnvironment
-from nnslurm.signals import StopMonitor, StopRequest
+from nnslurm.slurm.environment import SlurmEnvironment
+from nnslurm.training.signals import StopMonitor, StopRequest
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shlex
 
-from nnslurm.errors import UsageError
+from nnslurm.core.errors import UsageError
 
 
 def check_value(flag: str, value: str) -> str:

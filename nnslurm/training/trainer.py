@@ -17,15 +17,15 @@ from typing import Any
 
 import torch
 
-from nnslurm import rng
 from nnslurm.checkpoints import FORMAT_VERSION, META_KEY, BackgroundWriter
-from nnslurm.epoch_logs import epoch_ended, hold_until_epoch_end
-from nnslurm.pretrained import META_FIELD
-from nnslurm.progress import TrainingProgress
+from nnslurm.core import rng
+from nnslurm.core.timeparse import format_time
 from nnslurm.runs.events import Event, EventLog
-from nnslurm.signals import StopMonitor, StopRequest
-from nnslurm.stop_margin import EPOCH_END, ITERATION, VALIDATION, EndTimeGuard
-from nnslurm.timeparse import format_time
+from nnslurm.training.epoch_logs import epoch_ended, hold_until_epoch_end
+from nnslurm.training.pretrained import META_FIELD
+from nnslurm.training.progress import TrainingProgress
+from nnslurm.training.signals import StopMonitor, StopRequest
+from nnslurm.training.stop_margin import EPOCH_END, ITERATION, VALIDATION, EndTimeGuard
 
 logger = logging.getLogger(__name__)
 
@@ -127,12 +127,12 @@ class PreemptibleTrainerMixin:
     def on_epoch_end(self) -> None:
         super().on_epoch_end()  # type: ignore[misc]
         self.nnslurm.writer.copies.wait()  # the epoch-end snapshots are complete
-        epoch_ended(self.logger)  # W&B & co. get the epoch now that it is whole (nnslurm.epoch_logs)
+        epoch_ended(self.logger)  # W&B & co. get the epoch now that it is whole (nnslurm.training.epoch_logs)
 
     def run_training(self) -> None:
         context = self.nnslurm
         context.monitor.phase = "startup"
-        hold_until_epoch_end(self.logger)  # no epoch reaches W&B & co. half (nnslurm.epoch_logs)
+        hold_until_epoch_end(self.logger)  # no epoch reaches W&B & co. half (nnslurm.training.epoch_logs)
         self.on_train_start()  # type: ignore[attr-defined]
         train_outputs: list[dict[str, Any]] = []
         start_iteration = 0

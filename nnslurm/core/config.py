@@ -6,7 +6,7 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nnslurm.errors import UsageError
+from nnslurm.core.errors import UsageError
 
 DEFAULT_STOP_SIGNALS = ("USR1", "USR2", "TERM")
 

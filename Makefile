@@ -53,6 +53,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check nnslurm tests benchmarks
 	$(BIN)/ruff format --check nnslurm tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) $(OLDEST) demo-data .test-data

@@ -28,6 +28,7 @@ COMMANDS = (
     "report",
     "cancel",
     "logs",
+    "doctor",
 )
 
 

@@ -22,8 +22,10 @@ OLDEST_NNUNET := 2.6.0
 OLDEST := .nnunet-$(OLDEST_NNUNET)
 OLDEST_STAMP := $(OLDEST)/.installed
 # Stops mid-epoch, at an epoch's start, in validation and in final validation; plain nnU-Net's
-# --c, --val and predict on what nnslurm leaves; `nnslurm predict` equal to nnUNetv2_predict.
-OLDEST_TESTS := tests/test_nnunet_compat.py tests/test_resume.py::test_deterministic_stops_end_bitwise_identical \
+# --c, --val and predict on what nnslurm leaves; the drop-in tests (nnslurm where nnUNetv2_train
+# was); `nnslurm predict` equal to nnUNetv2_predict.
+OLDEST_TESTS := tests/test_nnunet_compat.py tests/test_dropin.py \
+	tests/test_resume.py::test_deterministic_stops_end_bitwise_identical \
 	tests/test_resume.py::test_signal_during_final_validation_is_resumable \
 	tests/test_predict.py::test_output_equals_nnunetv2_predict
 

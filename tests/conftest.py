@@ -1,37 +1,31 @@
-"""Shared fixtures: one real synthetic nnU-Net dataset per test session, and a CLI runner."""
+"""Fixtures and hooks: one real synthetic nnU-Net dataset per test session, a run folder per test,
+a SLURM job's environment, the worker pinning of scripts/run-tests, and CI's rule that a skipped
+test is a failure. Plain helpers live in tests/support.py: test modules import that, not this."""
 
 from __future__ import annotations
 
-import json
 import os
-import pty
-import select
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-TINY_PLANS = "nnslurmTinyPlans"
-# A few seconds of real nnU-Net training on a CPU: 3 epochs x 5 iterations, 2 validation steps.
-TINY_TRAINING = [
-    "-d", "501", "-f", "0", "-p", TINY_PLANS,
-    "--epochs", "3", "--iterations-per-epoch", "5", "--val-iterations-per-epoch", "2",
-    "--device", "cpu",
-]  # fmt: skip
-
-
-def _caller_path() -> list[str]:
-    return [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
-
+# TINY_PLANS, last_event, nnslurm, skip_unless_required, the_only_run_status: tests/slurm/ still
+# import them from here; support.py is their home (no test module imports conftest).
+from support import (  # noqa: F401
+    CI_ENV,
+    TINY_PLANS,
+    NnunetEnv,
+    build_interrupted_run,
+    last_event,
+    nnslurm,
+    patience,
+    skip_unless_required,
+    the_only_run_status,
+)
 
 # scripts/run-tests sets this: each pytest-xdist worker trains on its own share of the cores.
 PIN_WORKERS_ENV = "NNSLURM_PIN_TEST_WORKERS"
@@ -53,30 +47,40 @@ def pytest_configure(config: pytest.Config) -> None:
     os.sched_setaffinity(0, share or [cores[index % len(cores)]])
 
 
-@dataclass(frozen=True)
-class NnunetEnv:
-    """nnUNet_raw/_preprocessed with dataset 501 built; each test gets its own nnUNet_results."""
+# --- CI: a skipped test is a failed one -----------------------------------------------------------
 
-    raw: Path
-    preprocessed: Path
-    results: Path
 
-    def env(self, **extra: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            nnUNet_raw=str(self.raw),
-            nnUNet_preprocessed=str(self.preprocessed),
-            nnUNet_results=str(self.results),
-            nnUNet_def_n_proc="1",  # final validation of tiny cases: 9 s instead of 38 s
-            nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"),
-            # what the caller put on the path stays (make test-oldest: nnU-Net 2.6 over .venv's)
-            PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO), *_caller_path()]),
-        )
-        env.update(extra)
-        return env
+def _skip_reason(longrepr: object) -> str:
+    """The reason of a skip report (pytest keeps (path, line, "Skipped: reason"))."""
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
 
-    def run_folder(self, trainer: str = "nnUNetTrainer", fold: str = "0", plans: str = TINY_PLANS) -> Path:
-        return self.results / "Dataset501_Synthetic" / f"{trainer}__{plans}__3d_fullres" / f"fold_{fold}"
+
+def _fail_if_skipped_under_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Under NNSLURM_CI=1 (.ci/run) a skip is made a failure that names the test and the reason: CI
+    installs or starts what every test needs (root, wandb, setuptools, the cluster), so a skip
+    there means a test that did not run, and a green CI that did not check it."""
+    if os.environ.get(CI_ENV) != "1" or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = _skip_reason(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"{CI_ENV}=1: {report.nodeid} was skipped ({reason}); under CI no test may skip"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
+    outcome = yield
+    _fail_if_skipped_under_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None]:
+    outcome = yield
+    _fail_if_skipped_under_ci(outcome.get_result())
+
+
+# --- the synthetic dataset and a run folder per test ---------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +101,7 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=patience(100),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return raw, preprocessed
@@ -111,32 +115,16 @@ def nnunet_env(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> NnunetEn
     return NnunetEnv(raw=raw, preprocessed=preprocessed, results=results)
 
 
-def nnslurm(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a fresh process, as a user (or an sbatch script) would."""
-    return subprocess.run(
-        [sys.executable, "-m", "nnslurm", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
+@pytest.fixture
+def interrupted_run(
+    synthetic_dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[NnunetEnv, Path]:
+    """A real tiny run stopped by USR1, killed by SIGKILL mid-epoch, then finished (built once per
+    session: support.build_interrupted_run)."""
+    return build_interrupted_run(synthetic_dataset, tmp_path_factory)
 
 
-def read_events(run_folder: Path) -> list[dict]:
-    path = run_folder / "nnslurm_events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def last_event(run_folder: Path, kind: str) -> dict | None:
-    """The newest record of this kind in the run's event log; None before there is one."""
-    if not (run_folder / "nnslurm_events.jsonl").is_file():
-        return None
-    found = [record for record in read_events(run_folder) if record["event"] == kind]
-    return found[-1] if found else None
-
-
-def the_only_run_status(env: dict[str, str]) -> dict:
-    """`nnslurm status --json`'s one run."""
-    result = nnslurm(["status", "--json"], env)
-    assert result.returncode == 0, result.stderr
-    (run,) = json.loads(result.stdout)["runs"]
-    return run
+# --- the process's environment ----------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -161,55 +149,22 @@ def clean_env() -> Iterator[None]:
             os.environ[key] = value
 
 
-def ctrl_c_as_at_a_terminal() -> None:
-    """SIGINT back to its default: a shell without job control (`cmd &` in a script, nohup) starts
-    commands with SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+@pytest.fixture
+def in_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process is SLURM job 15 (not an array task, first start), submitted without nnslurm's
+    --signal (no NNSLURM_WARNING_SIGNAL)."""
+    for name in (
+        "SLURM_ARRAY_JOB_ID",
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_RESTART_COUNT",
+        "SUBMITIT_LOCAL_JOB_ID",
+        "NNSLURM_WARNING_SIGNAL",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "15")
 
 
-def run_on_a_terminal(
-    args: list[str],
-    env: dict[str, str],
-    *,
-    stderr_too: bool = True,
-    interrupt_when: Callable[[str], bool] | None = None,
-    timeout: float = 300,
-) -> tuple[int, str]:
-    """The real CLI with stdout (and stderr) on a pseudo-terminal, as a user at a shell sees it,
-    Ctrl-C (SIGINT) once what it printed satisfies `interrupt_when` (an event, not a duration);
-    returns (exit status, what it printed)."""
-    leader, follower = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nnslurm", *args],
-        env=env,
-        stdout=follower,
-        stderr=follower if stderr_too else subprocess.DEVNULL,
-        preexec_fn=ctrl_c_as_at_a_terminal,
-    )
-    os.close(follower)
-    started, chunks = time.monotonic(), []
-    while time.monotonic() - started < timeout:
-        if interrupt_when is not None and interrupt_when(b"".join(chunks).decode(errors="replace")):
-            process.send_signal(signal.SIGINT)
-            interrupt_when = None
-        ready, _, _ = select.select([leader], [], [], 0.2)
-        if not ready:
-            if process.poll() is not None:
-                break
-            continue
-        try:
-            data = os.read(leader, 65536)
-        except OSError:  # EIO: the other side is closed
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(leader)
-    return process.wait(timeout=60), b"".join(chunks).decode(errors="replace")
-
-
-def skip_unless_required(reason: str) -> NoReturn:
-    """Skip with `reason`, or fail where NNSLURM_REQUIRE_SLURM=1 (CI): the SLURM tests are mandatory there."""
-    if os.environ.get("NNSLURM_REQUIRE_SLURM") == "1":
-        pytest.fail(f"NNSLURM_REQUIRE_SLURM=1 but {reason}", pytrace=False)
-    pytest.skip(reason=reason)
+@pytest.fixture
+def in_nnslurm_job(in_job: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SLURM job 15 as nnslurm submits it: its sbatch exports the --signal it asked for (USR1)."""
+    monkeypatch.setenv("NNSLURM_WARNING_SIGNAL", "USR1")

@@ -7,17 +7,35 @@ the final validation ("startup": at the end of on_train_start, before the first 
 (NNSLURM_TEST_SIGNAL_STATE records what fired). After a point fired, the trainer goes on
 NNSLURM_TEST_AFTER_SIGNAL_S seconds (default 0) before it continues: a phase without an iteration
 boundary that outlasts --stop-deadline.
+
+With NNSLURM_MIN_ITERATION_S set, both trainers here are paced as nnslurm's own paced trainer
+(nnslurm/commands/synthetic.py): each training iteration takes at least that long, so a test that
+must interrupt the run mid-way finds it still training however fast the machine. Unset: unpaced.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnslurm.commands.synthetic import MIN_ITERATION_ENV, min_iteration_s
+
+
+def _paced(step: Callable[[dict], dict], batch: dict) -> dict:
+    """One training iteration, at least NNSLURM_MIN_ITERATION_S long where that is set."""
+    began = time.perf_counter()
+    result = step(batch)
+    if os.environ.get(MIN_ITERATION_ENV):
+        time.sleep(max(0.0, min_iteration_s() - (time.perf_counter() - began)))
+    return result
 
 
 def _fire(point: str) -> None:
@@ -34,7 +52,12 @@ def _fire(point: str) -> None:
     time.sleep(float(os.environ.get("NNSLURM_TEST_AFTER_SIGNAL_S", "0")))
 
 
-class nnUNetTrainerSignals(nnUNetTrainer):
+class _SignalPoints:
+    """The signal points of the module docstring, over any nnU-Net trainer (first in the bases)."""
+
+    nnslurm: Any
+    current_epoch: int
+
     def on_train_start(self) -> None:
         super().on_train_start()
         _fire("startup")
@@ -42,7 +65,7 @@ class nnUNetTrainerSignals(nnUNetTrainer):
     def train_step(self, batch: dict) -> dict:
         epoch, iteration = self.nnslurm.position
         _fire(f"{epoch}:{iteration}")
-        return super().train_step(batch)
+        return _paced(super().train_step, batch)
 
     def on_validation_epoch_start(self) -> None:
         self._val_step = 0
@@ -62,6 +85,33 @@ class nnUNetTrainerSignals(nnUNetTrainer):
         _fire("after_final")
 
 
+class nnUNetTrainerSignals(_SignalPoints, nnUNetTrainer):
+    """nnU-Net's own trainer with the signal points."""
+
+
+VARIANT_PREFIX = "Signals_"
+
+
+def __getattr__(name: str) -> type:
+    """`-tr signal_trainers:Signals_<trainer>`: the signal points over that trainer nnU-Net ships
+    (nnunetv2.training.nnUNetTrainer.variants: tests/test_trainer_variants.py)."""
+    if name.startswith(VARIANT_PREFIX):
+        return _with_signals(name.removeprefix(VARIANT_PREFIX))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _with_signals(trainer: str) -> type:
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    folder = os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer")
+    base = recursive_find_python_class(folder, trainer, "nnunetv2.training.nnUNetTrainer")
+    if base is None:
+        raise AttributeError(f"nnU-Net ships no trainer {trainer!r}")
+    return type(VARIANT_PREFIX + trainer, (_SignalPoints, base), {"__module__": __name__})
+
+
 class nnUNetTrainerBigState(nnUNetTrainer):
     """Carries NNSLURM_TEST_PADDING_MB of extra weights so a checkpoint write takes a while."""
 
@@ -69,3 +119,6 @@ class nnUNetTrainerBigState(nnUNetTrainer):
         super().initialize()
         megabytes = int(os.environ.get("NNSLURM_TEST_PADDING_MB", "200"))
         self.network.register_buffer("nnslurm_test_padding", torch.ones(megabytes * 262144))
+
+    def train_step(self, batch: dict) -> dict:
+        return _paced(super().train_step, batch)

@@ -1,20 +1,53 @@
-"""Test helpers shared by every test module (test modules never import each other)."""
+"""Test helpers shared by every test module: plain functions and constants. Fixtures live in
+tests/conftest.py, the real cluster's helpers in tests/slurm/tools.py; test modules import this
+module, never conftest, and never each other."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pty
+import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, NoReturn, TypeVar
 
 import pytest
-from conftest import TINY_TRAINING, NnunetEnv, nnslurm
+
+from nnslurm.commands.synthetic import PACED_TRAINER, TINY_PLANS
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+# A few seconds of real nnU-Net training on a CPU: 3 epochs x 5 iterations, 2 validation steps.
+TINY_TRAINING = [
+    "-d", "501", "-f", "0", "-p", TINY_PLANS,
+    "--epochs", "3", "--iterations-per-epoch", "5", "--val-iterations-per-epoch", "2",
+    "--device", "cpu",
+]  # fmt: skip
+# nnU-Net's trainer with a floor per training iteration (NNSLURM_MIN_ITERATION_S, default 0.15 s):
+# a training a test must interrupt mid-run, however fast the machine (nnslurm/commands/synthetic.py).
+PACED = ["-tr", PACED_TRAINER]
+# nnU-Net's trainer raising real signals at chosen points of its loop (tests/signal_trainers.py).
+SIGNAL_TRAINER = ["-tr", "signal_trainers:nnUNetTrainerSignals"]
+
+# Every limit on time in the tests is this many times what an idle machine needs (a busier one, such
+# as CI's with the SLURM jobs beside the other tests, only takes longer); a run that goes well never
+# waits longer for it. NNSLURM_TEST_PATIENCE=10 on a slow machine.
+PATIENCE_ENV = "NNSLURM_TEST_PATIENCE"
+DEFAULT_PATIENCE = 3.0
+
+
+def patience(seconds: float) -> float:
+    """A limit of `seconds` on an idle machine, scaled by the patience factor (NNSLURM_TEST_PATIENCE)."""
+    return seconds * float(os.environ.get(PATIENCE_ENV) or DEFAULT_PATIENCE)
+
 
 T = TypeVar("T")
 
@@ -136,9 +169,141 @@ def stop(
     ]
 
 
+# --- the real CLI and its run folders ---------------------------------------------------------------
+
+
+def _caller_path() -> list[str]:
+    return [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+
+
+@dataclass(frozen=True)
+class NnunetEnv:
+    """nnUNet_raw/_preprocessed with dataset 501 built; each test gets its own nnUNet_results."""
+
+    raw: Path
+    preprocessed: Path
+    results: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            nnUNet_raw=str(self.raw),
+            nnUNet_preprocessed=str(self.preprocessed),
+            nnUNet_results=str(self.results),
+            nnUNet_def_n_proc="1",  # final validation of tiny cases: 9 s instead of 38 s
+            nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "2"),
+            # what the caller put on the path stays (make test-oldest: nnU-Net 2.6 over .venv's)
+            PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO), *_caller_path()]),
+        )
+        env.update(extra)
+        return env
+
+    def run_folder(self, trainer: str = "nnUNetTrainer", fold: str = "0", plans: str = TINY_PLANS) -> Path:
+        return self.results / "Dataset501_Synthetic" / f"{trainer}__{plans}__3d_fullres" / f"fold_{fold}"
+
+
+def nnslurm(
+    args: list[str], env: dict[str, str], timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a fresh process, as a user (or an sbatch script) would (default limit:
+    patience(100) s)."""
+    return subprocess.run(
+        [sys.executable, "-m", "nnslurm", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=patience(100) if timeout is None else timeout,
+    )
+
+
+def read_events(run_folder: Path) -> list[dict]:
+    """The event log as the test reads it (its own reading, not nnslurm's)."""
+    path = run_folder / "nnslurm_events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def events_of(run_folder: Path, kind: str) -> list[dict]:
+    """Every record of this kind in the run's event log, oldest first."""
+    return [record for record in read_events(run_folder) if record["event"] == kind]
+
+
+def last_event(run_folder: Path, kind: str) -> dict | None:
+    """The newest record of this kind in the run's event log; None before there is one."""
+    if not (run_folder / "nnslurm_events.jsonl").is_file():
+        return None
+    found = events_of(run_folder, kind)
+    return found[-1] if found else None
+
+
+def the_only_run_status(env: dict[str, str]) -> dict:
+    """`nnslurm status --json`'s one run."""
+    result = nnslurm(["status", "--json"], env)
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads(result.stdout)["runs"]
+    return run
+
+
+def ctrl_c_as_at_a_terminal() -> None:
+    """SIGINT back to its default: a shell without job control (`cmd &` in a script, nohup) starts
+    commands with SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_on_a_terminal(
+    args: list[str],
+    env: dict[str, str],
+    *,
+    stderr_too: bool = True,
+    interrupt_when: Callable[[str], bool] | None = None,
+    timeout: float | None = None,
+) -> tuple[int, str]:
+    """The real CLI with stdout (and stderr) on a pseudo-terminal, as a user at a shell sees it,
+    Ctrl-C (SIGINT) once what it printed satisfies `interrupt_when` (an event, not a duration);
+    returns (exit status, what it printed)."""
+    limit = patience(100) if timeout is None else timeout
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nnslurm", *args],
+        env=env,
+        stdout=follower,
+        stderr=follower if stderr_too else subprocess.DEVNULL,
+        preexec_fn=ctrl_c_as_at_a_terminal,
+    )
+    os.close(follower)
+    started, chunks = time.monotonic(), []
+    while time.monotonic() - started < limit:
+        if interrupt_when is not None and interrupt_when(b"".join(chunks).decode(errors="replace")):
+            process.send_signal(signal.SIGINT)
+            interrupt_when = None
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if not ready:
+            if process.poll() is not None:
+                break
+            continue
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return process.wait(timeout=patience(20)), b"".join(chunks).decode(errors="replace")
+
+
+CI_ENV = "NNSLURM_CI"  # .ci/run: every skipped test is a failure (tests/conftest.py)
+REQUIRE_SLURM_ENV = "NNSLURM_REQUIRE_SLURM"  # .ci/run: the SLURM tests are mandatory
+
+
+def skip_unless_required(reason: str) -> NoReturn:
+    """Skip with `reason`, or fail where NNSLURM_REQUIRE_SLURM=1 (CI): the SLURM tests are mandatory there."""
+    if os.environ.get(REQUIRE_SLURM_ENV) == "1":
+        pytest.fail(f"{REQUIRE_SLURM_ENV}=1 but {reason}", pytrace=False)
+    pytest.skip(reason=reason)
+
+
 # --- one real interrupted run per session -------------------------------------------------------------
 
-SIGNAL_TRAINER = ["-tr", "signal_trainers:nnUNetTrainerSignals"]
 INTERRUPTED_ARGS = ["train", *TINY_TRAINING, *SIGNAL_TRAINER, "--no-final-validation"]
 # One start per entry: (NNSLURM_TEST_SIGNALS, NNSLURM_TEST_SIGNAL, expected exit status).
 STARTS = [("0:2", "USR1", 75), ("1:3", "KILL", -signal.SIGKILL), ("", "USR1", 0)]
@@ -172,14 +337,9 @@ def build_interrupted_run(
 
 # --- runs of the real CLI (test_resume, test_faults) ---------------------------------------------
 
-SIGNAL_TRAINER = ["-tr", "signal_trainers:nnUNetTrainerSignals"]
-
 
 def train_until_finished(env: dict[str, str], args: list[str], max_starts: int = 8) -> list[int]:
     """Start `nnslurm train` again after every exit 75, like a requeue; returns the exit codes."""
-    import pytest
-    from conftest import nnslurm
-
     codes = []
     for _ in range(max_starts):
         result = nnslurm(["train", *args], env)
@@ -191,12 +351,18 @@ def train_until_finished(env: dict[str, str], args: list[str], max_starts: int =
 
 
 def stops_and_resumes(run_folder: Path) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    from conftest import read_events
-
     events = read_events(run_folder)
     stopped = [(e["epoch"], e["iteration"]) for e in events if e["event"] == "stopped"]
     resumed = [(e["epoch"], e["iteration"]) for e in events if e["event"] == "resumed"]
     return stopped, resumed
+
+
+def final_weights(run_folder: Path) -> dict:
+    """checkpoint_final.pth's network weights (tensors), for a bitwise comparison of two runs."""
+    import torch  # here: most test modules never need it
+
+    checkpoint = torch.load(run_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    return checkpoint["network_weights"]
 
 
 def processes_with_marker(marker: str) -> list[int]:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAINING, NnunetEnv, nnslurm
-from support import folder_digests
+from support import TINY_TRAINING, NnunetEnv, folder_digests, nnslurm
 
 pytestmark = pytest.mark.nnunet
 

@@ -12,12 +12,25 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TRAINING, NnunetEnv, last_event, nnslurm, read_events
-from support import FakeCluster, Output, started, wait_for, write_log
+from support import (
+    PACED,
+    TINY_TRAINING,
+    FakeCluster,
+    NnunetEnv,
+    Output,
+    last_event,
+    nnslurm,
+    patience,
+    read_events,
+    started,
+    wait_for,
+    write_log,
+)
 
 from nnslurm import cli
 from nnslurm.commands.cancel import _user
-from nnslurm.runs.status import process_alive, run_status
+from nnslurm.core.processes import process_alive
+from nnslurm.runs.status import run_status
 from nnslurm.slurm import commands as slurm
 
 USER = _user()
@@ -29,7 +42,8 @@ def test_cancel_a_local_executor_job_then_resume(
 ) -> None:
     env = nnunet_env.env(nnUNet_n_proc_DA="0")
     monkeypatch.setenv("nnUNet_results", str(nnunet_env.results))
-    args = [*TINY_TRAINING, "--epochs", "5", "--iterations-per-epoch", "3", "--no-final-validation"]
+    # paced: the cancel lands mid-run however fast the machine (>= 0.15 s x 3 iterations an epoch)
+    args = [*TINY_TRAINING, *PACED, "--epochs", "5", "--iterations-per-epoch", "3", "--no-final-validation"]
     # Not through pipes: submitit's local controller inherits them and holds them open until the job ends.
     with open(tmp_path / "submit.out", "w") as out:
         code = subprocess.run(
@@ -37,19 +51,19 @@ def test_cancel_a_local_executor_job_then_resume(
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            timeout=120,
+            timeout=patience(40),
         ).returncode
     assert code == 0, (tmp_path / "submit.out").read_text()
-    folder = nnunet_env.run_folder()
-    wait_for(lambda: last_event(folder, "checkpoint"), 120, "the first checkpoint")
+    folder = nnunet_env.run_folder("nnUNetTrainerPaced")
+    wait_for(lambda: last_event(folder, "checkpoint"), patience(40), "the first checkpoint")
     job_id = last_event(folder, "submitted")["job_id"]  # type: ignore[index]
     training_pid = last_event(folder, "started")["pid"]  # type: ignore[index]
 
     assert cli.main(["cancel", str(folder)]) == 0  # in this process: no start-up delay
     said = capsys.readouterr().out
     assert f"SIGTERM to pid {training_pid}" in said and "resumable" in said
-    decision = wait_for(lambda: last_event(folder, "decision"), 120, "the job to stop")
-    wait_for(lambda: not process_alive(training_pid), 60, "the training process to exit")
+    decision = wait_for(lambda: last_event(folder, "decision"), patience(40), "the job to stop")
+    wait_for(lambda: not process_alive(training_pid), patience(20), "the training process to exit")
     request = last_event(folder, "cancel_requested")
     assert request is not None
     assert (request["job_id"], request["by"], request["target_pid"]) == (job_id, USER, training_pid)

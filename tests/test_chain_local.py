@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TRAINING, NnunetEnv, nnslurm
+from support import TINY_TRAINING, NnunetEnv, nnslurm
 
 pytestmark = pytest.mark.nnunet
 

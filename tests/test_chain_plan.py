@@ -14,11 +14,10 @@ from support import FakeCluster
 
 from nnslurm.core.config import RunSpec, TrainingOptions, TrainJob
 from nnslurm.core.errors import UsageError
+from nnslurm.runs.chains import After, ChainJob, ChainRecord, find_chain, read_chains
 from nnslurm.slurm.commands import SchedulerJob, use_runner
-from nnslurm.workflow.chain import ChainJob, ChainRecord, find_chain, read_chains
 from nnslurm.workflow.chain_status import StageState, chain_status
 from nnslurm.workflow.plan import (
-    After,
     Dependency,
     StageKind,
     WorkflowSpec,
@@ -268,7 +267,7 @@ def test_cancel_chain_cancels_every_job_not_ended_last_stage_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from nnslurm.cli import main
-    from nnslurm.workflow.chain import CHAINS_FOLDER
+    from nnslurm.runs.chains import CHAINS_FOLDER
 
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     chains = tmp_path / CHAINS_FOLDER
@@ -310,8 +309,8 @@ def cascade_chain(tmp_path: Path) -> ChainRecord:
 def test_dependants_of_a_resubmitted_task_wait_for_its_new_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from nnslurm.runs.chains import CHAINS_FOLDER
     from nnslurm.scheduler.redirect import redirect_dependants
-    from nnslurm.workflow.chain import CHAINS_FOLDER
 
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     chains = tmp_path / CHAINS_FOLDER

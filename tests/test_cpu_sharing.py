@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_PLANS, NnunetEnv, nnslurm
+from support import TINY_PLANS, NnunetEnv, nnslurm
 
 pytestmark = pytest.mark.nnunet
 

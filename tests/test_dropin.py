@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm, read_events
+from support import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm, read_events
 
 from nnslurm.checkpoints import CheckpointInfo, RunIdentity
 from nnslurm.core.errors import CheckpointError, NnslurmError, UsageError

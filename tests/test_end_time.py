@@ -4,21 +4,22 @@ guard the training loop asks, and what the after-stop decision makes of a stop i
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from support import FakeCluster
+from support import FakeCluster, patience, wait_for
 
 from nnslurm.core.config import TrainingOptions
 from nnslurm.runs.events import read_events
+from nnslurm.runs.outcome import Stopped
 from nnslurm.scheduler.after_stop import after_stop
-from nnslurm.scheduler.policy import StopEvidence, StopKind, decide
+from nnslurm.scheduler.policy import StopEvidence, decide
 from nnslurm.slurm import commands
 from nnslurm.slurm.end_time import END_TIME_SIGNAL, EndTimeReader, end_time_decision
 from nnslurm.slurm.environment import SlurmEnvironment
-from nnslurm.training.process import TrainingOutcome
+from nnslurm.slurm.stop_kinds import StopKind
 from nnslurm.training.signals import StopMonitor, StopRequest
 from nnslurm.training.stop_margin import (
     EPOCH_END,
@@ -150,16 +151,18 @@ def test_scontrol_errors_before_any_read_leave_the_end_unknown(caplog: pytest.Lo
 def test_reader_thread_reads_at_start_and_stops_on_close() -> None:
     fake = FakeCluster(answers={"scontrol show": [scontrol()]})
     reader = EndTimeReader("15", refresh_s=0.05)
+    before = set(threading.enumerate())
     with commands.use_runner(fake):
         reader.start()
+        (thread,) = set(threading.enumerate()) - before  # the reader's own thread
         try:
-            deadline = 200
-            while len(fake.ran("scontrol show")) < 3 and deadline:
-                time.sleep(0.02)
-                deadline -= 1
+            wait_for(lambda: len(fake.ran("scontrol show")) >= 3, patience(2), "three reads of EndTime")
+            assert reader.end_time == END_S
         finally:
             reader.close()
-        assert reader.end_time == END_S
+        # closed: the thread ends within a tick, so nothing asks scontrol any more
+        thread.join(patience(2))
+        assert not thread.is_alive(), "the end-time reader's thread went on after close()"
         assert len(fake.ran("scontrol show")) >= 3
 
 
@@ -367,30 +370,15 @@ def test_a_stop_by_the_end_time_rule_is_walltime_evidence(
         assert decision.reason.startswith(f"end-time rule ({REASON})")
 
 
-@pytest.fixture
-def in_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SUBMITIT_LOCAL_JOB_ID"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SLURM_JOB_ID", "15")
-    monkeypatch.delenv("NNSLURM_WARNING_SIGNAL", raising=False)
-
-
-def end_time_outcome(folder: Path) -> TrainingOutcome:
-    return TrainingOutcome(
-        status="stopped",
-        output_folder=folder,
-        epoch=2,
-        iteration=7,
-        stop_signal=END_TIME_SIGNAL,
-        stop_reason=REASON,
-    )
+def end_time_outcome(folder: Path) -> Stopped:
+    return Stopped(folder=folder, signal=END_TIME_SIGNAL, reason=REASON, epoch=2, iteration=7)
 
 
 @pytest.mark.usefixtures("in_job")
 def test_after_an_end_time_stop_the_job_requeues_itself_and_says_why(tmp_path: Path) -> None:
     fake = FakeCluster(answers={"scontrol show": [scontrol()]})
     with commands.use_runner(fake):
-        decision = after_stop(end_time_outcome(tmp_path), TrainingOptions(max_requeues=3))
+        decision = after_stop(end_time_outcome(tmp_path), 3)
     assert decision.kind == StopKind.WALLTIME
     assert fake.ran("scontrol requeue") == [["scontrol", "requeue", "15"]]
     records = [dict(r) for r in read_events(tmp_path)]
@@ -407,11 +395,11 @@ def test_end_time_stops_count_against_the_requeue_cap(tmp_path: Path) -> None:
     from nnslurm.core.errors import RequeueLimitReached
 
     fake = FakeCluster(answers={"scontrol show": [scontrol()]})
-    options = TrainingOptions(max_requeues=1)
+    max_requeues = 1
     with commands.use_runner(fake):
-        after_stop(end_time_outcome(tmp_path), options)
+        after_stop(end_time_outcome(tmp_path), max_requeues)
         with pytest.raises(RequeueLimitReached):
-            after_stop(end_time_outcome(tmp_path), options)
+            after_stop(end_time_outcome(tmp_path), max_requeues)
     assert len(fake.ran("scontrol requeue")) == 1
     kinds = [r["kind"] for r in read_events(tmp_path) if r["event"] == "decision"]
     assert kinds == ["walltime", "requeue-limit"]

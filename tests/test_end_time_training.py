@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import TINY_PLANS, NnunetEnv, nnslurm
+from support import TINY_PLANS, NnunetEnv, nnslurm
 
 from nnslurm import EXIT_RESUMABLE
 from nnslurm.commands.synthetic import PACED_TRAINER

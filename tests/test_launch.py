@@ -18,6 +18,7 @@ from nnslurm.commands.template import TEMPLATES, template_text
 from nnslurm.core.cluster import ClusterSettings, resolve
 from nnslurm.core.config import RunSpec, TrainingOptions, TrainJob
 from nnslurm.core.errors import NnunetSetupError, UsageError
+from nnslurm.core.locations import default_log_dir
 from nnslurm.jobs import submission as launch
 from nnslurm.jobs import waiting
 
@@ -300,9 +301,9 @@ def test_time_must_exceed_signal_delay_on_the_command_line(
 def test_default_job_name_and_log_dir() -> None:
     assert launch.default_job_name(train_jobs(["0"])) == "nnslurm-501-3d_fullres-f0"
     assert launch.default_job_name(train_jobs(["0", "1"])) == "nnslurm-501-3d_fullres"
-    assert launch.default_log_dir({"nnUNet_results": "/r"}) == Path("/r/.nnslurm/submitit")
+    assert default_log_dir({"nnUNet_results": "/r"}) == Path("/r/.nnslurm/submitit")
     with pytest.raises(NnunetSetupError, match="nnUNet_results is not set") as raised:
-        launch.default_log_dir({})
+        default_log_dir({})
     assert "pass --log-dir" in str(raised.value)
 
 

@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm, read_events
-from support import wait_for
+from support import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm, read_events, wait_for
 
 from nnslurm.commands.synthetic import PACED_TRAINER
 

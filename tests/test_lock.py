@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TRAINING, NnunetEnv
-from support import wait_for
+from support import TINY_TRAINING, NnunetEnv, wait_for
 
 from nnslurm.core.errors import RunLockedError
 from nnslurm.slurm import commands as slurm
@@ -34,6 +33,14 @@ def write_holder(folder: Path, pid: int, host: str | None = None, job_id: str | 
     holder = {"pid": pid, "host": host or socket.gethostname(), "job_id": job_id, "since": "then"}
     path.write_text(json.dumps(holder))
     return path
+
+
+def assert_held_by_this_process(folder: Path) -> None:
+    """Taken over: the lock file names this process now, and a second lock is refused naming it."""
+    holder = json.loads((folder / EXCLUSIVE_FILE).read_text())
+    assert (holder["pid"], holder["host"]) == (os.getpid(), socket.gethostname()), holder
+    with pytest.raises(RunLockedError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+        RunLock(folder).acquire()
 
 
 def dead_pid() -> int:
@@ -104,7 +111,7 @@ def test_a_lock_file_of_a_dead_pid_on_this_host_is_taken_over(
     pid = dead_pid()
     write_holder(tmp_path, pid)
     with RunLock(tmp_path):
-        assert json.loads((tmp_path / EXCLUSIVE_FILE).read_text())["pid"] == os.getpid()
+        assert_held_by_this_process(tmp_path)
     assert f"stale lock file in {tmp_path}: pid {pid}" in caplog.text
     assert f"(pid {pid} is gone on {socket.gethostname()}); taking over" in caplog.text
 
@@ -131,8 +138,9 @@ def test_a_lock_file_of_another_host_is_judged_by_its_slurm_job(
                 RunLock(tmp_path).acquire()
             return
         with RunLock(tmp_path):
-            pass
+            assert_held_by_this_process(tmp_path)
     assert taken in caplog.text and "taking over" in caplog.text
+    assert not (tmp_path / EXCLUSIVE_FILE).exists()  # released: not the old holder's file put back
 
 
 @pytest.mark.usefixtures("no_posix_locks")
@@ -143,7 +151,7 @@ def test_a_lock_file_of_an_earlier_start_of_this_job_is_taken_over(
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     write_holder(tmp_path, 123, host="node-elsewhere", job_id="4242")
     with RunLock(tmp_path):
-        pass
+        assert_held_by_this_process(tmp_path)
     assert "an earlier start of this SLURM job 4242" in caplog.text
 
 

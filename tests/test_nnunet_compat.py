@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm
+from support import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm
 
 from nnslurm.training.nnunet_compat import nnunet_version, trainer_plans
 

@@ -5,28 +5,22 @@ SLURM is the FakeCluster at the subprocess seam."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from support import FakeCluster, started, write_log
+from support import FakeCluster, events_of, started, write_log
 
 from nnslurm.core.config import TrainingOptions
-from nnslurm.runs.events import read_events
 from nnslurm.runs.interruptions import Kind
+from nnslurm.runs.outcome import Stopped
 from nnslurm.runs.status import run_status
 from nnslurm.scheduler.after_stop import after_stop
 from nnslurm.scheduler.restart import note_previous_end
 from nnslurm.slurm import commands
 from nnslurm.slurm.commands import parse_sacct_runs
 from nnslurm.slurm.environment import SlurmEnvironment
-from nnslurm.training.process import TrainingOutcome
 
 RESTARTED = SlurmEnvironment.from_environ({"SLURM_JOB_ID": "15", "SLURM_RESTART_COUNT": "1"})
 SACCT_D = "15|NODE_FAIL\n15|RUNNING\n"
-
-
-def events_of(folder: Path, kind: str) -> list[dict[str, Any]]:
-    return [dict(record) for record in read_events(folder) if record["event"] == kind]
 
 
 def test_sacct_keeps_one_record_per_start() -> None:
@@ -75,24 +69,15 @@ def test_nothing_is_noted_after_a_recorded_stop_or_on_a_first_start(tmp_path: Pa
     assert fake.calls == [] and events_of(folder, "interrupted") == []
 
 
-@pytest.fixture
-def in_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SUBMITIT_LOCAL_JOB_ID"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SLURM_JOB_ID", "15")
-
-
 @pytest.mark.usefixtures("in_job")
 def test_a_stop_on_a_failing_node_is_requeued_by_slurm_for_node_failure(tmp_path: Path) -> None:
     """The process got TERM and checkpointed; SLURM already requeued the job (Restarts=1) and sacct -D
     says this start ended NODE_FAIL: no requeue by nnslurm, the record says node failure."""
     line = "JobId=15 JobState=PENDING Reason=BeginTime Requeue=1 Restarts=1 Partition=low ExitCode=0:0\n"
     fake = FakeCluster(answers={"scontrol show job": [line], "sacct -D": ["15|NODE_FAIL\n15|PENDING\n"]})
-    stopped = TrainingOutcome(
-        status="stopped", output_folder=tmp_path, epoch=1, iteration=9, stop_signal="TERM"
-    )
+    stopped = Stopped(folder=tmp_path, signal="TERM", epoch=1, iteration=9)
     with commands.use_runner(fake):
-        decision = after_stop(stopped, TrainingOptions())
+        decision = after_stop(stopped, TrainingOptions.max_requeues)
     assert decision.kind == "requeued" and fake.ran("scontrol requeue") == []
     (requeued,) = events_of(tmp_path, "requeued")
     assert (requeued["by"], requeued["reason"]) == ("slurm", "node failure")

@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,8 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TESTS, TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm
-from support import wait_for
+from support import (
+    TESTS,
+    TINY_PLANS,
+    TINY_TRAINING,
+    NnunetEnv,
+    nnslurm,
+    patience,
+    wait_for,
+)
 
 pytestmark = pytest.mark.nnunet
 
@@ -133,21 +139,22 @@ def test_output_equals_nnunetv2_predict(trained: Trained, tmp_path: Path) -> Non
 def test_a_stop_signal_leaves_at_a_case_boundary_and_the_rerun_completes(
     trained: Trained, tmp_path: Path
 ) -> None:
+    """USR1 right after the first case was written (an event: tests/cli_hooks.py sends it when the
+    log says so): the stop comes before the second case, and the rerun writes only the other three."""
     output = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nnslurm", *predict_args(trained, output)],
-        env=trained.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    env = dict(trained.env, NNSLURM_TEST_SIGNAL_ON_LOG=".nii.gz written")
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "cli_hooks.py"), *predict_args(trained, output)],
+        env=env,
+        capture_output=True,
         text=True,
+        timeout=patience(100),
     )
-    wait_for(lambda: list(output.glob("case_*.nii.gz")), 300, "the first case to be written", interval=0.05)
-    process.send_signal(signal.SIGUSR1)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 75, stderr[-3000:]
+    stderr = done.stderr
+    assert done.returncode == 75, stderr[-3000:]
     assert "Traceback" not in stderr
     first = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in output.glob("case_*.nii.gz")}
-    assert 1 <= len(first) < 4, f"{sorted(first)}: the stop did not happen between cases"
+    assert len(first) == 1, f"{sorted(first)}: the stop did not come at the first case boundary"
 
     again = nnslurm(predict_args(trained, output), trained.env)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -164,18 +171,20 @@ def test_sigkill_while_a_case_is_written_leaves_no_torn_file(trained: Trained, t
     output, marker = tmp_path / "out", tmp_path / "torn"
     env = dict(trained.env, NNSLURM_TEST_TEAR_CASE="2", NNSLURM_TEST_TORN_MARKER=str(marker))
     process = subprocess.Popen(
-        [sys.executable, str(TESTS / "predict_hooks.py"), *predict_args(trained, output)],
+        [sys.executable, str(TESTS / "cli_hooks.py"), *predict_args(trained, output)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        wait_for(lambda: marker.exists() or process.poll() is not None, 300, "the second case's write")
+        wait_for(
+            lambda: marker.exists() or process.poll() is not None, patience(100), "the second case's write"
+        )
         assert marker.exists(), process.communicate()[1][-3000:]
     finally:
         process.kill()  # SIGKILL, with case 2 half written
-        process.communicate(timeout=60)
+        process.communicate(timeout=patience(20))
     torn = [Path(p) for p in marker.read_text().split()]
     assert torn and all(p.is_relative_to(output / ".nnslurm" / "staging") for p in torn), torn
     finals = segmentations(output)  # every file under a final name loads

@@ -17,7 +17,7 @@ from support import wait_for
 
 from nnslurm.core.errors import UsageError
 from nnslurm.workflow.outputs import Staging, publish, write_json_atomically
-from nnslurm.workflow.predict import Case, PredictJob, cases_done, list_cases
+from nnslurm.workflow.predict import PredictJob, cases_done, list_cases
 from nnslurm.workflow.predict_models import ModelSpec, PredictSpec, chosen_by_find_best
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,4 +151,8 @@ def test_bad_settings_are_refused_at_once(tmp_path: Path) -> None:
         PredictSpec(tmp_path, tmp_path, "501", device="tpu")
     with pytest.raises(UsageError, match="-step_size"):
         PredictSpec(tmp_path, tmp_path, "501", step_size=1.5)
-    assert Case("a", ()).identifier == "a"
+    with pytest.raises(UsageError, match="-step_size"):
+        PredictSpec(tmp_path, tmp_path, "501", step_size=0.0)
+    # the limits are where nnUNetv2_predict has them: each device it knows and a step of 1 are fine
+    for device in ("auto", "cpu", "cuda"):
+        assert PredictSpec(tmp_path, tmp_path, "501", device=device, step_size=1.0).step_size == 1.0

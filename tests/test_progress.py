@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from conftest import TINY_TRAINING, NnunetEnv, nnslurm, run_on_a_terminal
+from support import TINY_TRAINING, NnunetEnv, nnslurm, run_on_a_terminal
 
 from nnslurm.training.progress import TrainingProgress
 

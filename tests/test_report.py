@@ -8,22 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NnunetEnv, nnslurm, read_events
 from matplotlib.image import imread
-from support import build_interrupted_run, started, stop, write_log
+from support import NnunetEnv, nnslurm, read_events, started, stop, write_log
 
 from nnslurm import cli
 from nnslurm.core.timeparse import describe
 from nnslurm.runs.timeline import DPI, FIGSIZE
 
 WIDTH, HEIGHT = round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI)
-
-
-@pytest.fixture
-def interrupted_run(
-    synthetic_dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[NnunetEnv, Path]:
-    return build_interrupted_run(synthetic_dataset, tmp_path_factory)
 
 
 def segments_by_process(events: list[dict]) -> list[list[dict]]:

@@ -10,20 +10,20 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from support import FakeCluster, started, stop, write_log
+from support import FakeCluster, events_of, started, stop, write_log
 
 from nnslurm.core.config import RunSpec, TrainingOptions, TrainJob
 from nnslurm.core.errors import RequeueLimitReached, SchedulerError
 from nnslurm.jobs import submission as launch
 from nnslurm.jobs import waiting
-from nnslurm.runs.events import Event, EventLog, read_events
+from nnslurm.runs.events import Event, EventLog
 from nnslurm.runs.history import read_history
+from nnslurm.runs.outcome import Stopped
 from nnslurm.runs.state import RunState
 from nnslurm.runs.status import run_status
 from nnslurm.scheduler.after_stop import Clock, after_stop
 from nnslurm.scheduler.policy import (
     StopEvidence,
-    StopKind,
     apply_resubmit_limit,
     decide,
     resubmissions,
@@ -33,7 +33,7 @@ from nnslurm.scheduler.resubmit import ResubmittedJob, sbatch_argv
 from nnslurm.slurm import commands
 from nnslurm.slurm.commands import SchedulerJob, parse_job_info, parse_preempt_mode
 from nnslurm.slurm.environment import SlurmEnvironment
-from nnslurm.training.process import TrainingOutcome
+from nnslurm.slurm.stop_kinds import StopKind
 
 NOW = datetime(2026, 12, 1, 11, 0, 20)
 
@@ -139,15 +139,8 @@ def test_preempt_mode_is_read_from_scontrol_show_partition() -> None:
 # --- after_stop with a fake cluster ----------------------------------------------------------------
 
 
-@pytest.fixture
-def in_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SUBMITIT_LOCAL_JOB_ID"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SLURM_JOB_ID", "15")
-
-
-def outcome(folder: Path) -> TrainingOutcome:
-    return TrainingOutcome(status="stopped", output_folder=folder, epoch=2, iteration=7, stop_signal="TERM")
+def outcome(folder: Path) -> Stopped:
+    return Stopped(folder=folder, signal="TERM", epoch=2, iteration=7)
 
 
 def no_sleep() -> Clock:
@@ -163,10 +156,6 @@ def cancel_partition(mode: str = "CANCEL") -> FakeCluster:
     )
 
 
-def events_of(folder: Path, kind: str) -> list[dict[str, Any]]:
-    return [dict(record) for record in read_events(folder) if record["event"] == kind]
-
-
 @pytest.mark.usefixtures("in_job")
 def test_after_stop_resubmits_and_records_both_ids(tmp_path: Path) -> None:
     asked: list[str] = []
@@ -177,9 +166,7 @@ def test_after_stop_resubmits_and_records_both_ids(tmp_path: Path) -> None:
 
     fake = cancel_partition()
     with commands.use_runner(fake):
-        decision = after_stop(
-            outcome(tmp_path), TrainingOptions(max_requeues=3), clock=no_sleep(), resubmit=resubmit
-        )
+        decision = after_stop(outcome(tmp_path), 3, clock=no_sleep(), resubmit=resubmit)
     assert decision.kind == StopKind.RESUBMIT and asked == ["15"]
     assert fake.ran("scontrol show partition") == [["scontrol", "show", "partition", "-o", "cancel"]]
     assert fake.ran("scontrol requeue") == []
@@ -196,7 +183,7 @@ def test_resubmission_cap_stops_the_run_with_its_checkpoint(tmp_path: Path) -> N
     for new in ("11", "12"):
         EventLog(tmp_path).append(Event.RESUBMITTED, job_id=new, old_job_id="x")
     with commands.use_runner(cancel_partition()), pytest.raises(RequeueLimitReached) as caught:
-        after_stop(outcome(tmp_path), TrainingOptions(max_requeues=2), clock=no_sleep(), resubmit=pytest.fail)
+        after_stop(outcome(tmp_path), 2, clock=no_sleep(), resubmit=pytest.fail)
     assert "resubmitted 2 time(s)" in str(caught.value) and "--max-requeues" in str(caught.value)
     assert events_of(tmp_path, "decision")[-1]["kind"] == "resubmit-limit"
     assert len(events_of(tmp_path, "resubmitted")) == 2
@@ -208,7 +195,7 @@ def test_a_failed_resubmission_is_recorded_and_raised(tmp_path: Path) -> None:
         raise SchedulerError("sbatch: error: invalid partition")
 
     with commands.use_runner(cancel_partition()), pytest.raises(SchedulerError):
-        after_stop(outcome(tmp_path), TrainingOptions(), clock=no_sleep(), resubmit=refuse)
+        after_stop(outcome(tmp_path), TrainingOptions.max_requeues, clock=no_sleep(), resubmit=refuse)
     last = events_of(tmp_path, "decision")[-1]
     assert last["kind"] == "resubmit-failed" and "invalid partition" in last["error"]
     assert run_status(tmp_path, scheduler={}).state == RunState.STOPPED
@@ -227,7 +214,7 @@ def test_templates_resubmit_their_own_script(tmp_path: Path) -> None:
         }
     )
     with commands.use_runner(fake):
-        after_stop(outcome(tmp_path), TrainingOptions(), clock=no_sleep())
+        after_stop(outcome(tmp_path), TrainingOptions.max_requeues, clock=no_sleep())
     (sbatch,) = fake.ran("sbatch")
     assert sbatch == [
         "sbatch",
@@ -291,7 +278,7 @@ def test_wait_follows_the_resubmitted_job(tmp_path: Path, monkeypatch: pytest.Mo
         "16": (waiting.FINISHED, "COMPLETED"),
     }
     monkeypatch.setattr(waiting, "run_folder", lambda train_job: folder)
-    monkeypatch.setattr(waiting, "job_state", lambda submitted: states[str(submitted.job_id)])
+    monkeypatch.setattr(waiting, "job_state", lambda submitted, since: states[str(submitted.job_id)])
     submission = launch.Submission((job,), cluster_settings(), "slurm", tmp_path / "logs", "x")
     shown: list[str] = []
     (report,) = waiting.wait([SimpleNamespace(job_id="15")], submission, poll_s=0, echo=shown.append)  # type: ignore[list-item]

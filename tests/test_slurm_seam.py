@@ -8,17 +8,19 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from support import FakeCluster
+from support import FakeCluster, events_of
 
 from nnslurm.core.config import TrainingOptions
 from nnslurm.core.errors import CommandError, RequeueLimitReached, SchedulerError
 from nnslurm.runs.events import read_events
+from nnslurm.runs.outcome import Stopped
 from nnslurm.scheduler.after_stop import Clock, after_stop, wait_for_requeue
-from nnslurm.scheduler.policy import StopEvidence, StopKind, decide, self_requeues
+from nnslurm.scheduler.policy import StopEvidence, decide, self_requeues
 from nnslurm.slurm import commands
 from nnslurm.slurm.commands import JobInfo, parse_job_info
-from nnslurm.slurm.environment import SlurmEnvironment, submitted_event_id
-from nnslurm.training.process import TrainingOutcome
+from nnslurm.slurm.environment import SlurmEnvironment
+from nnslurm.slurm.job_ids import submitted_event_id
+from nnslurm.slurm.stop_kinds import StopKind
 
 NOW = datetime(2026, 11, 30, 5, 6, 20)
 
@@ -270,8 +272,8 @@ def test_the_environment_is_read_in_one_place() -> None:
 # --- after_stop: the whole decision with a fake cluster ----------------------------------------
 
 
-def outcome(folder: Path, sig: str = "USR1") -> TrainingOutcome:
-    return TrainingOutcome(status="stopped", output_folder=folder, epoch=2, iteration=7, stop_signal=sig)
+def outcome(folder: Path, sig: str = "USR1") -> Stopped:
+    return Stopped(folder=folder, signal=sig, epoch=2, iteration=7)
 
 
 class FakeClock:
@@ -293,23 +295,11 @@ class FakeClock:
         return Clock(monotonic=self.monotonic, sleep=self.sleep)
 
 
-@pytest.fixture
-def in_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SUBMITIT_LOCAL_JOB_ID"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SLURM_JOB_ID", "15")
-    monkeypatch.setenv("NNSLURM_WARNING_SIGNAL", "USR1")
-
-
-def events_of(folder: Path, kind: str) -> list[dict]:
-    return [dict(record) for record in read_events(folder) if record["event"] == kind]
-
-
-@pytest.mark.usefixtures("in_job")
+@pytest.mark.usefixtures("in_nnslurm_job")
 def test_walltime_requeues_and_records(tmp_path: Path) -> None:
     fake = FakeCluster(answers={"scontrol show": [WALLTIME_WARNING]})
     with commands.use_runner(fake):
-        decision = after_stop(outcome(tmp_path), TrainingOptions(max_requeues=3))
+        decision = after_stop(outcome(tmp_path), 3)
     assert decision.kind == StopKind.WALLTIME
     assert fake.ran("scontrol requeue") == [["scontrol", "requeue", "15"]]
     (record,) = events_of(tmp_path, "decision")
@@ -323,15 +313,15 @@ def test_walltime_requeues_and_records(tmp_path: Path) -> None:
     assert (requeued["by"], requeued["reason"]) == ("nnslurm", "walltime")
 
 
-@pytest.mark.usefixtures("in_job")
+@pytest.mark.usefixtures("in_nnslurm_job")
 def test_requeue_cap(tmp_path: Path) -> None:
     fake = FakeCluster(answers={"scontrol show": [WALLTIME_WARNING]})
-    options = TrainingOptions(max_requeues=2)
+    max_requeues = 2
     with commands.use_runner(fake):
-        after_stop(outcome(tmp_path), options)
-        after_stop(outcome(tmp_path), options)
+        after_stop(outcome(tmp_path), max_requeues)
+        after_stop(outcome(tmp_path), max_requeues)
         with pytest.raises(RequeueLimitReached) as caught:
-            after_stop(outcome(tmp_path), options)
+            after_stop(outcome(tmp_path), max_requeues)
     assert len(fake.ran("scontrol requeue")) == 2
     message = str(caught.value)
     assert "requeued itself 2 time(s)" in message and "epoch 2 iteration 7" in message
@@ -339,13 +329,13 @@ def test_requeue_cap(tmp_path: Path) -> None:
     assert events_of(tmp_path, "decision")[-1]["kind"] == StopKind.LIMIT
 
 
-@pytest.mark.usefixtures("in_job")
+@pytest.mark.usefixtures("in_nnslurm_job")
 def test_preemption_waits_for_slurm_and_does_not_requeue(tmp_path: Path) -> None:
     # scontrol: preempted (evidence), still running twice while waiting, then requeued by SLURM.
     fake = FakeCluster(answers={"scontrol show job": [PREEMPTED, PREEMPTED, PREEMPTED, GRACE_END]})
     time = FakeClock()
     with commands.use_runner(fake):
-        decision = after_stop(outcome(tmp_path, "TERM"), TrainingOptions(), clock=time.clock)
+        decision = after_stop(outcome(tmp_path, "TERM"), TrainingOptions.max_requeues, clock=time.clock)
     assert decision.kind == StopKind.PREEMPTION
     assert fake.ran("scontrol requeue") == []
     (requeued,) = events_of(tmp_path, "requeued")
@@ -354,35 +344,35 @@ def test_preemption_waits_for_slurm_and_does_not_requeue(tmp_path: Path) -> None
     assert requeued["waited_s"] == 2.0
 
 
-@pytest.mark.usefixtures("in_job")
+@pytest.mark.usefixtures("in_nnslurm_job")
 def test_preemption_fallback_requeues_once_if_slurm_does_not(tmp_path: Path) -> None:
     fake = FakeCluster(answers={"scontrol show": [PREEMPTED]})
     with commands.use_runner(fake):
-        after_stop(outcome(tmp_path, "TERM"), TrainingOptions(), clock=FakeClock().clock)
+        after_stop(outcome(tmp_path, "TERM"), TrainingOptions.max_requeues, clock=FakeClock().clock)
     assert fake.ran("scontrol requeue") == [["scontrol", "requeue", "15"]]
     (requeued,) = events_of(tmp_path, "requeued")
     assert (requeued["by"], requeued["reason"]) == ("nnslurm", "preemption")
     assert self_requeues(read_events(tmp_path), "15") == 0  # not counted against --max-requeues
 
 
-@pytest.mark.usefixtures("in_job")
+@pytest.mark.usefixtures("in_nnslurm_job")
 @pytest.mark.parametrize(
     ("line", "kind"), [(SCANCEL, StopKind.CANCEL), (EXTERNAL_REQUEUE, StopKind.REQUEUED)]
 )
 def test_cancel_and_outside_requeue_never_requeue(tmp_path: Path, line: str, kind: str) -> None:
     fake = FakeCluster(answers={"scontrol show": [line], "sacct -X": ["15|REQUEUED\n"]})
     with commands.use_runner(fake):
-        decision = after_stop(outcome(tmp_path, "TERM"), TrainingOptions())
+        decision = after_stop(outcome(tmp_path, "TERM"), TrainingOptions.max_requeues)
     assert decision.kind == kind
     assert fake.ran("scontrol requeue") == []
 
 
-@pytest.mark.usefixtures("in_job")
+@pytest.mark.usefixtures("in_nnslurm_job")
 def test_requeue_through_a_given_function(tmp_path: Path) -> None:
     done: list[str] = []
     fake = FakeCluster(answers={"scontrol show": [WALLTIME_WARNING]})
     with commands.use_runner(fake):
-        after_stop(outcome(tmp_path), TrainingOptions(), requeue_job=done.append)
+        after_stop(outcome(tmp_path), TrainingOptions.max_requeues, requeue_job=done.append)
     assert done == ["15"] and fake.ran("scontrol requeue") == []
 
 

@@ -11,20 +11,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import NnunetEnv, ctrl_c_as_at_a_terminal, nnslurm, read_events, run_on_a_terminal
-from support import FakeCluster, Output, build_interrupted_run, started, stop, wait_for, write_log
+from support import (
+    FakeCluster,
+    NnunetEnv,
+    Output,
+    ctrl_c_as_at_a_terminal,
+    nnslurm,
+    read_events,
+    run_on_a_terminal,
+    started,
+    stop,
+    wait_for,
+    write_log,
+)
 
 from nnslurm import cli
 from nnslurm.runs.state import LOG_STATE, LogSays, RunState, run_state
 from nnslurm.runs.status import run_status
 from nnslurm.slurm.commands import SchedulerJob, use_runner
-
-
-@pytest.fixture
-def interrupted_run(
-    synthetic_dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[NnunetEnv, Path]:
-    return build_interrupted_run(synthetic_dataset, tmp_path_factory)
 
 
 @pytest.mark.nnunet
@@ -478,10 +482,27 @@ def test_state_table(
 
 
 def test_state_table_is_total() -> None:
-    """Every verdict of the log, with every answer of SLURM and of the process, has a state."""
+    """Every verdict of the log, with every answer of SLURM and of the process, has a state and a
+    detail with nothing left unfilled. Without an answer from SLURM the log alone decides
+    (LOG_STATE); a RUNNING job is running unless its log says it finished, is being cancelled or
+    waits out a preemption's grace time."""
     assert set(LOG_STATE) == set(LogSays) - {LogSays.NO_END_RECORD}
+    log_wins_over_running = {
+        LogSays.FINISHED,
+        LogSays.NO_LOG_FINAL,
+        LogSays.CANCELLED_BEFORE_START,
+        LogSays.CANCEL_REQUESTED,
+        LogSays.CANCEL_DECISION,
+        LogSays.PREEMPTED_IN_GRACE,
+    }
     for log in LogSays:
         for state in [None, "RUNNING", "COMPLETING", "PENDING", "PREEMPTED", "CANCELLED", "FAILED", "WEIRD"]:
             for alive in (True, False, None):
-                found, _ = run_state(log, "", None if state is None else job(state), alive)
+                found, detail = run_state(log, "the log", None if state is None else job(state), alive, "5m")
                 assert found in RunState
+                assert "{" not in detail and "}" not in detail, (log, state, alive, detail)
+                if state is None and log in LOG_STATE:
+                    assert found == LOG_STATE[log], (log, alive, found)
+                if state == "RUNNING":
+                    expected = LOG_STATE[log] if log in log_wins_over_running else RunState.RUNNING
+                    assert found == expected, (log, alive, found)

@@ -1,11 +1,9 @@
-"""The one stop path (training/stoppable.py, jobs/training_job.py): how a stopped process leaves, the import-
+"""The one stop path (training/stoppable.py, jobs/base.py): how a stopped process leaves, the import-
 time exit, submitit's handler handing over, and the one requeue authority. Real processes and signals,
 no nnU-Net training."""
 
 from __future__ import annotations
 
-import inspect
-import json
 import signal
 import subprocess
 import sys
@@ -16,15 +14,17 @@ from pathlib import Path
 
 import pytest
 import submitit
-from conftest import REPO
 from submitit.core.job_environment import SignalHandler
-from submitit.local import local as submitit_local
 from submitit.local.local import LocalJobEnvironment
+from support import REPO, read_events
 
 from nnslurm import EXIT_RESUMABLE
 from nnslurm.core.config import RunSpec, TrainingOptions, TrainJob
 from nnslurm.core.errors import RequeueLimitReached
-from nnslurm.jobs.training_job import LOCAL_MAX_REQUEUES, LOCAL_REQUEUE_EXIT, TrainingJob, requeue_cap
+from nnslurm.core.executor import Executor
+from nnslurm.jobs.submitit_insides import LOCAL_REQUEUE_EXIT
+from nnslurm.jobs.training_job import TrainingJob
+from nnslurm.scheduler.policy import LOCAL_MAX_REQUEUES, requeue_cap
 from nnslurm.training.stoppable import exit_process, run_stoppable
 
 
@@ -90,6 +90,9 @@ def test_signal_while_importing_exits_resumable_without_deciding() -> None:
 class FakeOutcome:
     status: str
     output_folder: Path = Path("run")
+
+    def stopped(self) -> FakeOutcome:  # TrainingOutcome.stopped: what after_stop is given
+        return self
 
 
 def fake_training(monkeypatch: pytest.MonkeyPatch, status: str) -> None:
@@ -160,11 +163,6 @@ def run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return results / "Dataset501_Synthetic" / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_0"
 
 
-def read_events(folder: Path) -> list[dict[str, object]]:
-    lines = (folder / "nnslurm_events.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def test_submitit_handler_hands_over_and_the_event_log_counts(run_folder: Path) -> None:
     """submitit's own handler (a signal just before or after training) calls checkpoint(): nnslurm's
     stop path decides by evidence, requeues through the local exit status, and counts the requeue
@@ -211,15 +209,9 @@ def test_local_executor_clamps_the_cap_to_its_controller(run_folder: Path) -> No
             job.checkpoint()
     with pytest.raises(RequeueLimitReached):
         job.checkpoint()
-    assert requeue_cap(20, local=True) == 5 and requeue_cap(20, local=False) == 20
-    assert requeue_cap(3, local=True) == 3
+    assert requeue_cap(20, Executor.LOCAL) == 5 and requeue_cap(20, Executor.SLURM) == 20
+    assert requeue_cap(3, Executor.LOCAL) == 3
+    assert requeue_cap(20, None) == 20  # started by hand: nothing restarts it, nothing clamps
 
 
-def test_the_submitit_facts_the_requeue_relies_on() -> None:
-    """Checked against submitit 1.5.4; fails loudly when an upgrade changes them: the local
-    controller restarts a job that exits 144, at most 6 starts in all."""
-    assert LOCAL_REQUEUE_EXIT == submitit_local.LOCAL_REQUEUE_RETURN_CODE == 144
-    max_retry = inspect.signature(submitit_local.Controller.run).parameters["max_retry"].default
-    assert max_retry == LOCAL_MAX_REQUEUES + 1
-    source = inspect.getsource(submitit_local.Controller.run)
-    assert "LOCAL_REQUEUE_RETURN_CODE" in source and "range(max_retry)" in source
+# The submitit facts the requeue relies on (144, at most 6 starts): tests/test_submitit_insides.py.

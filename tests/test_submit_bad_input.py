@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TRAINING, NnunetEnv
-from support import folder_digests
+from support import TINY_TRAINING, NnunetEnv, folder_digests
 
 pytestmark = pytest.mark.nnunet
 

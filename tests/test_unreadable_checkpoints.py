@@ -7,8 +7,7 @@ from pathlib import PurePosixPath
 
 import pytest
 import torch
-from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events
-from support import folder_digests
+from support import TINY_TRAINING, NnunetEnv, folder_digests, nnslurm, read_events
 
 pytestmark = pytest.mark.nnunet
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TINY_TRAINING, NnunetEnv, nnslurm, read_events
+from support import TINY_TRAINING, NnunetEnv, nnslurm, read_events
 
 from nnslurm.training.nnunet_compat import nnunet_version
 

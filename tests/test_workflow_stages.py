@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm, read_events
-from support import Output, folder_digests, wait_for
+from support import (
+    TESTS,
+    TINY_PLANS,
+    TINY_TRAINING,
+    NnunetEnv,
+    folder_digests,
+    nnslurm,
+    patience,
+    read_events,
+)
 
 pytestmark = pytest.mark.nnunet
 
@@ -22,26 +29,19 @@ MODEL = f"nnUNetTrainer__{TINY_PLANS}__3d_fullres"
 FIND_BEST = ["find-best", "-d", "501", "-c", "3d_fullres", "-p", TINY_PLANS, "-np", "1", "-f", "0", "1"]
 
 
-def start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], Output]:
-    """The real CLI in a fresh process, its stderr (the log) read as it comes."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nnslurm", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    return process, Output(process.stderr)
-
-
 def stop_when_logged(args: list[str], env: dict[str, str], line: str) -> tuple[int, str]:
-    """Run the CLI, send SIGUSR1 (the walltime warning) once its log shows `line`; (status, log)."""
-    process, log = start(args, env)
-    wait_for(lambda: line in log.text or process.poll() is not None, 300, f"{line!r} in the log")
-    process.send_signal(signal.SIGUSR1)
-    status = process.wait(timeout=300)
-    return status, log.rest()
+    """Run the CLI, which sends itself SIGUSR1 (the walltime warning) the moment its log shows `line`
+    (tests/cli_hooks.py): the stop arrives at that point of the work, however fast the machine;
+    (exit status, the log)."""
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "cli_hooks.py"), *args],
+        env=dict(env, NNSLURM_TEST_SIGNAL_ON_LOG=line),
+        capture_output=True,
+        text=True,
+        timeout=patience(100),
+    )
+    assert line in done.stderr, done.stderr[-3000:]
+    return done.returncode, done.stderr
 
 
 def mtimes(folder: Path) -> dict[str, int]:

@@ -1,6 +1,8 @@
 """Atomic checkpoint files: temp file, fsync, replace, and the temp files a killed write leaves.
 
-A kill at any instant leaves the old file or the new one, never a torn one.
+A kill at any instant leaves the old file or the new one, never a torn one. The steps are
+nnslurm.core.files' (the one atomic writer, torch-free); here: torch.save into its temp file with
+early writeback, the old file's blocks freed off the caller's path, and the checkpoint's error.
 """
 
 from __future__ import annotations
@@ -11,26 +13,17 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, cast
 
 import torch
 
+from nnslurm.core import files
 from nnslurm.core.errors import CheckpointError
+from nnslurm.core.files import TEMP_MARKER
 
 logger = logging.getLogger(__name__)
-
-TEMP_MARKER = ".nnslurm-tmp-"
-
-
-def fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_torch_save(state: Mapping[str, Any], path: Path) -> float:
@@ -41,16 +34,14 @@ def atomic_torch_save(state: Mapping[str, Any], path: Path) -> float:
     (0666 minus the umask).
     """
     started = time.perf_counter()
-    temp = _temp_name(path, "")
+    temp = files.temp_name(path)
     old: Path | None = None
     try:
         with open(temp, "wb") as stream:
             torch.save(state, cast(IO[bytes], _WriteBehind(stream)))
-            stream.flush()
-            os.fsync(stream.fileno())
+            files.sync(stream)
         old = _keep_old_aside(path)
-        os.replace(temp, path)
-        fsync_folder(path.parent)
+        files.replace(temp, path)
         seconds = time.perf_counter() - started
         if old is not None:
             _discard_in_background(old)
@@ -68,11 +59,6 @@ def atomic_torch_save(state: Mapping[str, Any], path: Path) -> float:
     return seconds
 
 
-def _temp_name(path: Path, kind: str) -> Path:
-    """A hidden name next to `path` that remove_stale_temp_files recognises."""
-    return path.parent / f".{path.name}{TEMP_MARKER}{kind}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
 def _keep_old_aside(path: Path) -> Path | None:
     """A second link to the file about to be replaced, so that os.replace only renames.
 
@@ -81,7 +67,7 @@ def _keep_old_aside(path: Path) -> Path | None:
     are freed when that link goes, in the background. None if there is no old file or the
     filesystem has no hard links (then os.replace pays, as before).
     """
-    aside = _temp_name(path, "old-")
+    aside = files.temp_name(path, "old-")
     try:
         os.link(path, aside)
     except OSError:

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nnslurm.checkpoints.atomic import fsync_folder
 from nnslurm.checkpoints.read import (
     NAME_RANK,
     CheckpointInfo,
@@ -26,6 +25,7 @@ from nnslurm.checkpoints.read import (
     verify_weights,
 )
 from nnslurm.core.errors import CheckpointError
+from nnslurm.core.files import fsync_folder
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,9 +124,21 @@ def numpy_pickle_globals() -> list[Any]:
     return [np.dtype, np.ndarray, scalar, reconstruct, *aliases, *dtypes]
 
 
+@contextmanager
+def numpy_values_allowed() -> Iterator[None]:
+    """torch.load's safe mode (weights_only=True, torch's default) with the numpy values nnU-Net
+    pickles allowed (numpy_pickle_globals), here and nowhere else: still nothing that runs code.
+
+    For the safe loader below, and for trainers whose own `load_checkpoint` calls torch.load with
+    torch's default (nnU-Net's nnUNetTrainer_warmup): without it they refuse nnU-Net's own
+    checkpoints, the numpy scalars in its logging state (nnslurm.training.trainer)."""
+    with torch.serialization.safe_globals(numpy_pickle_globals()):
+        yield
+
+
 def safe_load(path: Path) -> Any:
     """torch.load that refuses pickled code: a file in the results folder must not run anything."""
-    with torch.serialization.safe_globals(numpy_pickle_globals()):
+    with numpy_values_allowed():
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nnslurm.core.errors import NnslurmError, UsageError
+from nnslurm.core.locations import results_or_none
 from nnslurm.runs.discovery import resolve
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.runs.history import History, Outcome, read_history
@@ -78,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give a run folder or job id, or --chain CHAIN (one of them).")
     if args.chain is not None:
         return cancel_chain(args.chain.strip(), args.dry_run)
-    results = os.environ.get("nnUNet_results")
-    targets = resolve(args.run, Path(results) if results else None)
+    targets = resolve(args.run, results_or_none())
     if Path(args.run).expanduser().is_dir():
         cancel_run(targets[0][0], None, args.dry_run)
         return 0
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 def cancel_chain(chain_id: str, dry_run: bool) -> int:
     """scancel every job of the chain that has not ended, dependants first (so none of them starts
     in between); the training tasks record the cancel in their run folders."""
-    from nnslurm.workflow.chain import find_chain
+    from nnslurm.runs.chains import find_chain
     from nnslurm.workflow.chain_status import StageState, chain_status
 
     chain = find_chain(chain_id)

@@ -15,12 +15,22 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nnslurm.commands.options import checked
+from nnslurm.commands.options import (
+    add_cluster_arguments,
+    add_executor_argument,
+    add_length_arguments,
+    add_signal_delay_argument,
+    add_time_argument,
+    add_training_arguments,
+    cluster_settings_from_args,
+    training_options_from_args,
+    with_defaults,
+)
 from nnslurm.commands.synthetic import PACED_TRAINER, TINY_PLANS, make_synthetic_dataset
-from nnslurm.core.cluster import resolve
-from nnslurm.core.config import RunSpec, TrainingOptions, TrainJob
-from nnslurm.core.nnunet import FOLDER_VARIABLES, output_folder
-from nnslurm.core.timeparse import format_time, parse_time
+from nnslurm.core.config import RunSpec, TrainJob
+from nnslurm.core.locations import FOLDER_VARIABLES, demo_folder
+from nnslurm.core.nnunet import output_folder
+from nnslurm.core.timeparse import format_time
 from nnslurm.runs.events import Event, read_events
 
 if TYPE_CHECKING:  # nnslurm.jobs.submission imports submitit: only when a command submits
@@ -48,24 +58,12 @@ def register(subparsers: Any) -> None:
         default=Path("demo-data"),
         help="where the demo's nnU-Net folders go when nnUNet_* are unset (default: %(default)s)",
     )
-    parser.add_argument(
-        "--executor",
-        default="local",
-        choices=("local", "slurm", "auto"),
-        help="where to run (default: %(default)s, this machine)",
-    )
-    parser.add_argument(
-        "--time",
-        default="0:25",
-        type=checked(parse_time),
-        help="time limit per start (default: %(default)s = 25 s)",
-    )
-    parser.add_argument(
-        "--signal-delay", type=int, default=8, help="warning this many seconds before (default: %(default)s)"
-    )
-    parser.add_argument("--epochs", type=int, default=3, help="epochs (default: %(default)s)")
-    parser.add_argument("--iterations-per-epoch", type=int, default=40, help="(default: %(default)s)")
-    parser.set_defaults(handler=run)
+    add_executor_argument(parser, default="local")
+    add_time_argument(parser, default="0:25")
+    add_signal_delay_argument(parser, default=8)
+    add_length_arguments(parser, epochs=3, iterations=40)
+    # What the demo sets without a flag: a tiny, quick run on the CPU.
+    parser.set_defaults(handler=run, val_iterations_per_epoch=2, no_final_validation=True, device="cpu")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,18 +94,10 @@ def run(args: argparse.Namespace) -> int:
     if folder.exists():  # the demo's own run of the synthetic dataset: start it over
         shutil.rmtree(folder)
 
-    options = TrainingOptions(
-        num_epochs=args.epochs,
-        iterations_per_epoch=args.iterations_per_epoch,
-        val_iterations_per_epoch=2,
-        final_validation=False,
-        device="cpu",
-    )
-    log_dir = Path(os.environ["nnUNet_results"]) / ".nnslurm" / "demo"
-    # The cluster settings `nnslurm submit` would resolve: a [profiles.default] applies here too.
-    cluster, _ = resolve(
-        None, {"time_s": args.time, "signal_delay_s": args.signal_delay, "log_dir": str(log_dir)}
-    )
+    args.log_dir = demo_folder(Path(os.environ["nnUNet_results"]))
+    # The settings `nnslurm submit` would make of the same flags: a [profiles.default] applies too.
+    full = with_defaults(args, add_training_arguments, add_cluster_arguments)
+    options, cluster = training_options_from_args(full), cluster_settings_from_args(full)
     submission = make_submission([TrainJob(run_spec, options)], cluster, executor=args.executor)
     print(f"\n$ {shlex.join(submit_command(submission))}\n", flush=True)
     status = send(submission, wait=True)

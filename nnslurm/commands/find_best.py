@@ -9,7 +9,8 @@ import logging
 from typing import Any
 
 from nnslurm.core.errors import NnunetSetupError, UsageError, nnunet_failures
-from nnslurm.core.nnunet import dataset_name, env_folder
+from nnslurm.core.locations import PREPROCESSED, env_folder
+from nnslurm.core.nnunet import dataset_name
 from nnslurm.workflow.find_best import (
     INFORMATION_FILE,
     INSTRUCTIONS_FILE,
@@ -137,7 +138,7 @@ def spec_from_args(args: argparse.Namespace) -> FindBestSpec:
 
 def _default_configurations(name: str, plans: tuple[str, ...]) -> list[str]:
     """nnU-Net's default -c less those no plans file has (nnU-Net skips them: filter_available_models)."""
-    base = env_folder("nnUNet_preprocessed") / name
+    base = env_folder(PREPROCESSED) / name
     available: set[str] = set()
     for identifier in plans:
         path = base / f"{identifier}.json"

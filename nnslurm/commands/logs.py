@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 from collections.abc import Iterable
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nnslurm.core.errors import CommandError, NnslurmError, SchedulerError, UsageError
+from nnslurm.core.locations import results_or_none, submitit_folder
 from nnslurm.runs.discovery import resolve
 from nnslurm.runs.history import History, read_history
 from nnslurm.runs.state import TERMINAL_STATES
@@ -74,8 +74,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise UsageError(f"--interval {args.interval:g}: must be more than 0 seconds.")
-    results_text = os.environ.get("nnUNet_results")
-    results = Path(results_text) if results_text else None
+    results = results_or_none()
     targets = resolve(args.run, results)
     found = [logs for folder, job in targets for logs in job_logs(folder, job, results)]
     if not any(logs.files for logs in found):
@@ -110,7 +109,7 @@ def find_files(job_id: str, history: History, results: Path | None) -> list[Path
         if record.get("job_id") == job_id and record.get("log_folder")
     ]
     if results is not None:
-        folders.append(results / ".nnslurm" / "submitit" / bare)
+        folders.append(submitit_folder(results) / bare)
     for log_folder in dict.fromkeys(folders):
         files = sorted(log_folder.glob("*_log.out")) + sorted(log_folder.glob("*_log.err"))
         if files:

@@ -1,5 +1,10 @@
-"""The command-line options of train, submit and template, declared once, and the one place where
-a parsed command line becomes settings (RunSpec, TrainingOptions, ClusterSettings)."""
+"""The command-line options of train, submit, template and demo, declared once, and the one place
+where a parsed command line becomes settings (RunSpec, TrainingOptions, StageSettings,
+ClusterSettings).
+
+A command that takes only a few of these options (demo) declares them here with its own defaults
+and gives the rest their usual defaults (`with_defaults`), so it converts through the same functions.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,24 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from nnslurm.core.cluster import ClusterSettings, parse_sbatch_arg, resolve
-from nnslurm.core.config import DEFAULT_STOP_SIGNALS, RunSpec, TrainingOptions, TrainJob, parse_signal_list
+from nnslurm.core.cluster import (
+    DEFAULT_SIGNAL_DELAY_S,
+    DEFAULT_TIME_S,
+    ClusterSettings,
+    parse_sbatch_arg,
+    resolve,
+)
+from nnslurm.core.config import (
+    DEFAULT_STOP_SIGNALS,
+    RunSpec,
+    StageSettings,
+    TrainingOptions,
+    TrainJob,
+    parse_signal_list,
+)
 from nnslurm.core.errors import UsageError
-from nnslurm.core.timeparse import parse_time
-from nnslurm.training.pretrained import check_weights_file
+from nnslurm.core.timeparse import format_time, parse_time
+from nnslurm.training.weights_file import check_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +132,7 @@ def add_device_argument(group: argparse._ActionsContainer, help: str) -> None:
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Every TrainingOptions field as a flag (TrainingOptions.to_argv writes them back)."""
     group = parser.add_argument_group("training length (recorded with the run; a resume must match)")
-    group.add_argument("--epochs", type=int, help="epochs to train (nnU-Net default: 1000)")
-    group.add_argument(
-        "--iterations-per-epoch", type=int, help="training iterations per epoch (default: 250)"
-    )
+    add_length_arguments(group)
     group.add_argument(
         "--val-iterations-per-epoch", type=int, help="validation iterations per epoch (default: 50)"
     )
@@ -216,22 +231,24 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--stop-signals",
         default=",".join(DEFAULT_STOP_SIGNALS),
         type=checked(parse_signal_list),
-        help="signals that mean: stop at the next iteration boundary, checkpoint, exit 75 "
-        "(default: %(default)s)",
+        help="signals that mean: stop at the next iteration boundary (a chain's other stages: the "
+        "next unit), checkpoint, exit 75 (default: %(default)s)",
     )
     group.add_argument(
         "--stop-deadline",
         type=float,
-        default=20.0,
         metavar="SECONDS",
         help="when a stop signal finds no iteration boundary this long (start-up, final "
-        "validation), exit resumable without a new checkpoint (default: %(default)s)",
+        "validation), exit resumable without a new checkpoint (default: "
+        f"{TrainingOptions.stop_deadline_s:g}; a chain's other stages: a unit, "
+        f"{StageSettings.stop_deadline_s:g})",
     )
     group.add_argument(
         "--max-requeues",
         type=int,
-        default=20,
-        help="inside SLURM: requeue this job at most N times after walltime warnings (default: %(default)s)",
+        default=TrainingOptions.max_requeues,
+        help="inside SLURM: requeue each job (every stage of a chain) at most N times after walltime "
+        "warnings (default: %(default)s)",
     )
     group.add_argument(
         "--end-time-safety",
@@ -264,12 +281,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--partition", help="sbatch --partition")
     group.add_argument("--account", help="sbatch --account")
     group.add_argument("--qos", help="sbatch --qos")
-    group.add_argument(
-        "--time",
-        type=checked(parse_time),
-        help="time limit per start, SLURM's formats: 90 (minutes), 0:45 (45 s), 1:30:00, "
-        "2-00:00:00 (default: 24:00:00; SLURM rounds up to whole minutes)",
-    )
+    add_time_argument(group)
     group.add_argument("--gpus", type=int, help="sbatch --gpus-per-node")
     group.add_argument("--cpus-per-task", type=int, help="sbatch --cpus-per-task")
     group.add_argument("--mem", help="sbatch --mem, e.g. 64G")
@@ -288,13 +300,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         help="shell line run in the job before training (module load ...); repeatable",
     )
     group.add_argument("--signal", help="walltime warning signal, as sbatch --signal (default: USR1)")
-    group.add_argument(
-        "--signal-delay",
-        type=int,
-        metavar="SECONDS",
-        help="send it this long before the time limit (default: 120; SLURM may send it up "
-        "to 60 s earlier). Must leave time for one iteration plus a checkpoint",
-    )
+    add_signal_delay_argument(group)
     group.add_argument(
         "--no-signal",
         action="store_true",
@@ -303,7 +309,73 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_length_arguments(
+    group: argparse._ActionsContainer, epochs: int | None = None, iterations: int | None = None
+) -> None:
+    """--epochs and --iterations-per-epoch; None: nnU-Net's."""
+    shown = f"default: {epochs}" if epochs else "nnU-Net default: 1000"
+    group.add_argument("--epochs", type=int, default=epochs, help=f"epochs to train ({shown})")
+    group.add_argument(
+        "--iterations-per-epoch",
+        type=int,
+        default=iterations,
+        help=f"training iterations per epoch (default: {iterations or 250})",
+    )
+
+
+def add_time_argument(group: argparse._ActionsContainer, default: str | None = None) -> None:
+    """--time; None: the profile's, else ClusterSettings'."""
+    group.add_argument(
+        "--time",
+        type=checked(parse_time),
+        default=default,
+        help="time limit per start, SLURM's formats: 90 (minutes), 0:45 (45 s), 1:30:00, "
+        f"2-00:00:00 (default: {default or format_time(DEFAULT_TIME_S)}; SLURM rounds up to whole minutes)",
+    )
+
+
+def add_signal_delay_argument(group: argparse._ActionsContainer, default: int | None = None) -> None:
+    """--signal-delay; None: the profile's, else ClusterSettings'."""
+    group.add_argument(
+        "--signal-delay",
+        type=int,
+        default=default,
+        metavar="SECONDS",
+        help="send the warning signal this long before the time limit (default: "
+        f"{DEFAULT_SIGNAL_DELAY_S if default is None else default}; SLURM may send it up to 60 s "
+        "earlier). Must leave time for one iteration plus a checkpoint",
+    )
+
+
+def add_executor_argument(group: argparse._ActionsContainer, default: str = "auto") -> None:
+    """--executor: where the jobs run (nnslurm.jobs.submission.choose_executor)."""
+    group.add_argument(
+        "--executor",
+        default=default,
+        choices=("auto", "slurm", "local"),
+        help="slurm, local (this machine, through submitit), or auto: slurm when sbatch "
+        "is on the PATH (default: %(default)s)",
+    )
+
+
+def add_job_arguments(group: argparse._ActionsContainer, log_dir_help: str) -> None:
+    """--job-name and --log-dir (the log folder holds submitit's files, or a script's output)."""
+    group.add_argument("--job-name", help="sbatch --job-name (default: nnslurm-DATASET-CONFIG[-fFOLD])")
+    group.add_argument("--log-dir", type=Path, help=log_dir_help)
+
+
 # --- parsed command line -> settings ------------------------------------------------------------
+
+
+def with_defaults(
+    args: argparse.Namespace, *declarations: Callable[[argparse.ArgumentParser], None]
+) -> argparse.Namespace:
+    """`args` plus every option of `declarations` it lacks, at that option's default: a command
+    that takes a few of the options still converts through the functions below."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for declare in declarations:
+        declare(parser)
+    return argparse.Namespace(**{**vars(parser.parse_args([])), **vars(args)})
 
 
 def training_options_from_args(args: argparse.Namespace) -> TrainingOptions:
@@ -334,7 +406,7 @@ def training_options_from_args(args: argparse.Namespace) -> TrainingOptions:
         device=args.device,
         final_validation=not args.no_final_validation,
         stop_signals=tuple(args.stop_signals),
-        stop_deadline_s=args.stop_deadline,
+        stop_deadline_s=TrainingOptions.stop_deadline_s if args.stop_deadline is None else args.stop_deadline,
         max_requeues=args.max_requeues,
         end_time_safety_s=None if args.no_end_time_stop else args.end_time_safety,
         end_time_refresh_s=args.end_time_refresh,
@@ -343,6 +415,16 @@ def training_options_from_args(args: argparse.Namespace) -> TrainingOptions:
         validation_checkpoint="best" if args.val_best else "final",
         # absolute: a job may start in another folder, and a resume compares the recorded path
         pretrained_weights=args.pretrained_weights.absolute() if args.pretrained_weights else None,
+    )
+
+
+def stage_settings_from_args(args: argparse.Namespace) -> StageSettings:
+    """How a chain's stages that are not a training stop: the same --stop-signals, --stop-deadline
+    (when given; else a unit's default) and --max-requeues as its trainings."""
+    return StageSettings(
+        stop_signals=tuple(args.stop_signals),
+        stop_deadline_s=StageSettings.stop_deadline_s if args.stop_deadline is None else args.stop_deadline,
+        max_requeues=args.max_requeues,
     )
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from nnslurm.core.locations import results_or_none
 from nnslurm.runs.discovery import resolve
 from nnslurm.runs.status import statuses
 
@@ -58,8 +58,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from nnslurm.runs import timeline as report
 
-    results = os.environ.get("nnUNet_results")
-    targets = resolve(args.run, Path(results) if results else None)
+    targets = resolve(args.run, results_or_none())
     folders = list(dict.fromkeys(folder for folder, _ in targets))
     if args.output is not None and len(folders) > 1:
         from nnslurm.core.errors import UsageError

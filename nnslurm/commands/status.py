@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from nnslurm.core.errors import NnslurmError, UsageError
+from nnslurm.core.locations import RESULTS, chains_folder, env_folder
 from nnslurm.core.timeparse import describe
+from nnslurm.runs.chains import ChainRecord, read_chains
 from nnslurm.runs.discovery import discover
 from nnslurm.runs.state import RunState
 from nnslurm.runs.status import SCHEMA, RunStatus, iso_time, statuses
-from nnslurm.workflow.chain import CHAINS_FOLDER, ChainRecord, read_chains
 from nnslurm.workflow.chain_status import StageStatus, chain_status
 
 ChainView = tuple[ChainRecord, list[StageStatus]]
@@ -131,10 +132,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def results_folder(given: Path | None) -> Path:
-    from nnslurm.core.nnunet import env_folder
-
     if given is None:
-        return env_folder("nnUNet_results")
+        return env_folder(RESULTS)
     if not given.is_dir():
         raise UsageError(f"--results {given}: not a folder.")
     return given
@@ -147,7 +146,7 @@ def collect(args: argparse.Namespace, results: Path) -> tuple[list[RunStatus], b
 
 def collect_chains(args: argparse.Namespace, results: Path) -> list[tuple[ChainRecord, list[StageStatus]]]:
     """The chains submitted under this results folder (newest first), each stage's status."""
-    records = read_chains(results / CHAINS_FOLDER)
+    records = read_chains(chains_folder(results))
     if args.dataset:
         records = [record for record in records if _same_dataset(record.dataset, args.dataset)]
     no_answer: Callable[[Iterable[str]], None] = lambda _ids: None  # noqa: E731

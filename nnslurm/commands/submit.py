@@ -9,23 +9,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nnslurm.commands.held import RunAlreadyQueued, held_runs
 from nnslurm.commands.options import (
     RUN_USAGE,
     add_cluster_arguments,
+    add_executor_argument,
+    add_job_arguments,
     add_run_arguments,
     add_training_arguments,
     check_submission,
     cluster_settings_from_args,
+    stage_settings_from_args,
     training_jobs_from_args,
 )
 from nnslurm.core.cluster import ClusterSettings
 from nnslurm.core.config import TrainJob
 from nnslurm.core.errors import NnslurmError, UsageError
+from nnslurm.core.locations import default_log_dir
 from nnslurm.workflow.plan import WorkflowSpec
 
 if TYPE_CHECKING:  # nnslurm.jobs.submission imports submitit: only when a command submits
     from nnslurm.jobs.submission import Submission
-    from nnslurm.runs.holder import Holder
 
 logger = logging.getLogger(__name__)
 
@@ -69,18 +73,11 @@ def register(subparsers: Any) -> None:
     add_training_arguments(parser)
     add_cluster_arguments(parser)
     group = parser.add_argument_group("submission")
-    group.add_argument(
-        "--executor",
-        default="auto",
-        choices=("auto", "slurm", "local"),
-        help="slurm, local (this machine, through submitit), or auto: slurm when sbatch "
-        "is on the PATH (default: %(default)s)",
-    )
-    group.add_argument("--job-name", help="SLURM job name (default: nnslurm-DATASET-CONFIG[-fFOLD])")
-    group.add_argument(
-        "--log-dir",
-        type=Path,
-        help="submitit's folder for scripts, pickles and logs (default: $nnUNet_results/.nnslurm/submitit)",
+    add_executor_argument(group)
+    add_job_arguments(
+        group,
+        log_dir_help="submitit's folder for scripts, pickles and logs "
+        "(default: $nnUNet_results/.nnslurm/submitit)",
     )
     group.add_argument(
         "--dry-run",
@@ -152,6 +149,7 @@ def workflow_from_args(args: argparse.Namespace, jobs: Sequence[TrainJob]) -> Wo
         find_best=args.find_best,
         predict_input=predict[0].absolute() if predict[0] else None,
         predict_output=predict[1].absolute() if predict[1] else None,
+        stage_settings=stage_settings_from_args(args),
     )
     if args.cpu_partition and not spec.is_chain:
         raise UsageError(
@@ -176,7 +174,7 @@ def make_submission(
 
     check_submission(cluster, jobs[0].options)
     chosen = launch.choose_executor(executor)
-    log_dir = Path(cluster.log_dir).expanduser() if cluster.log_dir else launch.default_log_dir()
+    log_dir = Path(cluster.log_dir).expanduser() if cluster.log_dir else default_log_dir()
     return launch.Submission(
         jobs=tuple(jobs),
         cluster=cluster,
@@ -252,28 +250,3 @@ def dry_run(submission: Submission) -> int:
     print()
     print(launch.render_sbatch(submission), end="")
     return 0
-
-
-class RunAlreadyQueued(NnslurmError):
-    """A run to submit is already queued or running: a second job would only collide with it."""
-
-    def __init__(self, held: Sequence[Holder]) -> None:
-        jobs = [holder.job_id for holder in held if holder.job_id]
-        cancel = f"`nnslurm cancel {jobs[0]}`" if jobs else "`nnslurm cancel RUN_FOLDER`"
-        super().__init__(
-            "nothing was submitted: "
-            + ("a run is" if len(held) == 1 else f"{len(held)} runs are")
-            + " already queued or running:\n"
-            + "\n".join(f"  {holder.describe()}" for holder in held),
-            hint=f"`nnslurm status` shows it; to restart it, {cancel} first (it checkpoints and stays "
-            "resumable), then submit again.",
-        )
-
-
-def held_runs(jobs: Sequence[TrainJob]) -> list[Holder]:
-    """Runs of this submission that a queued or running job holds (nnslurm.runs.holder)."""
-    from nnslurm.jobs import submission as launch
-    from nnslurm.runs.holder import holders
-
-    folders = [folder for folder in (launch.run_folder(job) for job in jobs) if folder is not None]
-    return holders(folders)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from nnslurm.commands.held import RunAlreadyQueued, held_runs
 from nnslurm.core.errors import NnslurmError
 from nnslurm.workflow.chain import ChainRecord, check_chain_input, cpu_submission, submit_chain
 from nnslurm.workflow.chain_status import StageState, StageStatus, chain_status, is_over
@@ -40,6 +41,23 @@ def describe_stage(stage: Stage, spec: WorkflowSpec) -> str:
     return f"predict {spec.predict_input} -> {spec.predict_output} (find best's choice, with post-processing)"
 
 
+def describe_stopping(stage: Stage, spec: WorkflowSpec) -> str:
+    """How a stage stops, as the command line said (--stop-signals, --stop-deadline, --max-requeues):
+    a training from its TrainingOptions, every other stage from the spec's StageSettings."""
+    if stage.kind == StageKind.TRAIN:
+        options = stage.jobs[0].options
+        signals, deadline, cap = options.stop_signals, options.stop_deadline_s, options.max_requeues
+        boundary = "iteration"
+    else:
+        settings = spec.stage_settings
+        signals, deadline, cap = settings.stop_signals, settings.stop_deadline_s, settings.max_requeues
+        boundary = "unit"
+    return (
+        f"stops on {','.join(signals)} at the next {boundary} (deadline {deadline:g} s), "
+        f"requeues itself at most {cap} times"
+    )
+
+
 def dry_run(spec: WorkflowSpec, submission: Submission, cpu_partition: str | None) -> int:
     """Every job of the chain with its dependencies, and each job's sbatch script."""
     from nnslurm.jobs import submission as launch
@@ -57,6 +75,7 @@ def dry_run(spec: WorkflowSpec, submission: Submission, cpu_partition: str | Non
         waits_for = dependency_expression(stage, placeholders, tasks) or "-"
         print(f"# {stage.name:<{width}}  waits for: {waits_for}")
         print(f"# {'':<{width}}  {describe_stage(stage, spec)}")
+        print(f"# {'':<{width}}  {describe_stopping(stage, spec)}")
     problems = _problems(spec)
     for problem in problems:
         print(f"# WARNING: this submission would fail: {problem}".replace("\n", "\n# "))
@@ -79,7 +98,6 @@ def dry_run(spec: WorkflowSpec, submission: Submission, cpu_partition: str | Non
 
 
 def _problems(spec: WorkflowSpec) -> list[str]:
-    from nnslurm.commands.submit import RunAlreadyQueued, held_runs
     from nnslurm.jobs import submission as launch
 
     problems = []
@@ -96,7 +114,6 @@ def _problems(spec: WorkflowSpec) -> list[str]:
 
 
 def send(spec: WorkflowSpec, submission: Submission, cpu_partition: str | None, wait: bool) -> int:
-    from nnslurm.commands.submit import RunAlreadyQueued, held_runs
     from nnslurm.jobs import submission as launch
 
     check_chain_input(spec)
@@ -144,7 +161,7 @@ def wait_for_chain(
 
 def _local_controller_alive(record: ChainRecord) -> bool:
     """A local chain is one job: once its controller is gone, nothing more will happen."""
-    from nnslurm.runs.status import process_alive
+    from nnslurm.core.processes import process_alive
     from nnslurm.slurm.environment import LOCAL_PREFIX
 
     job_id = record.jobs[0].job_id

@@ -4,7 +4,9 @@ and the paced trainer that makes its training outlast one start anywhere.
 `-tr nnslurm.commands.synthetic:nnUNetTrainerPaced` is nnU-Net's trainer with a floor on the time per
 training iteration, NNSLURM_MIN_ITERATION_S (default 0.15 s): the demo (`nnslurm demo`) and the
 tests that rely on a real time limit (SLURM --time, the local executor's timeout) need training
-that a start cannot finish, however fast the machine.
+that a start cannot finish, however fast the machine. NNSLURM_MIN_ITERATION_S_RESUMED, where set,
+is the floor once the trainer has loaded a checkpoint (a later start): "0" paces only the start
+that is to be interrupted, and the rest of the run goes at full speed.
 """
 
 from __future__ import annotations
@@ -18,16 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from nnslurm.core.errors import UsageError
-from nnslurm.core.nnunet import env_folder
+from nnslurm.core.locations import PREPROCESSED, RAW, env_folder
 
 logger = logging.getLogger(__name__)
 
 TINY_PLANS = "nnslurmTinyPlans"  # nnUNetPlans with a 4-channel-wide network: ~0.1 s/iteration on a CPU
 PACED_TRAINER = f"{__name__}:nnUNetTrainerPaced"  # -tr value of the paced trainer
 MIN_ITERATION_ENV = "NNSLURM_MIN_ITERATION_S"
+MIN_ITERATION_RESUMED_ENV = "NNSLURM_MIN_ITERATION_S_RESUMED"  # unset: the same floor after a resume
 DEFAULT_MIN_ITERATION_S = 0.15
 
 
@@ -44,7 +45,7 @@ def make_synthetic_dataset(
         raise UsageError("a synthetic dataset needs at least 2 cases of at least 8 voxels per side.")
     if not name.replace("_", "").replace("-", "").isalnum():
         raise UsageError(f"dataset name {name!r} may only contain letters, digits, '-' and '_'.")
-    raw = env_folder("nnUNet_raw", must_exist=False)
+    raw = env_folder(RAW, must_exist=False)
     dataset = f"Dataset{dataset_id:03d}_{name}"
     clashes = (
         [p.name for p in raw.glob(f"Dataset{dataset_id:03d}_*") if p.name != dataset] if raw.is_dir() else []
@@ -64,6 +65,7 @@ def make_synthetic_dataset(
 
 
 def _write_raw(folder: Path, cases: int, size: int) -> None:
+    import numpy as np  # here: every command's --help would pay numpy's import
     import SimpleITK as sitk
 
     started = time.perf_counter()
@@ -108,7 +110,7 @@ def _plan_and_preprocess(dataset_id: int) -> None:
         preprocess,
     )
 
-    env_folder("nnUNet_preprocessed", must_exist=False).mkdir(parents=True, exist_ok=True)
+    env_folder(PREPROCESSED, must_exist=False).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     # nnU-Net's planner crashes when it inherits nnUNet_n_proc_DA=0 (the deterministic training mode).
     saved = os.environ.pop("nnUNet_n_proc_DA", None)
@@ -126,7 +128,7 @@ def _plan_and_preprocess(dataset_id: int) -> None:
 
 def _write_tiny_plans(dataset: str) -> None:
     """A plans file with narrow networks, reusing nnUNetPlans' preprocessed data (same data_identifier)."""
-    base = env_folder("nnUNet_preprocessed") / dataset
+    base = env_folder(PREPROCESSED) / dataset
     plans = json.loads((base / "nnUNetPlans.json").read_text())
     plans["plans_name"] = TINY_PLANS
     for configuration in plans["configurations"].values():
@@ -138,9 +140,11 @@ def _write_tiny_plans(dataset: str) -> None:
     (base / f"{TINY_PLANS}.json").write_text(json.dumps(plans, indent=2))
 
 
-def min_iteration_s() -> float:
+def min_iteration_s(resumed: bool = False) -> float:
     """The paced trainer's floor per training iteration, read when each iteration ends."""
-    return float(os.environ.get(MIN_ITERATION_ENV) or DEFAULT_MIN_ITERATION_S)
+    floor = float(os.environ.get(MIN_ITERATION_ENV) or DEFAULT_MIN_ITERATION_S)
+    after_resume = os.environ.get(MIN_ITERATION_RESUMED_ENV)
+    return float(after_resume) if resumed and after_resume else floor
 
 
 def __getattr__(name: str) -> Any:
@@ -157,10 +161,16 @@ def _paced_trainer() -> type:
     class nnUNetTrainerPaced(nnUNetTrainer):
         """nnU-Net's trainer, at least `min_iteration_s()` per training iteration."""
 
+        resumed = False  # a checkpoint was loaded: this start continues a run
+
+        def load_checkpoint(self, filename_or_checkpoint: Any) -> None:
+            super().load_checkpoint(filename_or_checkpoint)
+            self.resumed = True
+
         def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
             began = time.perf_counter()
             result: dict[str, Any] = super().train_step(batch)
-            time.sleep(max(0.0, min_iteration_s() - (time.perf_counter() - began)))
+            time.sleep(max(0.0, min_iteration_s(self.resumed) - (time.perf_counter() - began)))
             return result
 
     nnUNetTrainerPaced.__module__ = __name__

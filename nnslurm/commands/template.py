@@ -17,6 +17,7 @@ from typing import Any
 
 from nnslurm.commands.options import (
     add_cluster_arguments,
+    add_job_arguments,
     add_run_arguments,
     add_training_arguments,
     check_submission,
@@ -68,10 +69,7 @@ def register(subparsers: Any) -> None:
     add_training_arguments(parser)
     add_cluster_arguments(parser)
     group = parser.add_argument_group("script")
-    group.add_argument("--job-name", help="sbatch --job-name (default: nnslurm-DATASET-CONFIG[-fFOLD])")
-    group.add_argument(
-        "--log-dir", type=Path, help="folder of the job's output file (default: where you sbatch)"
-    )
+    add_job_arguments(group, log_dir_help="folder of the job's output file (default: where you sbatch)")
     group.add_argument(
         "--command",
         help="how the job runs nnslurm (default: this Python: "

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from nnslurm import EXIT_RESUMABLE
 from nnslurm.commands.options import (
     RUN_USAGE,
     add_run_arguments,
@@ -14,11 +13,9 @@ from nnslurm.commands.options import (
     training_job_from_args,
 )
 from nnslurm.core.config import TrainJob
+from nnslurm.runs.outcome import Stopped
 from nnslurm.slurm.end_time import END_TIME_SIGNAL
 from nnslurm.training.stoppable import AfterStop, run_stoppable
-
-if TYPE_CHECKING:
-    from nnslurm.training.process import TrainingOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -53,41 +50,31 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Returns 0 when training finished; a stop leaves through `nnslurm.training.stoppable` with status 75."""
-    job = training_job_from_args(args)
-    in_slurm = _inside_slurm_job()
-    if in_slurm:  # an sbatch template's job, restarted after a node failure: say so (sacct)
-        from nnslurm.scheduler.restart import note_restart
+    from nnslurm.scheduler.restart import note_restart
 
-        note_restart(job)
-    outcome = run_stoppable(job, after_stop=_after_stop_hook(job, in_slurm))
+    job = training_job_from_args(args)
+    note_restart(job)  # an sbatch template's job, restarted after a node failure: say so (sacct)
+    outcome = run_stoppable(job, after_stop=_after_stop_hook(job))
     logger.info("training finished: %s", outcome.output_folder)
     return 0
 
 
-def _inside_slurm_job() -> bool:
-    from nnslurm.slurm.environment import SlurmEnvironment
-
-    return SlurmEnvironment.from_environ().in_slurm
-
-
-def _after_stop_hook(job: TrainJob, in_slurm: bool) -> AfterStop:
+def _after_stop_hook(job: TrainJob) -> AfterStop:
     """A stop is resumable (75); inside SLURM the scheduler's evidence first decides what it means
-    (walltime -> requeue ourselves, preemption -> wait for SLURM's requeue, scancel -> nothing)."""
+    (walltime -> requeue ourselves, preemption -> wait for SLURM's requeue, scancel -> nothing):
+    nnslurm.jobs.base.exit_after_stop, the after-stop wiring of every stopped process."""
+    from nnslurm.jobs.base import exit_after_stop  # submitit: only when a command trains
 
-    def after_stop(outcome: TrainingOutcome) -> int:
+    def after_stop(stopped: Stopped) -> int:
         logger.warning(
             "stopped at epoch %d iteration %d by %s during %s; checkpoint %s. Run the same command "
             "to resume.",
-            outcome.epoch,
-            outcome.iteration,
-            "the end-time rule" if outcome.stop_signal == END_TIME_SIGNAL else f"SIG{outcome.stop_signal}",
-            outcome.phase,
-            outcome.checkpoint or "not rewritten (the newest valid one is kept)",
+            stopped.epoch,
+            stopped.iteration,
+            "the end-time rule" if stopped.signal == END_TIME_SIGNAL else f"SIG{stopped.signal}",
+            stopped.phase,
+            stopped.checkpoint or "not rewritten (the newest valid one is kept)",
         )
-        if in_slurm:
-            from nnslurm.scheduler.after_stop import after_stop as decide
-
-            decide(outcome, job.options)
-        return EXIT_RESUMABLE
+        return exit_after_stop(stopped, job.options.max_requeues)
 
     return after_stop

@@ -64,12 +64,7 @@ class TrainingOptions:
             raise UsageError(f"--save-every-minutes must be positive, got {self.save_every_minutes}.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UsageError(f"--device must be cpu, cuda or auto, got {self.device!r}.")
-        if self.max_requeues < 0:
-            raise UsageError(f"--max-requeues must be 0 or more, got {self.max_requeues}.")
-        if self.stop_deadline_s <= 0:
-            raise UsageError(f"--stop-deadline must be positive, got {self.stop_deadline_s}.")
-        for name in self.stop_signals:
-            parse_signal(name)
+        check_stopping(self.stop_signals, self.stop_deadline_s, self.max_requeues)
         if self.end_time_safety_s is not None and self.end_time_safety_s < 0:
             raise UsageError(f"--end-time-safety must be 0 or more seconds, got {self.end_time_safety_s}.")
         if self.end_time_refresh_s <= 0:
@@ -169,6 +164,31 @@ class TrainJob:
 
     run: RunSpec
     options: TrainingOptions = field(default_factory=TrainingOptions)
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """How a workflow stage that is not a training (preprocess, find best, predict) stops: training's
+    flags, read from the same command line (nnslurm.commands.options.stage_settings_from_args)."""
+
+    stop_signals: tuple[str, ...] = DEFAULT_STOP_SIGNALS  # --stop-signals
+    # --stop-deadline: a unit (one case) that outlasts this after a stop signal is abandoned and
+    # redone next start; longer than training's default, a unit being longer than an iteration.
+    stop_deadline_s: float = 60.0
+    max_requeues: int = TrainingOptions.max_requeues  # --max-requeues (its default)
+
+    def __post_init__(self) -> None:
+        check_stopping(self.stop_signals, self.stop_deadline_s, self.max_requeues)
+
+
+def check_stopping(stop_signals: tuple[str, ...], stop_deadline_s: float, max_requeues: int) -> None:
+    """The stop flags every process takes (a training's and a stage's), checked alike."""
+    if max_requeues < 0:
+        raise UsageError(f"--max-requeues must be 0 or more, got {max_requeues}.")
+    if stop_deadline_s <= 0:
+        raise UsageError(f"--stop-deadline must be positive, got {stop_deadline_s}.")
+    for name in stop_signals:
+        parse_signal(name)
 
 
 def parse_signal(name: str) -> signal.Signals:

@@ -1,6 +1,7 @@
-"""nnU-Net's conventions: the nnUNet_* folders, dataset names, plans, folds, trainer classes.
+"""nnU-Net's conventions: dataset names, plans, folds, the run folder's name, trainer classes.
 
-Environment variables are read on each call (like nnunetv2/paths.py), never at import time.
+The nnUNet_* folders themselves (read from the environment on each call, like nnunetv2/paths.py)
+and nnslurm's own folders are nnslurm.core.locations'.
 """
 
 from __future__ import annotations
@@ -16,29 +17,11 @@ from typing import Any
 
 from nnslurm.core.config import RunSpec
 from nnslurm.core.errors import NnunetSetupError
+from nnslurm.core.locations import PREPROCESSED, RAW, RESULTS, env_folder
 
 logger = logging.getLogger(__name__)
 
-FOLDER_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 _DATASET_NAME = re.compile(r"^Dataset(\d{3})_[A-Za-z0-9_\-]+$")
-
-
-def env_folder(variable: str, must_exist: bool = True) -> Path:
-    """The folder an nnU-Net environment variable points to, with a clear error when it is unusable."""
-    value = os.environ.get(variable)
-    if not value:
-        raise NnunetSetupError(
-            f"{variable} is not set.",
-            hint=f"export {variable}=/path/to/folder (as for nnUNetv2_train); "
-            "see nnU-Net's documentation/setting_up_paths.md.",
-        )
-    path = Path(value)
-    if must_exist and not path.is_dir():
-        raise NnunetSetupError(
-            f"{variable}={value} is not an existing folder.",
-            hint=f"create it or point {variable} to the folder nnU-Net uses.",
-        )
-    return path
 
 
 def dataset_name(dataset: str) -> str:
@@ -56,7 +39,7 @@ def dataset_name(dataset: str) -> str:
             hint="pass the same dataset id or name you give nnUNetv2_train.",
         )
     searched = []
-    for variable in ("nnUNet_preprocessed", "nnUNet_raw", "nnUNet_results"):
+    for variable in (PREPROCESSED, RAW, RESULTS):
         value = os.environ.get(variable)
         if not value or not Path(value).is_dir():
             continue
@@ -77,7 +60,7 @@ def dataset_name(dataset: str) -> str:
 def load_plans(run: RunSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     """The plans and dataset.json nnU-Net trains with; checks plans, configuration and data exist."""
     name = dataset_name(run.dataset)
-    base = env_folder("nnUNet_preprocessed") / name
+    base = env_folder(PREPROCESSED) / name
     dataset_id = int(name[7:10])
     plans_file = base / f"{run.plans}.json"
     if not plans_file.is_file():
@@ -126,7 +109,7 @@ def output_folder(run: RunSpec, trainer_class_name: str | None = None) -> Path:
     trainer = trainer_class_name or run.trainer.rpartition(":")[2]
     name = dataset_name(run.dataset)
     return (
-        env_folder("nnUNet_results")
+        env_folder(RESULTS)
         / name
         / (f"{trainer}__{run.plans}__{run.configuration}")
         / f"fold_{run.fold}"

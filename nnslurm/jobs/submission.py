@@ -4,7 +4,8 @@ them to their end: nnslurm.jobs.waiting).
 Nothing here changes submitit's class attributes: the warning signal and `--requeue` go into the
 sbatch script through `additional_parameters`, and the job learns the signal from two variables
 exported by the script's setup lines (SLURM) or set in the environment for the duration of the
-submission only (the local controller inherits it then).
+submission only (the local controller inherits it then). What submitit keeps private (its script
+renderer, the signal variable) is reached through nnslurm.jobs.submitit_insides only.
 """
 
 from __future__ import annotations
@@ -23,32 +24,38 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-import submitit.slurm.slurm
 
 from nnslurm.core.cluster import ClusterSettings
 from nnslurm.core.config import TrainJob
 from nnslurm.core.directives import check_log_folder, check_value, escape_backslashes
-from nnslurm.core.errors import NnslurmError, NnunetSetupError, UsageError
+from nnslurm.core.errors import NnslurmError, UsageError
+from nnslurm.core.executor import Executor
 from nnslurm.core.timeparse import slurm_minutes
-from nnslurm.jobs.training_job import TrainingJob, requeue_cap
+from nnslurm.jobs.submitit_insides import (
+    PREEMPT_SIGNAL_ENV,
+    SlurmExecutor,
+    submitit_command,
+    submitit_sbatch_text,
+)
+from nnslurm.jobs.training_job import TrainingJob
 from nnslurm.runs.events import Event, EventLog
+from nnslurm.scheduler.policy import requeue_cap
 from nnslurm.scheduler.resubmit import ResubmittedJob, after_job
 from nnslurm.slurm.environment import WARNING_SIGNAL_ENV, submitted_event_id
 
 logger = logging.getLogger(__name__)
 
-EXECUTORS = ("auto", "slurm", "local")
-# What submitit 1.5.4 reads as the preemption signal (its private _PREEMPT_SIG_ENV; a test compares).
-PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"
+# --executor's choices (strings at the argparse boundary; "auto" is decided by choose_executor).
+EXECUTORS = ("auto", *Executor)
 
 
-def choose_executor(requested: str) -> str:
-    """auto -> slurm when `sbatch` is on the PATH, else local."""
+def choose_executor(requested: str) -> Executor:
+    """--executor, decided once: auto -> slurm when `sbatch` is on the PATH, else local."""
     if requested not in EXECUTORS:
         raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, got {requested!r}.")
     if requested == "auto":
-        return "slurm" if shutil.which("sbatch") else "local"
-    return requested
+        return Executor.SLURM if shutil.which("sbatch") else Executor.LOCAL
+    return Executor(requested)
 
 
 @dataclass(frozen=True)
@@ -57,15 +64,14 @@ class Submission:
 
     jobs: tuple[TrainJob, ...]  # one per run (fold x configuration); more than one: a job array
     cluster: ClusterSettings  # partition, time, signal, ...
-    executor: str  # "slurm" or "local"
+    executor: Executor  # where the jobs run (a string "slurm"/"local" is taken as its Executor)
     log_dir: Path  # submitit's folder; each job's files go to log_dir/<job id>/
     job_name: str  # --job-name
 
     def __post_init__(self) -> None:
         if not self.jobs:
             raise UsageError("nothing to submit: give at least one --fold.")
-        if self.executor not in ("slurm", "local"):
-            raise ValueError(f"executor {self.executor!r}")
+        object.__setattr__(self, "executor", Executor(self.executor))  # ValueError: not an executor
         check_value("--job-name", self.job_name)
         check_log_folder("--log-dir", str(self.log_dir))
 
@@ -78,16 +84,22 @@ class Submission:
     def max_requeues(self) -> int:
         return max(job.options.max_requeues for job in self.jobs)
 
+    def submit_again(self, job: Callable[[], Any], old_job_id: str) -> ResubmittedJob:
+        """From inside a preempted job SLURM will not requeue: `job` (this submission's callable,
+        nnslurm.jobs.base.StoppableJob) as a new submitit job with the same settings, which starts
+        once the old one ended (`--dependency=afterany:OLD`).
 
-def default_log_dir(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    results = env.get("nnUNet_results")
-    if not results:
-        raise NnunetSetupError(
-            "nnUNet_results is not set, so there is no default folder for the job logs.",
-            hint="export nnUNet_results=/path/to/results (the job needs it anyway), or pass --log-dir.",
-        )
-    return Path(results) / ".nnslurm" / "submitit"
+        A new SlurmExecutor submission rather than `sbatch` of the old job's script: the script runs
+        `submitit.core._submit <folder>/%j`, which needs a pickle under the *new* job's id; submitit
+        writes that pickle, the script and the result paths itself, so `job.result()`, `submit --wait`
+        and `nnslurm logs` find the new job's files where submitit puts every job's."""
+        executor = make_executor(self, dependency=after_job(old_job_id))
+        with submitit.helpers.clean_env():  # this job's SLURM_* must not become the new job's options
+            try:
+                new = executor.submit(job)
+            except submitit.core.utils.FailedJobError as error:
+                raise SubmissionRefused(str(error).strip()) from error
+        return ResubmittedJob(str(new.job_id), str(new.paths.folder))
 
 
 def default_job_name(jobs: Sequence[TrainJob]) -> str:
@@ -174,13 +186,6 @@ def sbatch_parameters(
     return params
 
 
-def submitit_command(folder: Path, python: str | None = None) -> str:
-    """What submitit's SlurmExecutor runs in the job (its `_submitit_command_str`; a test compares)."""
-    return " ".join(
-        [python or shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))]
-    )
-
-
 def render_sbatch(
     submission: Submission, environ: Mapping[str, str] | None = None, python: str | None = None
 ) -> str:
@@ -189,36 +194,6 @@ def render_sbatch(
     map_count = len(submission.jobs) if len(submission.jobs) > 1 else None
     command = submitit_command(submission.folder, python)
     return submitit_sbatch_text(command, submission.folder, map_count, params)
-
-
-def submitit_sbatch_text(command: str, folder: Path, map_count: int | None, params: dict[str, Any]) -> str:
-    """submitit's own sbatch script for these parameters.
-
-    submitit has no public way to render its script without submitting (SlurmExecutor needs srun
-    on the PATH and writes the script only inside submit), so this calls its private
-    `_make_sbatch_string`, the function SlurmExecutor itself writes the script with; checked
-    against submitit 1.5.4. tests/test_launch.py fails loudly if its signature changes.
-    """
-    make = submitit.slurm.slurm._make_sbatch_string
-    return without_submitit_signal(
-        make(command=command, folder=folder, map_count=map_count, **params), params
-    )
-
-
-def without_submitit_signal(text: str, params: Mapping[str, Any]) -> str:
-    """submitit always writes `--signal=USR2@<signal_delay_s>`, which nnslurm's own --signal
-    replaces; with --no-signal there is none of nnslurm's, and submitit's line is dropped."""
-    if "signal" in params.get("additional_parameters", {}):
-        return text
-    lines = text.splitlines(keepends=True)
-    return "".join(line for line in lines if not line.startswith("#SBATCH --signal="))
-
-
-class SlurmExecutor(submitit.SlurmExecutor):
-    """submitit's SlurmExecutor, whose script has no --signal line with --no-signal."""
-
-    def _make_submission_file_text(self, command: str, uid: str) -> str:
-        return without_submitit_signal(super()._make_submission_file_text(command, uid), self.parameters)
 
 
 # --- submitting ---------------------------------------------------------------------------------
@@ -247,21 +222,18 @@ def controller_output(log_dir: Path) -> Iterator[None]:
 
 
 def make_executor(submission: Submission, dependency: str | None = None) -> submitit.Executor:
-    if submission.executor == "slurm":
+    # submitit's countdown never decides (nnslurm.jobs.base: one requeue authority); the same cap.
+    cap = requeue_cap(submission.max_requeues, submission.executor)
+    if submission.executor is Executor.SLURM:
         if shutil.which("sbatch") is None or shutil.which("srun") is None:
             raise UsageError(
                 "--executor slurm, but sbatch/srun are not on the PATH.",
                 hint="run on a SLURM login node, use --executor local, or --dry-run to see the script.",
             )
-        # submitit's countdown never decides (training_job.py: one requeue authority); same cap.
-        slurm_executor = SlurmExecutor(
-            folder=submission.folder, max_num_timeout=requeue_cap(submission.max_requeues, local=False)
-        )
+        slurm_executor = SlurmExecutor(folder=submission.folder, max_num_timeout=cap)
         slurm_executor.update_parameters(**slurm_parameters(submission, dependency=dependency))
         return slurm_executor
-    local_executor = submitit.LocalExecutor(
-        folder=submission.folder, max_num_timeout=requeue_cap(submission.max_requeues, local=True)
-    )
+    local_executor = submitit.LocalExecutor(folder=submission.folder, max_num_timeout=cap)
     cluster = submission.cluster
     if cluster.setup:
         logger.info("local executor: the setup lines are for SLURM jobs and are not run here")
@@ -279,7 +251,7 @@ def submit(submission: Submission, dependency: str | None = None) -> list[submit
     executor = make_executor(submission, dependency=dependency)
     callables = [TrainingJob(job, single(submission, job)) for job in submission.jobs]
     signal_name = submission.cluster.signal_name
-    detach = controller_output(submission.log_dir) if submission.executor == "local" else nullcontext()
+    detach = controller_output(submission.log_dir) if submission.executor is Executor.LOCAL else nullcontext()
     exported = {PREEMPT_SIGNAL_ENV: signal_name, WARNING_SIGNAL_ENV: signal_name}
     with submitit.helpers.environment_variables(**exported), detach:
         try:
@@ -334,24 +306,6 @@ def submit_stage(
 def single(submission: Submission, job: TrainJob) -> Submission:
     """The submission of one of its runs alone (what a resubmission of that run sends: one job)."""
     return dataclasses.replace(submission, jobs=(job,))
-
-
-def resubmit(submission: Submission, old_job_id: str) -> ResubmittedJob:
-    """From inside a preempted job SLURM will not requeue: the same run with the same settings as a
-    new submitit job, which starts once the old one ended (`--dependency=afterany:OLD`).
-
-    A new SlurmExecutor submission rather than `sbatch` of the old job's script: the script runs
-    `submitit.core._submit <folder>/%j`, which needs a pickle under the *new* job's id; submitit
-    writes that pickle, the script and the result paths itself, so `job.result()`, `submit --wait`
-    and `nnslurm logs` find the new job's files where submitit puts every job's."""
-    (train_job,) = submission.jobs
-    executor = make_executor(submission, dependency=after_job(old_job_id))
-    with submitit.helpers.clean_env():  # this job's SLURM_* must not become the new job's options
-        try:
-            job = executor.submit(TrainingJob(train_job, submission))
-        except submitit.core.utils.FailedJobError as error:
-            raise SubmissionRefused(str(error).strip()) from error
-    return ResubmittedJob(str(job.job_id), str(job.paths.folder))
 
 
 class SubmissionRefused(NnslurmError):

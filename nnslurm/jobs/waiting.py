@@ -11,8 +11,12 @@ from typing import TYPE_CHECKING, Any
 import submitit
 
 from nnslurm.core.config import TrainJob
+from nnslurm.core.errors import CommandError, SchedulerError
 from nnslurm.jobs.submission import run_folder
 from nnslurm.runs.events import POSITION_EVENTS, Event, read_events
+from nnslurm.runs.history import submission_time
+from nnslurm.slurm.commands import SchedulerJob, job_info, query_scheduler
+from nnslurm.slurm.states import is_live, requeue_follows
 
 if TYPE_CHECKING:
     from nnslurm.jobs.submission import Submission
@@ -57,8 +61,9 @@ def progress(train_job: TrainJob) -> dict[str, Any]:
     return summary
 
 
-def job_state(job: submitit.Job[Any]) -> tuple[str, str]:
-    """(finished|failed|cancelled|running, detail) without blocking."""
+def job_state(job: submitit.Job[Any], since: float | None = None) -> tuple[str, str]:
+    """(finished|failed|cancelled|running, detail) without blocking (`since`: when we submitted
+    the job, to tell its accounting record from an older job's with the same id)."""
     if not job.done(force_check=True):
         return RUNNING, str(job.state)
     if job.paths.result_pickle.exists():
@@ -68,30 +73,45 @@ def job_state(job: submitit.Job[Any]) -> tuple[str, str]:
         lines = [line for line in str(error).splitlines() if line.strip() and not line.startswith("---")]
         message = next((line for line in reversed(lines) if "Error" in line or "HINT" in line), lines[-1])
         return FAILED, message.strip()
-    state = str(job.state)
+    state = str(job.state)  # submitit's word: sacct's newest record under the job's id
+    answer = scheduler_answer(job, since)
+    if answer is not None and is_live(answer.state):
+        return RUNNING, answer.state  # an older job's record under its id said it ended: not this job
+    if answer is not None and answer.state != state.split(maxsplit=1)[0]:
+        state = answer.state  # this job's own record, not an older job's
     if state.startswith("CANCELLED") or state == "INTERRUPTED":
         return CANCELLED, state
-    if state.split()[0] in REQUEUED_FROM and queued_again(str(job.job_id)):
+    # A job with --requeue that SLURM requeues (its node failed, it was preempted) shows its end in
+    # sacct, which submitit takes for the end, until it is PENDING again (measured: a node failure's
+    # NODE_FAIL was seen by `--wait` before the requeue).
+    if requeue_follows(state) and queued_again(str(job.job_id)):
         return RUNNING, f"{state}, requeued by SLURM"
     return FAILED, f"{state}, ended without a result: see {job.paths.stderr}"
 
 
-# A job with --requeue that SLURM requeues (its node failed, it was preempted) shows one of these in
-# sacct, which submitit takes for the end, until it is PENDING again (measured: a node failure's
-# NODE_FAIL was seen by `--wait` before the requeue).
-REQUEUED_FROM = ("NODE_FAIL", "PREEMPTED", "REQUEUED")
-_IN_FLIGHT = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RUNNING", "COMPLETING")
+def scheduler_answer(job: submitit.Job[Any], since: float | None) -> SchedulerJob | None:
+    """squeue's word on a SLURM job while it knows the job, else sacct's record of the job we
+    submitted at `since` (an older job's record under the same id is not ours); None when neither
+    has one, or for a job of the local executor."""
+    if isinstance(job, submitit.LocalJob):
+        return None
+    job_id = str(job.job_id)
+    answers = query_scheduler([job_id], None if since is None else {job_id: since})
+    return (answers or {}).get(job_id)
 
 
 def queued_again(job_id: str) -> bool:
     """Whether scontrol still has the job queued or running (it was requeued, not ended)."""
-    from nnslurm.core.errors import CommandError, SchedulerError
-    from nnslurm.slurm.commands import job_info
-
     try:
-        return job_info(job_id, timeout=15).state in _IN_FLIGHT
+        return is_live(job_info(job_id, timeout=15).state)
     except (CommandError, SchedulerError):
         return False  # gone from slurmctld (or unreachable): what sacct says stands
+
+
+def submitted_at(train_job: TrainJob, job_id: str) -> float | None:
+    """When the run's job `job_id` was submitted, by its run folder's record, or None."""
+    folder = run_folder(train_job)
+    return submission_time(read_events(folder), job_id) if folder else None
 
 
 def resubmitted_as(train_job: TrainJob, job_id: str) -> str | None:
@@ -134,7 +154,7 @@ def wait(
         for index, (job, train_job) in enumerate(zip(current, submission.jobs, strict=True)):
             if index in reports:
                 continue
-            state, detail = job_state(job)
+            state, detail = job_state(job, submitted_at(train_job, str(job.job_id)))
             following = follow_resubmission(job, train_job, submission) if state != RUNNING else None
             if following is not None:
                 echo(f"[{clock() - started:6.0f} s] job {job.job_id}: {state} [{detail}]; run resubmitted")

@@ -88,8 +88,14 @@ class EventLog:
         """Every complete record; a torn last line (a kill mid-write) is skipped with a warning."""
         if not self.path.is_file():
             return []
+        lines = self.path.read_text().splitlines()
+        try:  # one parse for the whole log: half the time of one per line (`nnslurm status` reads every log)
+            whole: list[Any] = json.loads("[" + ",".join(line for line in lines if line.strip()) + "]")
+            return whole
+        except json.JSONDecodeError:  # a torn line (never valid JSON joined to whole ones): line by line
+            pass
         records = []
-        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:

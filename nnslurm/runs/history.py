@@ -8,7 +8,7 @@ the process is still training or was killed without a signal (SIGKILL, out of me
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -126,6 +126,10 @@ class History:
         candidates += [(segment.start, segment.job_id) for segment in self.segments]
         return max(candidates, key=lambda candidate: candidate[0])[1] if candidates else None
 
+    def submitted_at(self, job_id: str | None) -> float | None:
+        """When the run's job `job_id` was submitted (`submission_time`), or None."""
+        return submission_time(self.submitted, job_id)
+
     @property
     def last_submission(self) -> Mapping[str, Any] | None:
         return self.submitted[-1] if self.submitted else None
@@ -141,6 +145,22 @@ class History:
         """The newest recorded position."""
         points = [point for segment in self.segments for point in segment.points]
         return max(points, key=lambda point: point.time) if points else None
+
+
+def submission_time(records: Iterable[Mapping[str, Any]], job_id: str | None) -> float | None:
+    """When job `job_id` was submitted, by the newest "submitted" or "resubmitted" record naming it
+    (written just after sbatch returned; an older one names an older job that had the id before a
+    controller's state was reset), or None. What tells the job's accounting records from an older
+    job's with the same id (nnslurm.slurm.commands.ours)."""
+    times = [
+        float(record["time"])
+        for record in records
+        if job_id
+        and record.get("event") in SUBMISSION_EVENTS
+        and str(record.get("job_id")) == job_id
+        and isinstance(record.get("time"), int | float)
+    ]
+    return times[-1] if times else None
 
 
 def read_history(folder: Path) -> History:

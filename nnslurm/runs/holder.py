@@ -13,14 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnslurm.runs.state import RunState, Slurm, slurm_kind
+from nnslurm.runs.state import RunState
 from nnslurm.runs.status import RunStatus, live_process, statuses
-from nnslurm.slurm.environment import is_slurm_job
+from nnslurm.slurm.job_ids import is_slurm_job
+from nnslurm.slurm.states import is_live
 
 # Run states in which the newest job may still train (what SLURM or the process then confirms).
 MAY_HOLD = (RunState.PENDING, RunState.RUNNING, RunState.REQUEUED, RunState.PREEMPTED)
-# squeue states of a job that still holds its run (COMPLETING: a requeue passes through it).
-HOLDING_SLURM = (Slurm.ACTIVE, Slurm.COMPLETING, Slurm.QUEUED)
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,8 @@ def holder(row: RunStatus) -> Holder | None:
         return None
     job = row.job_id
     if is_slurm_job(job):
-        if row.scheduler_state is None or slurm_kind(row.scheduler_state) not in HOLDING_SLURM:
+        # queued, running or completing (a requeue passes through COMPLETING): it holds the run
+        if not is_live(row.scheduler_state):
             return None
         return Holder(row.folder, job, row.state, f"SLURM: {row.scheduler_state}")
     if row.history is None:

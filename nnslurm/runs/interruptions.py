@@ -10,7 +10,8 @@ from enum import StrEnum
 from typing import Any
 
 from nnslurm.runs.history import History, Outcome, Point, Segment
-from nnslurm.scheduler.policy import StopKind
+from nnslurm.slurm.states import requeue_cause
+from nnslurm.slurm.stop_kinds import StopKind
 
 
 class Kind(StrEnum):
@@ -30,7 +31,6 @@ KINDS = tuple(Kind)
 # A cancel record explains a segment's end when written before it, or this soon after (the job may
 # write its stop record before `nnslurm cancel` writes its own).
 CANCEL_WINDOW_S = 120.0
-NODE_FAIL = "NODE_FAIL"  # sacct's State of a job's run that ended with its node going down
 _WALLTIME_DECISIONS = (StopKind.WALLTIME, StopKind.TIMELIMIT, StopKind.LIMIT)
 # Preempted: requeued by SLURM, or (where SLURM does not requeue) resubmitted by nnslurm.
 _PREEMPTION_DECISIONS = (
@@ -94,10 +94,11 @@ def classify(
         if request is not None:
             return Kind.CANCEL, f"cancelled by {request.get('by', 'a user')}; the process left no stop record"
         told = restart_record_for(segment, interrupted)
-        if told is not None and told.get("accounting") == NODE_FAIL:
+        if told is not None and requeue_cause(told.get("accounting")) == Kind.NODE_FAILURE:
             return Kind.NODE_FAILURE, str(told.get("reason") or "node failure (sacct NODE_FAIL)")
         return Kind.KILL, "no stop record: killed without a signal (SIGKILL, out of memory, node failure)"
-    if segment.accounting == NODE_FAIL or segment.requeue_reason == Kind.NODE_FAILURE:
+    causes = (requeue_cause(segment.accounting), segment.requeue_reason)  # sacct's word, the job's record
+    if Kind.NODE_FAILURE in causes:
         return Kind.NODE_FAILURE, segment.decision_reason or "node failure: requeued by SLURM"
     decision = segment.decision
     if decision in _WALLTIME_DECISIONS:
@@ -105,7 +106,7 @@ def classify(
     if decision in _PREEMPTION_DECISIONS:
         return Kind.PREEMPTION, segment.decision_reason or "preempted"
     if decision == StopKind.REQUEUED:
-        if segment.accounting == "PREEMPTED" or segment.requeue_reason == "preemption":
+        if Kind.PREEMPTION in causes:
             return Kind.PREEMPTION, segment.decision_reason or "preempted and requeued by SLURM"
         return Kind.REQUEUE, segment.decision_reason or "requeued from outside"
     if decision == StopKind.CANCEL or request is not None:

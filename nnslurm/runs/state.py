@@ -15,8 +15,9 @@ from typing import Any
 from nnslurm.runs.events import Event
 from nnslurm.runs.history import History, Outcome
 from nnslurm.runs.interruptions import Kind, cancel_request_for, classify
-from nnslurm.scheduler.policy import StopKind
 from nnslurm.slurm.commands import SchedulerJob
+from nnslurm.slurm.states import Phase, phase
+from nnslurm.slurm.stop_kinds import StopKind
 
 
 class RunState(StrEnum):
@@ -83,25 +84,28 @@ LOG_STATE: dict[LogSays, RunState] = {
 
 
 class Slurm(StrEnum):
-    """The scheduler's view of the run's newest job, from its squeue/sacct state."""
+    """The scheduler's view of the run's newest job: the phase of its squeue/sacct state
+    (nnslurm.slurm.states), as the rules below tell them apart."""
 
     NONE = "no record"  # not asked, no SLURM, not a SLURM job, or forgotten by it
-    ACTIVE = "active"  # RUNNING, CONFIGURING, SUSPENDED, RESIZING, SIGNALING, STAGE_OUT
-    COMPLETING = "completing"  # COMPLETING
-    QUEUED = "queued"  # PENDING, REQUEUED, REQUEUE_HOLD, REQUEUE_FED, SPECIAL_EXIT
-    PREEMPTED = "preempted"  # PREEMPTED
-    CANCELLED = "cancelled"  # CANCELLED
-    ENDED = "ended"  # FAILED, NODE_FAIL, OUT_OF_MEMORY, BOOT_FAIL, DEADLINE, TIMEOUT, COMPLETED
-    OTHER = "other"  # anything else
+    ACTIVE = "active"  # Phase.RUNNING: holds its allocation
+    COMPLETING = "completing"  # Phase.COMPLETING: ending, processes may still be on the nodes
+    QUEUED = "queued"  # Phase.QUEUED, Phase.REQUEUED
+    PREEMPTED = "preempted"  # Phase.PREEMPTED
+    CANCELLED = "cancelled"  # Phase.CANCELLED
+    ENDED = "ended"  # Phase.COMPLETED, Phase.FAILED
+    OTHER = "other"  # anything else (Phase.ELSEWHERE, a state SLURM's table lacks)
 
 
-_SLURM_STATES = {
-    Slurm.ACTIVE: ("RUNNING", "CONFIGURING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"),
-    Slurm.COMPLETING: ("COMPLETING",),
-    Slurm.QUEUED: ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT"),
-    Slurm.PREEMPTED: ("PREEMPTED",),
-    Slurm.CANCELLED: ("CANCELLED",),
-    Slurm.ENDED: ("FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "TIMEOUT", "COMPLETED"),
+_BY_PHASE = {
+    Phase.RUNNING: Slurm.ACTIVE,
+    Phase.COMPLETING: Slurm.COMPLETING,
+    Phase.QUEUED: Slurm.QUEUED,
+    Phase.REQUEUED: Slurm.QUEUED,
+    Phase.PREEMPTED: Slurm.PREEMPTED,
+    Phase.CANCELLED: Slurm.CANCELLED,
+    Phase.COMPLETED: Slurm.ENDED,
+    Phase.FAILED: Slurm.ENDED,
 }
 
 
@@ -110,8 +114,9 @@ def slurm_says(job: SchedulerJob | None) -> Slurm:
 
 
 def slurm_kind(state: str) -> Slurm:
-    """The group of a squeue/sacct State."""
-    return next((kind for kind, states in _SLURM_STATES.items() if state in states), Slurm.OTHER)
+    """The rules' name for a squeue/sacct State's phase."""
+    found = phase(state)
+    return _BY_PHASE.get(found, Slurm.OTHER) if found is not None else Slurm.OTHER
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ nnslurm.slurm.commands, once for all runs.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnslurm.core.processes import process_alive
 from nnslurm.core.timeparse import describe
 from nnslurm.runs.discovery import RunName
 from nnslurm.runs.history import (
@@ -28,9 +28,9 @@ from nnslurm.runs.history import (
 )
 from nnslurm.runs.interruptions import KINDS, interruptions, iterations_redone
 from nnslurm.runs.state import LogSays, RunState, run_state, what_the_log_says
-from nnslurm.scheduler.policy import StopKind
 from nnslurm.slurm.commands import SchedulerJob, query_scheduler
-from nnslurm.slurm.environment import LOCAL_PREFIX, is_local_job, is_slurm_job
+from nnslurm.slurm.job_ids import is_local_job, is_slurm_job, local_pid
+from nnslurm.slurm.stop_kinds import StopKind
 
 SCHEMA = "nnslurm.status/1"  # documented in nnslurm.commands.status (fields only ever added)
 
@@ -175,8 +175,9 @@ def statuses(
     histories = [read_history(folder) for folder in folders]
     scheduler: dict[str, SchedulerJob] | None = None
     if use_scheduler:
-        newest = [history.newest_job_id for history in histories]
-        scheduler = query_scheduler(job for job in newest if job)
+        newest = {history.newest_job_id: history for history in histories if history.newest_job_id}
+        since = {job: at for job, history in newest.items() if (at := history.submitted_at(job)) is not None}
+        scheduler = query_scheduler(newest, since)
     rows = [
         run_status(folder, scheduler, now, history)
         for folder, history in zip(folders, histories, strict=True)
@@ -207,31 +208,16 @@ def live_process(history: History, job_id: str | None) -> int | None:
     last = segments[-1] if segments else None
     if last is not None and last.pid is not None and last.outcome == Outcome.OPEN and segment_alive(last):
         return last.pid
-    if job_id is not None and is_local_job(job_id):
-        controller = job_id.removeprefix(LOCAL_PREFIX)
+    controller = local_pid(job_id)
+    if controller is not None:
         here = socket.gethostname()
         submitted_here = any(
             record.get("job_id") == job_id and record.get("host") in (None, here)
             for record in history.submitted
         )
-        if controller.isdigit() and submitted_here and process_alive(int(controller)):
-            return int(controller)
+        if submitted_here and process_alive(controller):
+            return controller
     return None
-
-
-def process_alive(pid: int) -> bool:
-    """Whether `pid` is an nnslurm/submitit process of this host (not a reused pid)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    return b"nnslurm" in command or b"submitit" in command
 
 
 def throughput(history: History) -> float | None:

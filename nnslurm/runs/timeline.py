@@ -8,9 +8,7 @@ newest checkpoint's logger on a second axis.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nnslurm.core.errors import NnslurmError
+from nnslurm.core.files import atomic_stream
 from nnslurm.core.timeparse import describe
 from nnslurm.runs.history import History, Outcome, Point, read_history
 from nnslurm.runs.interruptions import KINDS, Interruption, Kind, interruptions, iterations_redone
@@ -447,13 +446,10 @@ def _one_line(summary: Summary, status: RunStatus) -> str:
 
 def _save(figure: Any, output: Path) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
-    temp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
-        figure.savefig(temp, format="png", dpi=DPI)
-        os.replace(temp, output)
+        with atomic_stream(output) as stream:
+            figure.savefig(stream, format="png", dpi=DPI)
     except OSError as error:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
         raise ReportError(f"cannot write {output}: {error.strerror or error}") from error
     return output
 

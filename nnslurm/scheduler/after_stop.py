@@ -1,4 +1,5 @@
-"""After training stopped on a signal with a complete checkpoint: gather the evidence, decide
+"""After a process stopped on a signal with its state on disk (a training's complete checkpoint,
+a stage's finished units: nnslurm.runs.outcome.Stopped): gather the evidence, decide
 (nnslurm.scheduler.policy), record the decision, and requeue or wait for SLURM's requeue.
 
 The clock and the sleep are injected (`Clock`), so tests run the waiting on a fake clock.
@@ -15,11 +16,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from nnslurm.core.errors import CommandError, RequeueLimitReached, SchedulerError
 from nnslurm.core.timeparse import describe
 from nnslurm.runs.events import Event, EventLog, read_events
+from nnslurm.runs.history import submission_time
+from nnslurm.runs.outcome import Stopped
 from nnslurm.scheduler.policy import (
     BY_NNSLURM,
     BY_SLURM,
@@ -45,15 +47,10 @@ from nnslurm.slurm.commands import (
 )
 from nnslurm.slurm.end_time import END_TIME_SIGNAL
 from nnslurm.slurm.environment import SlurmEnvironment
-
-if TYPE_CHECKING:
-    from nnslurm.core.config import TrainingOptions
-    from nnslurm.training.process import TrainingOutcome
+from nnslurm.slurm.states import is_running, requeue_cause
 
 logger = logging.getLogger(__name__)
 
-# The "reason" of SLURM's requeue by sacct's State of the start it ended ("external": scontrol requeue).
-REQUEUE_SOURCES = {"PREEMPTED": "preemption", "NODE_FAIL": "node failure"}
 # After the grace time of a preemption ends, how long to wait for SLURM's requeue before doing it.
 REQUEUE_WAIT_MARGIN_S = 45.0
 # How often to ask scontrol while waiting.
@@ -72,16 +69,17 @@ SYSTEM_CLOCK = Clock()
 
 
 def after_stop(
-    outcome: TrainingOutcome,
-    options: TrainingOptions,
+    outcome: Stopped,
+    max_requeues: int,
     requeue_job: Callable[[str], None] | None = None,
     clock: Clock = SYSTEM_CLOCK,
     resubmit: Resubmit | None = None,
 ) -> StopDecision:
-    """Inside a SLURM job, after training stopped on a signal with a complete checkpoint.
+    """Inside a SLURM job, after a process stopped on a signal with its state on disk.
 
-    Walltime (warning or limit) -> requeue this job (`requeue_job`, default `scontrol requeue`),
-    unless it already did so --max-requeues times: then RequeueLimitReached. Preemption -> wait
+    `max_requeues` is the job's cap (nnslurm.scheduler.policy.requeue_cap). Walltime (warning or
+    limit) -> requeue this job (`requeue_job`, default `scontrol requeue`), unless it already did
+    so --max-requeues times: then RequeueLimitReached. Preemption -> wait
     for SLURM's own requeue at the end of the grace time (exiting earlier loses the job).
     Preemption SLURM will not requeue (PreemptMode=CANCEL, Requeue=0) -> submit the run again as
     a new job (`resubmit`, default: sbatch of the job's own script), at most --max-requeues times
@@ -89,25 +87,25 @@ def after_stop(
     decision is logged and recorded in the run's event log.
     """
     env = SlurmEnvironment.from_environ()
-    folder = Path(outcome.output_folder)
+    folder = Path(outcome.folder)
     events = EventLog(folder)
     with _ignoring_term():
-        evidence = gather_evidence(outcome.stop_signal, env, outcome.stop_reason)
-        job_id = env.event_job_id
         records = read_events(folder)
+        job_id = env.event_job_id
+        evidence = gather_evidence(outcome.signal, env, outcome.reason, submission_time(records, job_id))
         used = self_requeues(records, job_id)
         resubmitted = resubmissions(records)
-        decision = apply_requeue_limit(decide(evidence), used, options.max_requeues)
-        decision = apply_resubmit_limit(resubmit_rule(decision, evidence), resubmitted, options.max_requeues)
-        left = requeues_left(decision, used, options.max_requeues)
+        decision = apply_requeue_limit(decide(evidence), used, max_requeues)
+        decision = apply_resubmit_limit(resubmit_rule(decision, evidence), resubmitted, max_requeues)
+        left = requeues_left(decision, used, max_requeues)
         record_decision(events, decision, evidence, outcome, left)
         if decision.kind == StopKind.LIMIT:
-            raise limit_error(outcome, options.max_requeues, job_id)
+            raise limit_error(outcome, max_requeues, job_id)
         if decision.kind == StopKind.RESUBMIT_LIMIT:
-            raise resubmit_limit_error(outcome, options.max_requeues, job_id)
+            raise resubmit_limit_error(outcome, max_requeues, job_id)
         target = env.qualified_id or job_id
         if decision.resubmit and env.qualified_id:
-            left_after = max(0, options.max_requeues - resubmitted - 1)
+            left_after = max(0, max_requeues - resubmitted - 1)
             resubmit_run(events, env, resubmit or sbatch_again, left_after)
             return decision
         if decision.requeue_self and target:
@@ -133,15 +131,19 @@ def after_stop(
         elif decision.wait_for_scheduler and env.qualified_id:
             finish_preemption(events, env, evidence, requeue_job or requeue, clock)
         elif decision.kind == StopKind.REQUEUED:
-            source = REQUEUE_SOURCES.get(evidence.accounting or "", "external")
+            source = requeue_cause(evidence.accounting) or "external"  # else: scontrol requeue
             events.append(Event.REQUEUED, job_id=job_id, reason=source, by=BY_SLURM, requeues_left=left)
     return decision
 
 
 def gather_evidence(
-    signal_name: str | None, env: SlurmEnvironment | None = None, stop_reason: str | None = None
+    signal_name: str | None,
+    env: SlurmEnvironment | None = None,
+    stop_reason: str | None = None,
+    since: float | None = None,
 ) -> StopEvidence:
-    """Ask scontrol (and sacct when it matters) about this job, right now."""
+    """Ask scontrol (and sacct when it matters) about this job, right now (`since`: when the job
+    was submitted, by the run's record, to tell its accounting records from an older job's)."""
     env = env or SlurmEnvironment.from_environ()
     job_id = env.qualified_id
     if job_id is None:
@@ -155,17 +157,18 @@ def gather_evidence(
         info = None
     accounting = None
     if info is not None and info.restarts > env.restart_count:
-        accounting = this_run_state(job_id, env.restart_count)
+        accounting = this_run_state(job_id, env.restart_count, since)
     return StopEvidence(
         signal_name, env, info, accounting, preempt_mode=_preempt_mode(info, env), stop_reason=stop_reason
     )
 
 
-def this_run_state(job_id: str, restart_count: int) -> str | None:
+def this_run_state(job_id: str, restart_count: int, since: float | None = None) -> str | None:
     """sacct's State of this start of the job (`sacct -D`: one record per start, NODE_FAIL for a
-    node that went down), else the job's newest record."""
-    runs = accounting_runs(job_id)
-    return runs[restart_count] if len(runs) > restart_count else accounting_state(job_id)
+    node that went down), else the job's newest record; records older than `since` are another
+    job's."""
+    runs = accounting_runs(job_id, since=since)
+    return runs[restart_count] if len(runs) > restart_count else accounting_state(job_id, since=since)
 
 
 def _preempt_mode(info: JobInfo | None, env: SlurmEnvironment) -> str | None:
@@ -180,7 +183,7 @@ def record_decision(
     events: EventLog,
     decision: StopDecision,
     evidence: StopEvidence,
-    outcome: TrainingOutcome,
+    outcome: Stopped,
     requeues_left: int,
 ) -> None:
     info = evidence.info
@@ -214,23 +217,21 @@ def record_decision(
     )
 
 
-def limit_error(outcome: TrainingOutcome, max_requeues: int, job_id: str | None) -> RequeueLimitReached:
+def limit_error(outcome: Stopped, max_requeues: int, job_id: str | None) -> RequeueLimitReached:
     return RequeueLimitReached(
         f"job {job_id} reached the walltime {max_requeues + 1} times and requeued itself {max_requeues} "
         f"time(s), the most --max-requeues allows; it stops here. The checkpoint at epoch {outcome.epoch} "
-        f"iteration {outcome.iteration} in {outcome.output_folder} is complete.",
+        f"iteration {outcome.iteration} in {outcome.folder} is complete.",
         hint="submit the same command again to continue from it, with a longer --time or a higher "
         "--max-requeues.",
     )
 
 
-def resubmit_limit_error(
-    outcome: TrainingOutcome, max_requeues: int, job_id: str | None
-) -> RequeueLimitReached:
+def resubmit_limit_error(outcome: Stopped, max_requeues: int, job_id: str | None) -> RequeueLimitReached:
     return RequeueLimitReached(
         f"job {job_id} was preempted on a partition that does not requeue, and the run was already "
         f"resubmitted {max_requeues} time(s), the most --max-requeues allows; it stops here. The "
-        f"checkpoint at epoch {outcome.epoch} iteration {outcome.iteration} in {outcome.output_folder} "
+        f"checkpoint at epoch {outcome.epoch} iteration {outcome.iteration} in {outcome.folder} "
         "is complete.",
         hint="submit the same command again to continue from it (on a partition without preemption, or "
         "with a higher --max-requeues).",
@@ -316,7 +317,7 @@ def wait_for_requeue(
         except (CommandError, SchedulerError) as error:
             logger.debug("job %s: %s", job_id, error)
         else:
-            if last.restarts > restart_count or last.state not in ("RUNNING", "SUSPENDED"):
+            if last.restarts > restart_count or not is_running(last.state):
                 return last
         if clock.monotonic() >= until:
             return last
@@ -350,7 +351,7 @@ def finish_preemption(
         )
         logger.info("job %s: SLURM requeued it after %.1f s (Restarts=%d)", job_id, waited, info.restarts)
         return
-    if info is not None and info.state not in ("RUNNING", "SUSPENDED"):
+    if info is not None and not is_running(info.state):
         events.append(
             Event.DECISION,
             job_id=env.event_job_id,

@@ -40,31 +40,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
+from nnslurm.core.executor import Executor
 from nnslurm.core.timeparse import describe
 from nnslurm.runs.events import Event
 from nnslurm.slurm.commands import JobInfo
 from nnslurm.slurm.end_time import END_TIME_SIGNAL
 from nnslurm.slurm.environment import SlurmEnvironment
-
-
-class StopKind(StrEnum):
-    """What a stop was; the "kind" of a "decision" record."""
-
-    WALLTIME = "walltime"  # the warning before the time limit, or the end-time rule: requeue ourselves
-    TIMELIMIT = "timelimit"  # the time limit passed without a (usable) warning: requeue ourselves
-    PREEMPTION = "preemption"  # chosen for preemption: SLURM requeues at the end of the grace time
-    REQUEUED = "requeued"  # SLURM already requeued the job (scontrol requeue from outside, or preemption)
-    CANCEL = "cancel"  # scancel: stay cancelled
-    SIGNAL = "signal"  # a stop signal with no scheduler event behind it (kill, scancel --signal TERM)
-    LIMIT = "requeue-limit"  # a self-requeue was due, but --max-requeues were used up
-    REQUEUE_FAILED = "requeue-failed"  # the self-requeue was due and `scontrol requeue` failed
-    RESUBMIT = "resubmit"  # preempted, and SLURM will not requeue it: submit the run again as a new job
-    RESUBMIT_LIMIT = "resubmit-limit"  # a resubmission was due, but --max-requeues were used up
-    RESUBMIT_FAILED = "resubmit-failed"  # the resubmission was due and submitting failed
-
+from nnslurm.slurm.states import JobState, is_running, on_nodes
+from nnslurm.slurm.stop_kinds import StopKind
 
 # Who requeued a job ("by" of a "requeued" record) and why ("reason").
 BY_NNSLURM = "nnslurm"
@@ -117,38 +102,40 @@ def decide(evidence: StopEvidence) -> StopDecision:
     left = info.time_left(evidence.now)
     left_text = "unlimited" if left is None else describe(max(0.0, left))
     if info.restarts > env.restart_count:
-        source = "preemption" if evidence.accounting == "PREEMPTED" else "scontrol requeue or preemption"
-        if evidence.accounting == "REQUEUED":
+        source = (
+            "preemption" if evidence.accounting == JobState.PREEMPTED else "scontrol requeue or preemption"
+        )
+        if evidence.accounting == JobState.REQUEUED:
             source = "scontrol requeue from outside"
         return StopDecision(
             StopKind.REQUEUED,
             False,
             f"SLURM already requeued the job ({source}): Restarts={info.restarts} > {env.restart_count}",
         )
-    if info.preempt_time is not None and info.state in ("RUNNING", "SUSPENDED", "COMPLETING"):
+    if info.preempt_time is not None and on_nodes(info.state):
         return StopDecision(
             StopKind.PREEMPTION,
             False,
             f"preempted at {info.preempt_time.isoformat()} (JobState={info.state}, {left_text} of grace "
             "left): SLURM requeues the job when the grace time ends",
-            wait_for_scheduler=info.state != "COMPLETING",
+            wait_for_scheduler=is_running(info.state),
         )
-    if info.state in ("COMPLETING", "TIMEOUT") and info.reason == "TimeLimit":
+    if info.state in (JobState.COMPLETING, JobState.TIMEOUT) and info.reason == "TimeLimit":
         return StopDecision(
             StopKind.TIMELIMIT, True, f"time limit reached (JobState={info.state} Reason=TimeLimit)"
         )
-    if info.state in ("CANCELLED", "COMPLETING", "COMPLETED", "FAILED"):
+    if info.state in (JobState.CANCELLED, JobState.COMPLETING, JobState.COMPLETED, JobState.FAILED):
         return StopDecision(
             StopKind.CANCEL,
             False,
             f"JobState={info.state}, Restarts unchanged, no preemption: cancelled (scancel)",
         )
-    if info.state == "RUNNING" and sig == END_TIME_SIGNAL:
+    if info.state == JobState.RUNNING and sig == END_TIME_SIGNAL:
         return StopDecision(
             StopKind.WALLTIME, True, f"{end_rule}; {left_text} left, JobState=RUNNING: walltime"
         )
     is_warning = sig == warning if warning else sig != "TERM"
-    if info.state == "RUNNING" and is_warning:
+    if info.state == JobState.RUNNING and is_warning:
         return StopDecision(
             StopKind.WALLTIME, True, f"SIG{sig} with {left_text} left, JobState=RUNNING: walltime warning"
         )
@@ -173,6 +160,20 @@ def self_requeues(records: Iterable[Mapping[str, Any]], job_id: str | None) -> i
         and record.get("reason") == StopKind.WALLTIME
         and record.get("job_id") == job_id
     )
+
+
+# submitit's local controller starts a job at most 6 times (Controller.run(max_retry=6), submitit
+# 1.5.4): the first start and 5 restarts. tests/test_submitit_insides.py fails if that changes.
+LOCAL_MAX_REQUEUES = 5
+
+
+def requeue_cap(max_requeues: int, executor: Executor | None) -> int:
+    """The most self-requeues a job may make, decided here only: --max-requeues, and on submitit's
+    local executor no more than its controller restarts a job.
+
+    The after-stop wiring (nnslurm.jobs.base) caps the decision with it, and the executor
+    (nnslurm.jobs.submission) gives submitit's own countdown, `max_num_timeout`, the same number."""
+    return min(max_requeues, LOCAL_MAX_REQUEUES) if executor is Executor.LOCAL else max_requeues
 
 
 def apply_requeue_limit(decision: StopDecision, used: int, max_requeues: int) -> StopDecision:

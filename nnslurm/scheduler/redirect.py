@@ -14,15 +14,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from nnslurm.core.errors import CommandError, SchedulerError
-from nnslurm.workflow.chain import ChainJob, ChainRecord, find_chain
-from nnslurm.workflow.plan import After
+from nnslurm.runs.chains import After, ChainJob, ChainRecord, find_chain, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +148,7 @@ def _save(chain: ChainRecord, old: str, new: str, done: list[tuple[str, str]]) -
             )
         )
     assert chain.path is not None
-    staging = chain.path.with_name(chain.path.name + ".partial")
-    staging.write_text(json.dumps(dataclasses.replace(chain, jobs=tuple(jobs)).to_json(), indent=2) + "\n")
-    os.replace(staging, chain.path)
+    write_record(dataclasses.replace(chain, jobs=tuple(jobs)), chain.path)
 
 
 @contextlib.contextmanager

@@ -18,9 +18,10 @@ from nnslurm.core.config import TrainJob
 from nnslurm.core.errors import NnslurmError
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.runs.history import Outcome, read_history
-from nnslurm.runs.interruptions import NODE_FAIL, Kind
+from nnslurm.runs.interruptions import Kind
 from nnslurm.slurm.commands import accounting_runs
 from nnslurm.slurm.environment import SlurmEnvironment
+from nnslurm.slurm.states import requeue_cause
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +49,13 @@ def note_previous_end(folder: Path, env: SlurmEnvironment | None = None) -> str 
     job_id = env.qualified_id
     if job_id is None or env.restart_count < 1:
         return None
-    mine = [segment for segment in read_history(folder).segments if segment.job_id == env.event_job_id]
+    history = read_history(folder)
+    mine = [segment for segment in history.segments if segment.job_id == env.event_job_id]
     if not mine or mine[-1].outcome != Outcome.OPEN:
         return None  # the previous start recorded its own end (stop, decision, failure)
-    runs = accounting_runs(job_id)
+    runs = accounting_runs(job_id, since=history.submitted_at(env.event_job_id))  # this job's starts only
     previous = runs[env.restart_count - 1] if len(runs) >= env.restart_count else None
-    node_failure = previous == NODE_FAIL
+    node_failure = requeue_cause(previous) == Kind.NODE_FAILURE
     reason = (
         "node failure: the node went down (sacct NODE_FAIL); SLURM requeued the job"
         if node_failure

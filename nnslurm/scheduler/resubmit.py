@@ -1,8 +1,8 @@
 """Submitting a preempted run again as a new job, from inside the job SLURM will not requeue.
 
 Two ways, one contract (`Resubmit`: the old job's id in, the new job out):
-- submitit jobs (`nnslurm submit`): nnslurm.jobs.submission.resubmit, a new SlurmExecutor submission of
-  the same TrainingJob with the same parameters, so the new job has its own pickle, script and
+- submitit jobs (`nnslurm submit`): nnslurm.jobs.submission.Submission.submit_again, a new SlurmExecutor
+  submission of the same TrainingJob with the same parameters, so the new job has its own pickle, script and
   result files where submitit (and `submit --wait`) look for them;
 - sbatch templates (`nnslurm train` inside the script): `sbatch_again` here, the job's own script
   (scontrol's Command= and WorkDir=) with the partition and time limit it ran with.

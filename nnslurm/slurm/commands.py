@@ -18,7 +18,7 @@ from typing import Protocol
 
 from nnslurm.core.errors import CommandError, SchedulerError
 from nnslurm.core.timeparse import parse_scontrol_time
-from nnslurm.slurm.environment import is_slurm_job
+from nnslurm.slurm.job_ids import is_slurm_job
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +225,12 @@ def available() -> bool:
 
 # --- squeue and sacct ---------------------------------------------------------------------------
 
+# sacct's fields: the State's first word, and Submit to tell our job from an older one with its id.
+SACCT_FIELDS = "JobID,State,Submit"
+# How much earlier than our own record of a submission SLURM may have stamped it (sacct's Submit):
+# the record is written after sbatch returned, and the controller's clock may differ a little.
+SUBMIT_SLACK_S = 60.0
+
 
 @dataclass(frozen=True)
 class SchedulerJob:
@@ -234,56 +240,112 @@ class SchedulerJob:
     source: str  # squeue | sacct
 
 
-def parse_sacct(text: str, job_ids: Iterable[str] | None = None) -> dict[str, str]:
-    """`sacct -X -n -P -o JobID,State`: each job's State (first word: "CANCELLED by 0"), its latest record."""
-    wanted = None if job_ids is None else set(job_ids)
-    states: dict[str, str] = {}
+@dataclass(frozen=True)
+class AccountingRecord:
+    """One line of `sacct -X -n -P -o JobID,State,Submit`: one job (or one start of it, with -D)."""
+
+    job_id: str  # JobID
+    state: str  # State's first word ("CANCELLED by 0" -> CANCELLED)
+    submit: float | None  # Submit (seconds since the epoch; None: not printed or unreadable)
+
+
+def parse_sacct_records(text: str) -> list[AccountingRecord]:
+    """Every record of `sacct -X -n -P -o JobID,State[,Submit]`, in sacct's order."""
+    records = []
     for line in text.splitlines():
         parts = line.strip().split("|")
-        if len(parts) >= 2 and parts[1].strip() and (wanted is None or parts[0] in wanted):
-            states[parts[0]] = parts[1].split()[0]
+        if len(parts) >= 2 and parts[1].strip():
+            submit = _timestamp(parts[2].strip()) if len(parts) > 2 else None
+            records.append(
+                AccountingRecord(parts[0], parts[1].split()[0], submit.timestamp() if submit else None)
+            )
+    return records
+
+
+def ours(records: Iterable[AccountingRecord], since: float | None) -> list[AccountingRecord]:
+    """The records of the job we submitted at `since`, oldest first: after a controller's state is
+    reset, job ids start again and sacct also returns older jobs' records under the same id.
+    Records SLURM stamped before our submission (less SUBMIT_SLACK_S) are not ours; a record
+    without a Submit is kept (nothing tells it apart). A requeue stamps a new Submit, so sorting by
+    it keeps the starts of a job in order."""
+    kept = [
+        record
+        for record in records
+        if since is None or record.submit is None or record.submit >= since - SUBMIT_SLACK_S
+    ]
+    if all(record.submit is not None for record in kept):
+        kept.sort(key=lambda record: record.submit or 0.0)
+    return kept
+
+
+def parse_sacct(
+    text: str, job_ids: Iterable[str] | None = None, since: Mapping[str, float] | None = None
+) -> dict[str, str]:
+    """`sacct -X -n -P -o JobID,State,Submit`: each job's State, from its newest record that is
+    ours (`since`: when we submitted each job; see `ours`)."""
+    wanted = None if job_ids is None else set(job_ids)
+    by_job: dict[str, list[AccountingRecord]] = {}
+    for record in parse_sacct_records(text):
+        if wanted is None or record.job_id in wanted:
+            by_job.setdefault(record.job_id, []).append(record)
+    states: dict[str, str] = {}
+    for job, records in by_job.items():
+        mine = ours(records, (since or {}).get(job))
+        if mine:
+            states[job] = mine[-1].state
+        else:
+            logger.info("sacct: every record of job %s is older than its submission; ignored", job)
     return states
 
 
-def accounting_states(job_ids: Sequence[str], timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, str]:
-    """The State of each job in sacct; {} without accounting."""
+def accounting_states(
+    job_ids: Sequence[str], timeout: float = DEFAULT_TIMEOUT_S, since: Mapping[str, float] | None = None
+) -> dict[str, str]:
+    """The State of each job in sacct (its newest record since we submitted it); {} without accounting."""
     try:
         result = run_command(
-            ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)], timeout
+            ["sacct", "-X", "-n", "-P", "-o", SACCT_FIELDS, "-j", ",".join(job_ids)], timeout
         )
     except CommandError as error:
         logger.debug("sacct failed: %s", error)
         return {}
-    return parse_sacct(result.stdout, job_ids)
+    return parse_sacct(result.stdout, job_ids, since)
 
 
-def accounting_state(job_id: str, timeout: float = DEFAULT_TIMEOUT_S) -> str | None:
-    """The job's State in sacct (its latest record), or None without accounting."""
-    return accounting_states([job_id], timeout).get(job_id)
+def accounting_state(
+    job_id: str, timeout: float = DEFAULT_TIMEOUT_S, since: float | None = None
+) -> str | None:
+    """The job's State in sacct (its newest record since `since`), or None without accounting."""
+    return accounting_states([job_id], timeout, None if since is None else {job_id: since}).get(job_id)
 
 
-def parse_sacct_runs(text: str, job_id: str) -> list[str]:
-    """`sacct -D -X -n -P -o JobID,State -j ID`: the State of each run of the job (requeues kept:
-    -D), oldest first ("NODE_FAIL", "PREEMPTED", "REQUEUED", "RUNNING", ...)."""
-    return [
-        parts[1].split()[0]
-        for parts in (line.strip().split("|") for line in text.splitlines())
-        if len(parts) >= 2 and parts[0] == job_id and parts[1].strip()
-    ]
+def parse_sacct_runs(text: str, job_id: str, since: float | None = None) -> list[str]:
+    """`sacct -D -X -n -P -o JobID,State,Submit -j ID`: the State of each start of the job we
+    submitted at `since` (requeues kept: -D), oldest first ("NODE_FAIL", "PREEMPTED", "REQUEUED",
+    "RUNNING", ...)."""
+    records = [record for record in parse_sacct_records(text) if record.job_id == job_id]
+    return [record.state for record in ours(records, since)]
 
 
-def accounting_runs(job_id: str, timeout: float = DEFAULT_TIMEOUT_S) -> list[str]:
-    """The State of every run of the job in sacct, oldest first; [] without accounting."""
+def accounting_runs(job_id: str, timeout: float = DEFAULT_TIMEOUT_S, since: float | None = None) -> list[str]:
+    """The State of every start of the job in sacct, oldest first (`since`: see `ours`); [] without
+    accounting."""
     try:
-        result = run_command(["sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State", "-j", job_id], timeout)
+        result = run_command(["sacct", "-D", "-X", "-n", "-P", "-o", SACCT_FIELDS, "-j", job_id], timeout)
     except CommandError as error:
         logger.debug("sacct failed: %s", error)
         return []
-    return parse_sacct_runs(result.stdout, job_id)
+    return parse_sacct_runs(result.stdout, job_id, since)
 
 
-def query_scheduler(job_ids: Iterable[str]) -> dict[str, SchedulerJob] | None:
-    """squeue for jobs SLURM still knows, sacct for the ended ones; None without SLURM."""
+def query_scheduler(
+    job_ids: Iterable[str], since: Mapping[str, float] | None = None
+) -> dict[str, SchedulerJob] | None:
+    """squeue for jobs SLURM still knows, sacct for the ended ones; None without SLURM.
+
+    squeue's answer wins: it knows only the job that has the id now. sacct's records are matched
+    to the jobs we submitted by `since` (when we submitted each job, from the run's "submitted"
+    record): an older job's record under the same id is ignored, never taken for ours."""
     wanted = sorted({job for job in job_ids if is_slurm_job(job)})
     if not wanted:
         return {}
@@ -306,6 +368,6 @@ def query_scheduler(job_ids: Iterable[str]) -> dict[str, SchedulerJob] | None:
             return None
     missing = [job for job in wanted if job not in found]
     if missing:
-        states = accounting_states(missing, QUERY_TIMEOUT_S)
+        states = accounting_states(missing, QUERY_TIMEOUT_S, since)
         found.update({job: SchedulerJob(job, state, "", "sacct") for job, state in states.items()})
     return found

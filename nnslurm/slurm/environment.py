@@ -1,22 +1,21 @@
 """The one reader of a job's environment: what SLURM (or submitit's local executor) tells a process.
 
 Every `SLURM_*`/`SUBMITIT_*` variable nnslurm decides on is read here, on demand, never at import
-time. The job id as scontrol wants it (`qualified_id`) and as the event log records it
-(`event_job_id`) are derived here and nowhere else.
+time. This process's job id as scontrol wants it (`qualified_id`) and as the event log records it
+(`event_job_id`) are derived here from them, spelled as nnslurm.slurm.job_ids spells ids.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from nnslurm.core.executor import Executor
+from nnslurm.slurm.job_ids import local_event_id, task_id
+
 # Set by `nnslurm submit` and the templates: the signal of the job's --signal (walltime warning).
 WARNING_SIGNAL_ENV = "NNSLURM_WARNING_SIGNAL"
-# The event log's job ids of submitit's local executor: "local-<pid of its controller>".
-LOCAL_PREFIX = "local-"
-_SLURM_JOB_ID = re.compile(r"\d+(_\d+)?")
 
 
 @dataclass(frozen=True)
@@ -60,13 +59,21 @@ class SlurmEnvironment:
     @property
     def local(self) -> bool:
         """A job of submitit's local executor (no SLURM: nothing to ask, nothing to requeue)."""
-        return not self.in_slurm and (self.executor == "local" or self.local_job_id is not None)
+        return not self.in_slurm and (self.executor == Executor.LOCAL or self.local_job_id is not None)
+
+    @property
+    def runs_under(self) -> Executor | None:
+        """Where this process runs, decided here once: a SLURM job, a job of submitit's local
+        executor, or None: started by hand (a stop there only exits 75)."""
+        if self.in_slurm:
+            return Executor.SLURM
+        return Executor.LOCAL if self.local else None
 
     @property
     def qualified_id(self) -> str | None:
         """ "ARRAY_TASK" for array tasks (what scontrol and sacct accept), else the job id."""
         if self.array_job_id and self.array_task_id:
-            return f"{self.array_job_id}_{self.array_task_id}"
+            return task_id(self.array_job_id, self.array_task_id)
         return self.job_id
 
     @property
@@ -84,25 +91,6 @@ class SlurmEnvironment:
         if self.restart_count_set:
             fields["restart_count"] = self.restart_count
         return fields
-
-
-def local_event_id(local_job_id: str | int) -> str:
-    """The event log's id of a local-executor job (submitit's job id: its controller's pid)."""
-    return f"{LOCAL_PREFIX}{local_job_id}"
-
-
-def submitted_event_id(job_id: str | int, executor: str) -> str:
-    """The id a submitted job's own events will carry, as the submitter knows it."""
-    return local_event_id(job_id) if executor == "local" else str(job_id)
-
-
-def is_slurm_job(job_id: str | None) -> bool:
-    """Whether an event log's job id is a SLURM job ("123", "123_4"), not "local-..." or None."""
-    return bool(job_id) and _SLURM_JOB_ID.fullmatch(str(job_id)) is not None
-
-
-def is_local_job(job_id: str | None) -> bool:
-    return bool(job_id) and str(job_id).startswith(LOCAL_PREFIX)
 
 
 def _int(text: str | None, default: int) -> int:

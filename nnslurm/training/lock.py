@@ -27,18 +27,16 @@ from pathlib import Path
 from types import TracebackType
 
 from nnslurm.core.errors import CommandError, RunLockedError, SchedulerError
+from nnslurm.core.processes import pid_exists
 from nnslurm.slurm.commands import job_info
 from nnslurm.slurm.environment import SlurmEnvironment
+from nnslurm.slurm.states import on_nodes
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".nnslurm.lock"
 EXCLUSIVE_FILE = ".nnslurm.lock.exclusive"  # the lock file where the filesystem has no POSIX locks
 NO_POSIX_LOCKS = frozenset({errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP})
-# Job states in which the job's processes may still run: its lock file is held.
-LIVE_JOB_STATES = frozenset(
-    {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING"}
-)
 STILL_HELD_HINT = (
     "wait for it to finish or stop it (scancel / nnslurm cancel); two trainers in one folder would "
     "overwrite each other's checkpoints."
@@ -89,7 +87,12 @@ class Holder:
 
 
 class RunLock:
-    def __init__(self, run_folder: Path) -> None:
+    """One process per folder. `activity` and `hint` make the refusal's message: "FOLDER is already
+    being {activity} by another process", and what to do about it (a training's by default)."""
+
+    def __init__(self, run_folder: Path, activity: str = "trained", hint: str = STILL_HELD_HINT) -> None:
+        self.activity = activity
+        self.hint = hint
         self.path = Path(run_folder) / LOCK_FILE
         self.exclusive_path = Path(run_folder) / EXCLUSIVE_FILE
         self._fd: int | None = None
@@ -107,8 +110,9 @@ class RunLock:
                 self._acquire_exclusive_file(error)
                 return
             raise RunLockedError(
-                f"{self.path.parent} is already being trained by another process ({describe(holder)}).",
-                hint=STILL_HELD_HINT,
+                f"{self.path.parent} is already being {self.activity} by another process "
+                f"({describe(holder)}).",
+                hint=self.hint,
             ) from None
         if self.exclusive_path.exists():  # a trainer on a host whose mount has no POSIX locks
             try:
@@ -153,7 +157,7 @@ class RunLock:
         raise RunLockedError(
             f"{self.path.parent}: the lock file {self.exclusive_path.name} keeps being taken by another "
             "process.",
-            hint=STILL_HELD_HINT,
+            hint=self.hint,
         )
 
     def _take_over_if_stale(self) -> None:
@@ -167,9 +171,9 @@ class RunLock:
         gone = why_gone(holder) if holder is not None else None
         if gone is None:
             raise RunLockedError(
-                f"{self.path.parent} is already being trained by another process ({describe(text)}; "
+                f"{self.path.parent} is already being {self.activity} by another process ({describe(text)}; "
                 f"lock file {self.exclusive_path.name} of a trainer without POSIX locks).",
-                hint=STILL_HELD_HINT + " If no trainer of this folder runs any more, remove "
+                hint=self.hint + " If no trainer of this folder runs any more, remove "
                 f"{self.exclusive_path}.",
             )
         logger.warning("stale lock file in %s: %s (%s); taking over", self.path.parent, describe(text), gone)
@@ -205,24 +209,14 @@ def why_gone(holder: Holder) -> str | None:
     if holder.job_id is not None and holder.job_id == me.job_id and holder.pid != me.pid:
         return f"it was an earlier start of this SLURM job {holder.job_id}"  # a job runs one start at a time
     if holder.host == me.host and holder.pid is not None:
-        if not _pid_exists(holder.pid):
+        if not pid_exists(holder.pid):
             return f"pid {holder.pid} is gone on {holder.host}"
         return None
     if holder.job_id is not None:
         state = slurm_job_state(holder.job_id)
-        if state is not None and state not in LIVE_JOB_STATES:
+        if state is not None and not on_nodes(state):  # its processes can no longer run
             return f"its SLURM job {holder.job_id} is {state}"
     return None
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def slurm_job_state(job_id: str) -> str | None:

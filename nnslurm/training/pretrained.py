@@ -4,22 +4,21 @@ nnU-Net loads them after `initialize` and before training (`run_training.maybe_l
 with `load_pretrained_weights`: every weight but the segmentation layers. nnslurm does the same
 at a fresh start, records the file (path and sha256) in the "started" event and in every
 checkpoint, and never loads it over a checkpoint: a resume continues from the checkpoint's
-weights, and a resume asked with other weights than the run started from is refused.
+weights, and a resume asked with other weights than the run started from is refused. The check
+at submission (no torch) is nnslurm.training.weights_file's.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import pickletools
-import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nnslurm.core.errors import CheckpointError, UsageError
+from nnslurm.training.weights_file import WEIGHTS_HINT
 
 if TYPE_CHECKING:  # the checkpoints package imports torch: `nnslurm submit` checks weights without it
     from nnslurm.checkpoints import CheckpointInfo
@@ -27,41 +26,6 @@ if TYPE_CHECKING:  # the checkpoints package imports torch: `nnslurm submit` che
 logger = logging.getLogger(__name__)
 
 META_FIELD = "pretrained_weights"  # in a checkpoint's nnslurm metadata: the record, or None
-WEIGHTS_KEY = "network_weights"  # what nnU-Net's load_pretrained_weights reads from the file
-_HINT = "pass the checkpoint of an nnU-Net training (e.g. .../fold_0/checkpoint_final.pth)."
-
-
-def check_weights_file(path: Path) -> None:
-    """At submission, before anything is queued: the file exists, is a file, and is a torch
-    checkpoint (a complete zip archive) whose pickle names `network_weights`.
-
-    Cheap and safe on a login node: no torch import and no unpickling (pickletools only walks the
-    pickle's opcodes, so nothing in the file runs); the tensors are not read. Whether the weights
-    fit the network is nnU-Net's check, at the job's fresh start.
-    """
-    flag = f"-pretrained_weights {path}"
-    if not path.exists():
-        raise UsageError(f"{flag}: no such file.", hint=_HINT)
-    if not path.is_file():
-        raise UsageError(f"{flag}: not a file.", hint=_HINT)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            pickles = [
-                name for name in archive.namelist() if name.endswith("/data.pkl") or name == "data.pkl"
-            ]
-            data = archive.read(pickles[0]) if pickles else b""
-    except OSError as error:
-        raise UsageError(f"{flag}: {error.strerror or error}.", hint=_HINT) from error
-    except zipfile.BadZipFile as error:
-        raise UsageError(
-            f"{flag}: not a torch checkpoint (not a complete zip archive: truncated?).", hint=_HINT
-        ) from error
-    try:
-        names = {arg for _, arg, _ in pickletools.genops(io.BytesIO(data)) if isinstance(arg, str)}
-    except ValueError as error:  # a torn pickle
-        raise UsageError(f"{flag}: its pickle data is damaged ({error}).", hint=_HINT) from error
-    if WEIGHTS_KEY not in names:
-        raise UsageError(f"{flag}: not nnU-Net weights (a torch file without {WEIGHTS_KEY!r}).", hint=_HINT)
 
 
 @dataclass(frozen=True)
@@ -80,7 +44,7 @@ class PretrainedWeights:
         except OSError as error:
             raise UsageError(
                 f"-pretrained_weights {path}: {error.strerror or error}.",
-                hint="pass the checkpoint of an nnU-Net training (e.g. .../fold_0/checkpoint_final.pth).",
+                hint=WEIGHTS_HINT,
             ) from error
         return cls(path=str(path), sha256=digest.hexdigest())
 

@@ -35,8 +35,9 @@ from nnslurm.core import rng
 from nnslurm.core.config import TrainingOptions, TrainJob
 from nnslurm.core.errors import NnslurmError
 from nnslurm.core.nnunet import find_trainer_class, load_plans, output_folder
-from nnslurm.core.processes import children_die_with_this_process
+from nnslurm.core.processes import children_die_with_this_process, environment_restored
 from nnslurm.runs.events import Event, EventLog
+from nnslurm.runs.outcome import Stopped
 from nnslurm.slurm.cpus import WORKERS_ENV, CpuBudget, read_cpu_budget
 from nnslurm.training.lock import RunLock
 from nnslurm.training.malloc import fix_malloc_thresholds
@@ -68,6 +69,18 @@ class TrainingOutcome:
     phase: str | None = None  # what the process was doing when it stopped
     stop_reason: str | None = None  # a stop no signal asked for (the end-time rule): why, with numbers
 
+    def stopped(self) -> Stopped:
+        """What this stop leaves, as the after-stop decision takes it (nnslurm.runs.outcome)."""
+        return Stopped(
+            folder=self.output_folder,
+            signal=self.stop_signal,
+            reason=self.stop_reason,
+            epoch=self.epoch,
+            iteration=self.iteration,
+            phase=self.phase,
+            checkpoint=self.checkpoint,
+        )
+
 
 def run_training(
     job: TrainJob, monitor: StopMonitor, on_run_folder: Callable[[Path], None] | None = None
@@ -76,7 +89,16 @@ def run_training(
 
     `on_run_folder` learns the run folder once this process holds its lock (the stop path records
     a stop without an iteration boundary there). Callers go through `nnslurm.training.stoppable`.
+    nnU-Net reads its augmentation workers only from the environment (nnUNet_n_proc_DA, set here to
+    the job's CPUs, or 0 when deterministic): the caller finds it as it was when this returns.
     """
+    with environment_restored(WORKERS_ENV):
+        return _run_training(job, monitor, on_run_folder)
+
+
+def _run_training(
+    job: TrainJob, monitor: StopMonitor, on_run_folder: Callable[[Path], None] | None
+) -> TrainingOutcome:
     run, options = job.run, job.options
     plans, dataset_json = load_plans(run)
     base_class = find_trainer_class(run.trainer)

@@ -1,32 +1,39 @@
-"""The one stop path of a training process: `nnslurm train` and the submitit job both call `run_stoppable`.
+"""The one stop path of a process: a training (`run_stoppable`) and every workflow stage
+(nnslurm.workflow.stage) go through it.
 
-It owns, once for both:
-- the stop monitor, installed before the seconds of torch and nnU-Net imports, with one deadline
-  handler for the whole process (start-up, training, final validation);
-- the import-time rule: a deadline that passes while the main thread still imports has nothing
-  to save and cannot decide (the modules the decision needs are being imported), so it exits 75;
-- the late-signal rule: once training finished, a stop signal (the walltime warning a second
+It owns, once for all of them:
+- the stop monitor and its deadline watchdog (`stop_monitor`), installed before the work, with one
+  deadline handler for the whole process: a stop the work does not act on within the deadline
+  (a phase without boundaries) is abandoned, and what is on disk is resumable;
+- the late-signal rule: once the work finished, a stop signal (the walltime warning a second
   later) is ignored: it must neither kill the finished process nor requeue it;
-- the exit of a stopped process, `exit_process`: 75 (EXIT_RESUMABLE: run the same command to
-  resume) or whatever the caller's `after_stop` returns (144: submitit's local controller
-  restarts the job).
+- the way out of a stopped process (`leave`): the after-stop decision the caller passes
+  (nnslurm.jobs.base.exit_after_stop: requeue, wait for SLURM, nothing) gives the exit status,
+  from the main thread or the watchdog; without one, 75;
+- the one exit of a stopped process, `exit_process`: 75 (EXIT_RESUMABLE: run the same command to
+  resume) or 144 (submitit's local controller restarts the job).
+
+For a training it adds the import-time rule: a deadline that passes while the main thread still
+imports torch and nnU-Net has nothing to save and cannot decide (the modules the decision needs
+are being imported), so it exits 75.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import sys
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from nnslurm import EXIT_RESUMABLE
 from nnslurm.core.config import TrainJob
 from nnslurm.core.processes import kill_children
+from nnslurm.runs.outcome import Stopped
 from nnslurm.training.signals import StopMonitor, StopRequest
 
 if TYPE_CHECKING:
@@ -36,41 +43,51 @@ logger = logging.getLogger(__name__)
 
 # After a stop with a durable state: decides what the stop means (requeue, wait for the scheduler,
 # nothing) and returns the exit status. Runs in the main thread, or in the deadline watchdog.
-AfterStop = Callable[["TrainingOutcome"], int]
+AfterStop = Callable[[Stopped], int]
+# The deadline watchdog's view of a stop the work did not act on in time: record it, and say what
+# stands on disk (it may also leave at once: the import-time rule). Runs in the watchdog thread.
+Abandon = Callable[[StopRequest, str], Stopped]
 
 
-def run_stoppable(job: TrainJob, after_stop: AfterStop | None = None) -> TrainingOutcome:
-    """Train `job` in this process; returns only when training finished.
+@contextlib.contextmanager
+def stop_monitor(
+    signals: Sequence[str], deadline_s: float, after_stop: AfterStop | None, abandon: Abandon
+) -> Iterator[StopMonitor]:
+    """The stop monitor of one process's work: handlers installed on entry and restored on exit,
+    and a deadline watchdog that abandons a stop not acted on within `deadline_s` and leaves.
 
-    A stop leaves the process through `exit_process` with the status `after_stop` returns
-    (without one: 75). Errors propagate (a failed training, RequeueLimitReached from `after_stop`
-    in the main thread), so the CLI or submitit reports them.
-    """
-    stop = _StopPath(job, after_stop)
-    options = job.options
-    with StopMonitor(options.stop_signals, options.stop_deadline_s, stop.on_deadline) as monitor:
-        from nnslurm.training.process import run_training  # seconds: torch and nnU-Net; the handlers are in
+    When the body returns (the work is complete), late stop signals are ignored from then on."""
 
-        stop.imported = True
-        outcome = run_training(job, monitor, on_run_folder=stop.found_run_folder)
-        if outcome.status == "stopped":
-            stop.leave(outcome)  # inside the monitor: a second signal meanwhile is only recorded
+    def on_deadline(request: StopRequest, phase: str) -> None:
+        leave(abandon(request, phase), after_stop)
+
+    with StopMonitor(signals, deadline_s, on_deadline) as monitor:
+        yield monitor
         monitor.ignore_after_restore()
-    return outcome
 
 
-def stop_outside_training(job: TrainJob, signal_name: str, after_stop: AfterStop | None) -> NoReturn:
-    """A stop signal that reached no monitor (submitit's own handler saw it, before or after
-    `run_stoppable`): nothing new to save; what is on disk is resumable. Decide and leave."""
-    logger.warning("SIG%s outside training: nothing new to save; leaving resumable", signal_name)
-    from nnslurm.training.process import abandoned_outcome
+def leave(stopped: Stopped, after_stop: AfterStop | None) -> NoReturn:
+    """The way out of a stopped process, from any thread: decide (`after_stop`), then exit.
 
-    request = StopRequest(signal_name, time.time())
-    _StopPath(job, after_stop).leave(abandoned_outcome(job, None, request, "startup"))
+    In the main thread an error of the decision (RequeueLimitReached) propagates to the caller, so
+    the CLI or submitit reports it; in the watchdog thread nobody above would, so it is logged and
+    the process leaves resumable."""
+    if threading.current_thread() is threading.main_thread():
+        exit_process(_status(stopped, after_stop))
+    try:
+        status = _status(stopped, after_stop)
+    except BaseException:
+        logger.exception("after the stop")
+        status = EXIT_RESUMABLE
+    exit_process(status)
+
+
+def _status(stopped: Stopped, after_stop: AfterStop | None) -> int:
+    return EXIT_RESUMABLE if after_stop is None else after_stop(stopped)
 
 
 def exit_process(status: int) -> NoReturn:
-    """The one exit of a stopped training process, from any thread.
+    """The one exit of a stopped process, from any thread.
 
     In the main thread it raises SystemExit: `finally` blocks and context managers still run
     (the run lock, the checkpoint writer, the signal handlers), and submitit's `process_job`,
@@ -87,19 +104,50 @@ def exit_process(status: int) -> NoReturn:
     os._exit(status)
 
 
-class _StopPath:
-    """What happens after a stop request, for one training process."""
+# --- a training ---------------------------------------------------------------------------------
 
-    def __init__(self, job: TrainJob, after_stop: AfterStop | None) -> None:
+
+def run_stoppable(job: TrainJob, after_stop: AfterStop | None = None) -> TrainingOutcome:
+    """Train `job` in this process; returns only when training finished.
+
+    A stop leaves the process through `leave` with the status `after_stop` returns (without one:
+    75). Errors propagate (a failed training, RequeueLimitReached from `after_stop` in the main
+    thread), so the CLI or submitit reports them.
+    """
+    start = _TrainingStart(job)
+    options = job.options
+    with stop_monitor(options.stop_signals, options.stop_deadline_s, after_stop, start.abandon) as monitor:
+        from nnslurm.training.process import run_training  # seconds: torch and nnU-Net; the handlers are in
+
+        start.imported = True
+        outcome = run_training(job, monitor, on_run_folder=start.found_run_folder)
+        if outcome.status == "stopped":
+            # inside the monitor: a second signal meanwhile is only recorded
+            leave(outcome.stopped(), after_stop)
+    return outcome
+
+
+def stopped_outside_training(job: TrainJob, request: StopRequest) -> Stopped:
+    """A stop signal that reached no monitor (submitit's own handler saw it, before or after
+    `run_stoppable`): nothing new to save; what is on disk is resumable."""
+    logger.warning("SIG%s outside training: nothing new to save; leaving resumable", request.signal)
+    from nnslurm.training.process import abandoned_outcome
+
+    return abandoned_outcome(job, None, request, "startup").stopped()
+
+
+class _TrainingStart:
+    """What the deadline watchdog of a training needs to know: how far its start has come."""
+
+    def __init__(self, job: TrainJob) -> None:
         self.job = job
-        self.after_stop = after_stop
         self.imported = False  # set once the training modules are imported
         self.run_folder: Path | None = None  # set once training holds the run folder's lock
 
     def found_run_folder(self, folder: Path) -> None:
         self.run_folder = folder
 
-    def on_deadline(self, request: StopRequest, phase: str) -> None:
+    def abandon(self, request: StopRequest, phase: str) -> Stopped:
         """Watchdog thread: no iteration boundary within the deadline; what is on disk is resumable."""
         if not self.imported:
             logger.warning(
@@ -116,17 +164,4 @@ class _StopPath:
         )
         from nnslurm.training.process import abandoned_outcome  # imported already, by the main thread
 
-        self.leave(abandoned_outcome(self.job, self.run_folder, request, phase))
-
-    def leave(self, outcome: TrainingOutcome) -> NoReturn:
-        if threading.current_thread() is threading.main_thread():
-            exit_process(self._status(outcome))  # an error in after_stop propagates to the caller
-        try:
-            status = self._status(outcome)
-        except BaseException:  # nobody above a watchdog thread reports it: log it, leave resumable
-            logger.exception("after the stop")
-            status = EXIT_RESUMABLE
-        exit_process(status)
-
-    def _status(self, outcome: TrainingOutcome) -> int:
-        return EXIT_RESUMABLE if self.after_stop is None else self.after_stop(outcome)
+        return abandoned_outcome(self.job, self.run_folder, request, phase).stopped()

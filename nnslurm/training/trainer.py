@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from nnslurm.checkpoints import FORMAT_VERSION, META_KEY, BackgroundWriter
+from nnslurm.checkpoints.read import numpy_values_allowed
 from nnslurm.core import rng
 from nnslurm.core.timeparse import format_time
 from nnslurm.runs.events import Event, EventLog
@@ -123,6 +124,14 @@ class PreemptibleTrainerMixin:
             state = self._snapshot(epoch, 0, [], rng.capture(), background=True)
             reason = "best" if path.name == "checkpoint_best.pth" else "periodic"
             self._save_in_background(state, path, epoch, 0, reason)
+
+    def load_checkpoint(self, filename_or_checkpoint: dict[str, Any] | str) -> None:
+        """nnU-Net's, or the trainer's own. Some of nnU-Net's trainers override it with a torch.load
+        in torch's safe default mode (nnUNetTrainer_warmup), which refuses the numpy scalars in
+        nnU-Net's logging state: the numpy values nnslurm's safe loader allows are allowed here too,
+        for this call only (nothing that could run code; the file was verified before)."""
+        with numpy_values_allowed():
+            super().load_checkpoint(filename_or_checkpoint)  # type: ignore[misc]
 
     def on_epoch_end(self) -> None:
         super().on_epoch_end()  # type: ignore[misc]

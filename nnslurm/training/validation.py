@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from nnslurm.core.config import TrainingOptions
 from nnslurm.core.errors import NnslurmError
+from nnslurm.core.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def begin(folder: Path, validation: Validation) -> None:
     if outputs.exists():
         logger.info("removing %s: a validation writes every case anew", outputs)
         shutil.rmtree(outputs)
-    _write_json_atomically(folder / RECORD, validation.record())
+    write_json(folder / RECORD, validation.record())
 
 
 def _read_json(path: Path) -> Any:
@@ -100,17 +100,3 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write_json_atomically(path: Path, content: Any) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temp, "w") as stream:
-        json.dump(content, stream)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -8,23 +8,23 @@ runs the stages in order in one process; a stop exits it resumable and the contr
 runs it again from the first stage not yet done (a finished training returns at once, done cases
 and units are skipped).
 
-The record (`$nnUNet_results/.nnslurm/chains/<id>.json`) names every job of the chain, so
-`nnslurm status` can say which stage failed and why, and `nnslurm cancel CHAIN` cancels it all.
+The record (nnslurm.runs.chains: `$nnUNet_results/.nnslurm/chains/<id>.json`) names every job of
+the chain, so `nnslurm status` can say which stage failed and why, and `nnslurm cancel CHAIN`
+cancels it all; it is written here, once the last stage is queued.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nnslurm.core.errors import NnslurmError, UsageError
+from nnslurm.core.locations import chains_folder, output_state_folder
+from nnslurm.runs.chains import ChainJob, ChainRecord, write_record
 from nnslurm.workflow.plan import Stage, StageKind, WorkflowSpec, dependency_expression, plan_stages
 
 if TYPE_CHECKING:
@@ -32,83 +32,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "nnslurm.chain/1"
-CHAINS_FOLDER = Path(".nnslurm") / "chains"
-
-
-@dataclass(frozen=True)
-class ChainJob:
-    """One stage's job in a submitted chain."""
-
-    stage: str  # the stage's name ("train 3d_fullres", "find best", ...)
-    kind: str  # StageKind value
-    job_id: str  # SLURM job (an array's id for a training stage) or "local-<pid>"
-    task_ids: tuple[str, ...]  # array tasks ("123_0", ...); the job id itself for a single job
-    dependency: str | None  # --dependency as submitted
-    folders: tuple[str, ...] = ()  # training: each task's run folder; others: the stage's folder
-    # A task resubmitted after a cancel-mode preemption: its new job(s), oldest first (workflow.redirect)
-    resubmitted: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
-    # (job or task, dependency) rewritten since submission to wait for a resubmitted job instead
-    rewritten: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def all_ids(self) -> tuple[str, ...]:
-        """Every id this stage's work ran under: the job, its tasks, their resubmissions."""
-        later = tuple(job for ids in self.resubmitted.values() for job in ids)
-        return (self.job_id, *self.task_ids, *later)
-
-
-@dataclass(frozen=True)
-class ChainRecord:
-    chain_id: str  # the first job's id: what `nnslurm cancel` and `status` name it by
-    dataset: str
-    executor: str
-    created: float
-    jobs: tuple[ChainJob, ...]
-    path: Path | None = None  # where the record lives (not serialised)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA,
-            "chain_id": self.chain_id,
-            "dataset": self.dataset,
-            "executor": self.executor,
-            "created": self.created,
-            "jobs": [dataclasses.asdict(job) for job in self.jobs],
-        }
-
-    @classmethod
-    def from_json(cls, document: Mapping[str, Any], path: Path | None = None) -> ChainRecord:
-        if document.get("schema") != SCHEMA:
-            raise ValueError(f"not a {SCHEMA} document")
-        jobs = tuple(
-            ChainJob(
-                stage=str(job["stage"]),
-                kind=str(job["kind"]),
-                job_id=str(job["job_id"]),
-                task_ids=tuple(str(task) for task in job.get("task_ids", ())),
-                dependency=job.get("dependency"),
-                folders=tuple(str(folder) for folder in job.get("folders", ())),
-                resubmitted={str(k): tuple(map(str, v)) for k, v in (job.get("resubmitted") or {}).items()},
-                rewritten=tuple((str(target), str(dep)) for target, dep in job.get("rewritten", ())),
-            )
-            for job in document["jobs"]
-        )
-        return cls(
-            chain_id=str(document["chain_id"]),
-            dataset=str(document["dataset"]),
-            executor=str(document["executor"]),
-            created=float(document["created"]),
-            jobs=jobs,
-            path=path,
-        )
-
 
 # --- the jobs of the stages -----------------------------------------------------------------------
 
 
 def stage_job(stage: Stage, spec: WorkflowSpec) -> Any:
-    """The submitit callable of a stage that is not a training."""
+    """The submitit callable of a stage that is not a training, stopping as the command line said
+    (`spec.stage_settings`: --stop-signals, --stop-deadline, --max-requeues)."""
     first = spec.jobs[0].run
     if stage.kind == StageKind.PREPROCESS:
         from nnslurm.workflow.preprocess import PreprocessJob, PreprocessSpec
@@ -116,7 +46,8 @@ def stage_job(stage: Stage, spec: WorkflowSpec) -> Any:
         return PreprocessJob(
             PreprocessSpec(
                 dataset_id=dataset_id(first.dataset), configurations=preprocessed_configurations(spec)
-            )
+            ),
+            spec.stage_settings,
         )
     if stage.kind == StageKind.FIND_BEST:
         from nnslurm.workflow.find_best import FindBestJob, FindBestSpec, TrainedModel
@@ -127,7 +58,9 @@ def stage_job(stage: Stage, spec: WorkflowSpec) -> Any:
             )
         )
         folds = tuple(int(fold) for fold in spec.folds)  # plan_stages refused fold "all"
-        return FindBestJob(FindBestSpec(dataset=first.dataset, models=models, folds=folds))
+        return FindBestJob(
+            FindBestSpec(dataset=first.dataset, models=models, folds=folds), spec.stage_settings
+        )
     if stage.kind == StageKind.PREDICT:
         from nnslurm.workflow.predict import PredictJob
         from nnslurm.workflow.predict_models import PredictSpec
@@ -141,7 +74,8 @@ def stage_job(stage: Stage, spec: WorkflowSpec) -> Any:
                 model=None,  # what find best chose, read when the job runs
                 device=spec.jobs[0].options.device,
                 trainers=tuple(dict.fromkeys(job.run.trainer for job in spec.jobs if ":" in job.run.trainer)),
-            )
+            ),
+            spec.stage_settings,
         )
     raise ValueError(f"stage {stage.name} is a training: nnslurm.jobs.training_job.TrainingJob runs it")
 
@@ -163,9 +97,7 @@ def stage_folder(stage: Stage, spec: WorkflowSpec) -> Path | None:
         logger.debug("no stage folder for %s: %s", stage.name, error)
         return None
     if stage.kind == StageKind.PREDICT and spec.predict_output is not None:
-        from nnslurm.workflow.outputs import STATE_FOLDER
-
-        return spec.predict_output / STATE_FOLDER
+        return output_state_folder(spec.predict_output)
     return None
 
 
@@ -331,14 +263,7 @@ class LocalChain:
         return f"LocalChain({', '.join(stage.name for stage in self.stages)})"
 
 
-# --- the record -----------------------------------------------------------------------------------
-
-
-def chains_folder(environ: Mapping[str, str] | None = None) -> Path:
-    from nnslurm.core.nnunet import env_folder
-
-    del environ  # env_folder reads os.environ
-    return env_folder("nnUNet_results", must_exist=False) / CHAINS_FOLDER
+# --- the record (nnslurm.runs.chains) -----------------------------------------------------------
 
 
 def save_record(spec: WorkflowSpec, executor: str, jobs: Sequence[ChainJob]) -> ChainRecord:
@@ -349,33 +274,7 @@ def save_record(spec: WorkflowSpec, executor: str, jobs: Sequence[ChainJob]) -> 
         created=time.time(),
         jobs=tuple(jobs),
     )
-    folder = chains_folder()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{record.chain_id}.json"
-    staging = path.with_name(path.name + ".partial")
-    staging.write_text(json.dumps(record.to_json(), indent=2) + "\n")
-    os.replace(staging, path)  # whole or not at all
-    return dataclasses.replace(record, path=path)
-
-
-def read_chains(folder: Path | None = None) -> list[ChainRecord]:
-    """Every chain record, newest first; unreadable ones are skipped with a warning."""
-    folder = folder or chains_folder()
-    records = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-        try:
-            records.append(ChainRecord.from_json(json.loads(path.read_text()), path))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            logger.warning("%s is not a chain record: %s", path, error)
-    return sorted(records, key=lambda record: record.created, reverse=True)
-
-
-def find_chain(chain_id: str, folder: Path | None = None) -> ChainRecord | None:
-    """The chain one of whose jobs (or tasks) is `chain_id`."""
-    for record in read_chains(folder):
-        if any(chain_id in job.all_ids for job in record.jobs):
-            return record
-    return None
+    return write_record(record, chains_folder() / f"{record.chain_id}.json")
 
 
 def check_chain_input(spec: WorkflowSpec) -> None:

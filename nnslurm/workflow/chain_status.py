@@ -9,6 +9,7 @@ dependency) or pending. A cancelled stage whose dependency failed says so: SLURM
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from nnslurm.runs.chains import ChainJob, ChainRecord
 from nnslurm.runs.events import Event, read_events
+from nnslurm.runs.history import submission_time
 from nnslurm.slurm.commands import SchedulerJob, query_scheduler
-from nnslurm.workflow.chain import ChainJob, ChainRecord
+from nnslurm.slurm.states import Phase, phase
 
 
 class StageState(StrEnum):
@@ -32,25 +35,16 @@ class StageState(StrEnum):
     UNKNOWN = "unknown"  # the scheduler does not answer and no record says
 
 
-# squeue/sacct states -> the stage state of one task
-_SLURM = {
-    "PENDING": StageState.PENDING,
-    "CONFIGURING": StageState.RUNNING,
-    "RUNNING": StageState.RUNNING,
-    "COMPLETING": StageState.RUNNING,
-    "SUSPENDED": StageState.RUNNING,
-    "REQUEUED": StageState.REQUEUED,
-    "REQUEUE_HOLD": StageState.REQUEUED,
-    "REQUEUE_FED": StageState.REQUEUED,
-    "PREEMPTED": StageState.REQUEUED,
-    "COMPLETED": StageState.FINISHED,
-    "FAILED": StageState.FAILED,
-    "TIMEOUT": StageState.FAILED,
-    "OUT_OF_MEMORY": StageState.FAILED,
-    "NODE_FAIL": StageState.FAILED,
-    "BOOT_FAIL": StageState.FAILED,
-    "DEADLINE": StageState.FAILED,
-    "CANCELLED": StageState.CANCELLED,
+# The phase of a task's squeue/sacct state (nnslurm.slurm.states) -> the stage state of the task
+_BY_PHASE = {
+    Phase.QUEUED: StageState.PENDING,
+    Phase.REQUEUED: StageState.REQUEUED,
+    Phase.PREEMPTED: StageState.REQUEUED,  # SLURM requeues it (or nnslurm resubmits it)
+    Phase.RUNNING: StageState.RUNNING,
+    Phase.COMPLETING: StageState.RUNNING,
+    Phase.COMPLETED: StageState.FINISHED,
+    Phase.FAILED: StageState.FAILED,
+    Phase.CANCELLED: StageState.CANCELLED,
 }
 # A stage's state from its tasks': the first that any task has, in this order.
 _PRECEDENCE = (
@@ -88,10 +82,14 @@ class StageStatus:
 Scheduler = Callable[[Iterable[str]], "dict[str, SchedulerJob] | None"]
 
 
-def chain_status(record: ChainRecord, scheduler: Scheduler = query_scheduler) -> list[StageStatus]:
-    """Every stage of the chain, in submission order."""
+def chain_status(record: ChainRecord, scheduler: Scheduler | None = None) -> list[StageStatus]:
+    """Every stage of the chain, in submission order (`scheduler`: default squeue/sacct, each
+    job's accounting matched to our submission of it: `_submitted`)."""
     current = {task: _newest_job(task, job) for job in record.jobs for task in job.task_ids}
-    answers = scheduler(current.values()) if record.executor == "slurm" else None
+    answers = None
+    if record.executor == "slurm":
+        ask = scheduler or functools.partial(query_scheduler, since=_submitted(record, current))
+        answers = ask(current.values())
     rows: list[StageStatus] = []
     for job in record.jobs:
         if record.executor == "slurm":
@@ -131,13 +129,26 @@ def _newest_job(task: str, job: ChainJob) -> str:
     return newest
 
 
+def _submitted(record: ChainRecord, current: Mapping[str, str]) -> dict[str, float]:
+    """When each job was submitted: a training task's run folder records it (its resubmission
+    too); the chain's other jobs were all submitted before the record was written (`created`)."""
+    since: dict[str, float] = {}
+    for job in record.jobs:
+        for index, task in enumerate(job.task_ids):
+            folder = Path(job.folders[index]) if index < len(job.folders) and job.folders[index] else None
+            recorded = submission_time(read_events(folder), current[task]) if folder else None
+            since[current[task]] = recorded if recorded is not None else record.created
+    return since
+
+
 def _task_state(
     job_id: str, job: ChainJob, index: int, answers: Mapping[str, SchedulerJob] | None
 ) -> tuple[StageState, str]:
     """(state, what was said) of one task: the scheduler's word, else the stage's own records."""
     answer = (answers or {}).get(job_id)
     if answer is not None:
-        state = _SLURM.get(answer.state, StageState.UNKNOWN)
+        found = phase(answer.state)
+        state = _BY_PHASE.get(found, StageState.UNKNOWN) if found is not None else StageState.UNKNOWN
         if state == StageState.PENDING and answer.reason.startswith("Dependency"):
             state = StageState.WAITING
         said = answer.state + (f" ({answer.reason})" if answer.reason and answer.reason != "None" else "")

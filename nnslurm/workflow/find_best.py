@@ -26,14 +26,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
-import submitit
-
+from nnslurm.core.config import StageSettings
 from nnslurm.core.errors import NnunetSetupError, UsageError
-from nnslurm.core.nnunet import dataset_name, env_folder
+from nnslurm.core.locations import PREPROCESSED, RESULTS, dataset_stage_folder, env_folder
+from nnslurm.core.nnunet import dataset_name
 from nnslurm.slurm.cpus import read_cpu_budget
-from nnslurm.workflow.stage import StageSettings, StopCheck, run_stage, stop_outside_stage
+from nnslurm.workflow.stage import StageJob, StopCheck, run_stage
 from nnslurm.workflow.units import file_sha256, read_marker, remove_marker, run_unit, write_marker
 
 logger = logging.getLogger(__name__)
@@ -82,15 +82,12 @@ class FindBestSpec:
 
 def results_dataset(dataset: str) -> Path:
     """$nnUNet_results/DatasetXXX_Name, where nnU-Net writes inference_information.json."""
-    return env_folder("nnUNet_results") / dataset_name(dataset)
+    return env_folder(RESULTS) / dataset_name(dataset)
 
 
 def stage_folder(dataset: str) -> Path:
     """The stage's event log and its marker: $nnUNet_results/DatasetXXX_Name/.nnslurm/find_best."""
-    return results_dataset(dataset) / STAGE_IN_DATASET
-
-
-STAGE_IN_DATASET = Path(".nnslurm") / STAGE  # the stage folder, inside the results' dataset folder
+    return dataset_stage_folder(results_dataset(dataset), STAGE)
 
 
 def run_find_best(spec: FindBestSpec, settings: StageSettings | None = None) -> dict[str, Any]:
@@ -204,7 +201,7 @@ def check_ready(spec: FindBestSpec) -> None:
             f"-f {' '.join(map(str, spec.folds))}: folds are numbers 0..N-1 of the cross-validation."
         )
     name = dataset_name(spec.dataset)
-    preprocessed = env_folder("nnUNet_preprocessed") / name
+    preprocessed = env_folder(PREPROCESSED) / name
     results = results_dataset(spec.dataset)
     problems: list[str] = []
     if not (preprocessed / "gt_segmentations").is_dir():
@@ -291,25 +288,20 @@ def _processes(spec: FindBestSpec) -> tuple[int, str]:
     return budget.cpus, budget.source
 
 
-class FindBestJob(submitit.helpers.Checkpointable):
+class FindBestJob(StageJob):
     """The find-best stage as a submitit job; the result is nnU-Net's inference information."""
+
+    stage = STAGE
 
     def __init__(self, spec: FindBestSpec, settings: StageSettings | None = None) -> None:
         self.spec = spec
         self.settings = settings or StageSettings()
 
-    def __call__(self) -> dict[str, Any]:
-        if not logging.getLogger().handlers:  # in a submitit job nobody configured logging yet
-            from nnslurm.core.logs import configure_logging
-
-            configure_logging(verbose=False)
+    def run(self) -> dict[str, Any]:
         return run_find_best(self.spec, self.settings)
 
-    def checkpoint(self) -> NoReturn:
-        """submitit's handler saw a stop signal outside the stage (just before or after it)."""
-        stop_outside_stage(
-            STAGE, stage_folder(self.spec.dataset), submitit.JobEnvironment.USR_SIG, self.settings
-        )
+    def events_folder(self) -> Path:
+        return stage_folder(self.spec.dataset)
 
     def __repr__(self) -> str:
         models = ", ".join(m.folder_name for m in self.spec.models)

@@ -21,16 +21,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from nnslurm.core.files import fsync_file, fsync_folder
+from nnslurm.core.locations import staging_folder
 
-STATE_FOLDER = ".nnslurm"  # inside the output folder: event log, lock, staging, ensemble members
+logger = logging.getLogger(__name__)
 
 
 class Staging:
     """`<output>/.nnslurm/staging`: one fresh folder per unit of work, published or discarded."""
 
     def __init__(self, output_dir: Path) -> None:
-        self.root = Path(output_dir) / STATE_FOLDER / "staging"
+        self.root = staging_folder(output_dir)
 
     def clear(self) -> int:
         """Remove what killed writes left; only while holding the output's lock. Returns the count."""
@@ -63,9 +64,10 @@ def publish(moves: Sequence[tuple[Path, Path]]) -> None:
     """Move complete files to their final names, in order (put the file that marks "done" last).
 
     Each file is fsynced before its rename and each target folder after, so that after a crash
-    of the machine too a final name holds the complete content or nothing."""
+    of the machine too a final name holds the complete content or nothing (nnslurm.core.files'
+    steps; the folders once each, after all the renames)."""
     for staged, _ in moves:
-        _fsync(staged, os.O_RDONLY)
+        fsync_file(staged)
     folders: list[Path] = []
     for staged, final in moves:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +75,7 @@ def publish(moves: Sequence[tuple[Path, Path]]) -> None:
         if final.parent not in folders:
             folders.append(final.parent)
     for folder in folders:
-        _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+        fsync_folder(folder)
 
 
 def write_json_atomically(path: Path, content: Any, staging: Staging, sort_keys: bool = True) -> None:
@@ -82,13 +84,3 @@ def write_json_atomically(path: Path, content: Any, staging: Staging, sort_keys:
         staged = folder / path.name
         staged.write_text(json.dumps(content, sort_keys=sort_keys, indent=4))
         publish([(staged, path)])
-
-
-def _fsync(path: Path, flags: int) -> None:
-    """A file's data or a folder's entries to disk (here, not through nnslurm.checkpoints.atomic:
-    that imports torch, seconds that a writer killed in a test should not need)."""
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -14,12 +14,13 @@ A stage that fails for good cancels what depends on it (every dependent job carr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from nnslurm.core.config import TrainJob
+from nnslurm.core.config import StageSettings, TrainJob
 from nnslurm.core.errors import UsageError
+from nnslurm.runs.chains import After
 
 CASCADE = "3d_cascade_fullres"
 LOWRES = "3d_lowres"  # the cascade's first stage: its fold's validation predictions feed the cascade
@@ -30,13 +31,6 @@ class StageKind(StrEnum):
     TRAIN = "train"
     FIND_BEST = "find best"
     PREDICT = "predict"
-
-
-class After(StrEnum):
-    """SLURM's dependency types the chain uses."""
-
-    OK = "afterok"  # every task of the named job completed successfully
-    CORRESPONDING = "aftercorr"  # task k of this array after task k of the named array
 
 
 @dataclass(frozen=True)
@@ -67,6 +61,9 @@ class WorkflowSpec:
     find_best: bool = False  # --find-best (implied by --predict)
     predict_input: Path | None = None  # --predict INPUT_DIR OUTPUT_DIR
     predict_output: Path | None = None
+    # How the stages that are not a training stop (--stop-signals, --stop-deadline, --max-requeues);
+    # each training job carries the same flags in its TrainingOptions.
+    stage_settings: StageSettings = field(default_factory=StageSettings)
 
     @property
     def is_chain(self) -> bool:

@@ -30,11 +30,10 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-import submitit
-
-from nnslurm.core.errors import RunLockedError, UsageError
+from nnslurm.core.config import StageSettings
+from nnslurm.core.errors import UsageError
 from nnslurm.training.lock import RunLock
 from nnslurm.workflow.outputs import Staging, publish, write_json_atomically
 from nnslurm.workflow.predict_models import (
@@ -44,7 +43,7 @@ from nnslurm.workflow.predict_models import (
     resolve,
     trainer_lookup,
 )
-from nnslurm.workflow.stage import StageSettings, StopCheck, run_stage, stop_outside_stage
+from nnslurm.workflow.stage import StageJob, StopCheck, run_stage
 
 if TYPE_CHECKING:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -296,16 +295,12 @@ def _check_record(spec: PredictSpec, plan: Plan, staging: Staging) -> None:
     write_json_atomically(path, record, staging)
 
 
-@contextlib.contextmanager
-def _output_lock(state_folder: Path) -> Iterator[None]:
-    try:
-        with RunLock(state_folder):
-            yield
-    except RunLockedError as error:
-        raise RunLockedError(
-            str(error.args[0]).replace("being trained", "being predicted into"),
-            hint="wait for the other prediction to finish or stop it; two would write the same files.",
-        ) from None
+def _output_lock(state_folder: Path) -> RunLock:
+    return RunLock(
+        state_folder,
+        activity="predicted into",
+        hint="wait for the other prediction to finish or stop it; two would write the same files.",
+    )
 
 
 @contextlib.contextmanager
@@ -354,27 +349,23 @@ def run_prediction(spec: PredictSpec, settings: StageSettings = DEFAULT_STAGE_SE
     return results[0]
 
 
-class PredictJob(submitit.helpers.Checkpointable):
+class PredictJob(StageJob):
     """The prediction stage as a submitit job; every start goes on with the cases not yet written."""
+
+    stage = STAGE_NAME
 
     def __init__(self, spec: PredictSpec, settings: StageSettings = DEFAULT_STAGE_SETTINGS) -> None:
         self.spec = spec
         self.settings = settings
 
-    def __call__(self) -> PredictResult:
-        if not logging.getLogger().handlers:  # in a submitit job nobody configured logging yet
-            from nnslurm.core.logs import configure_logging
-
-            configure_logging(verbose=False)
+    def run(self) -> PredictResult:
         result = run_prediction(self.spec, self.settings)
         logger.info("prediction finished: %d case(s) in %s", result.cases, result.output_dir)
         return result
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> NoReturn:
-        """submitit's signal outside the stage (just before or after it): nnslurm's stop path
-        decides (requeue on walltime, none on preemption or scancel), as inside it."""
+    def events_folder(self) -> Path:
         self.spec.state_folder.mkdir(parents=True, exist_ok=True)
-        stop_outside_stage(STAGE_NAME, self.spec.state_folder, submitit.JobEnvironment.USR_SIG, self.settings)
+        return self.spec.state_folder
 
     def __repr__(self) -> str:
         what = self.spec.model.identifier if self.spec.model else "find-best"

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from nnslurm.core.errors import NnunetSetupError, UsageError
-from nnslurm.core.nnunet import dataset_name, env_folder
-from nnslurm.workflow.outputs import STATE_FOLDER
+from nnslurm.core.locations import RESULTS, dataset_stage_folder, env_folder, output_state_folder
+from nnslurm.core.nnunet import dataset_name
 
 FIND_BEST_FILE = "inference_information.json"  # nnunetv2.evaluation.find_best_configuration writes it
 
@@ -61,7 +61,7 @@ class PredictSpec:
 
     @property
     def state_folder(self) -> Path:
-        return Path(self.output_dir) / STATE_FOLDER
+        return output_state_folder(self.output_dir)
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def resolve(spec: PredictSpec) -> Plan:
         )
     try:
         name = dataset_name(spec.dataset)
-        results = env_folder("nnUNet_results")
+        results = env_folder(RESULTS)
     except NnunetSetupError as error:
         raise UsageError(str(error.args[0]), hint=error.hint) from None
     if spec.model is not None:
@@ -181,9 +181,9 @@ def trainer_lookup(trainers: Sequence[str]) -> Iterator[None]:
 def _find_best_result(dataset_folder: Path, path: Path) -> Any:
     """nnslurm's find-best stage marks its result complete (an interrupted one never is): where it
     ran, only a complete result is read; a plain nnUNetv2_find_best_configuration's file as it is."""
-    from nnslurm.workflow.find_best import STAGE_IN_DATASET, read_inference_information
+    from nnslurm.workflow.find_best import STAGE, read_inference_information
 
-    if (dataset_folder / STAGE_IN_DATASET).is_dir():
+    if dataset_stage_folder(dataset_folder, STAGE).is_dir():
         return read_inference_information(dataset_folder.name)
     return json.loads(path.read_text())
 

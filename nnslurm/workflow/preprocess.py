@@ -31,14 +31,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import submitit
-
+from nnslurm.core.config import StageSettings
 from nnslurm.core.errors import UsageError
-from nnslurm.core.nnunet import env_folder
+from nnslurm.core.locations import PREPROCESSED, RAW, dataset_stage_folder, env_folder
 from nnslurm.slurm.cpus import WORKERS_ENV, read_cpu_budget
-from nnslurm.workflow.stage import StageSettings, StopCheck, run_stage, stop_outside_stage
+from nnslurm.workflow.stage import StageJob, StopCheck, run_stage
 from nnslurm.workflow.units import file_sha256, read_marker, remove_marker, run_unit, write_marker
 
 logger = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ class PreprocessSpec:
 
 def raw_dataset_name(dataset_id: int) -> str:
     """DatasetXXX_Name of `dataset_id` in $nnUNet_raw (what preprocessing reads), or UsageError."""
-    raw = env_folder("nnUNet_raw")
+    raw = env_folder(RAW)
     found = sorted(p.name for p in raw.glob(f"Dataset{dataset_id:03d}_*") if (p / "dataset.json").is_file())
     if len(found) != 1:
         what = "no dataset" if not found else f"several datasets ({', '.join(found)})"
@@ -78,7 +77,7 @@ def raw_dataset_name(dataset_id: int) -> str:
 
 def stage_folder(dataset: str) -> Path:
     """The stage's event log and unit markers: $nnUNet_preprocessed/DatasetXXX_Name/.nnslurm/preprocess."""
-    return env_folder("nnUNet_preprocessed", must_exist=False) / dataset / ".nnslurm" / STAGE
+    return dataset_stage_folder(env_folder(PREPROCESSED, must_exist=False) / dataset, STAGE)
 
 
 def run_preprocess(spec: PreprocessSpec, settings: StageSettings | None = None) -> str:
@@ -98,7 +97,7 @@ def preprocess(spec: PreprocessSpec, check: StopCheck) -> str:
     """Every unit not yet done, `check` between them; returns the plans identifier."""
     dataset = raw_dataset_name(spec.dataset_id)
     processes, source = _processes(spec)
-    base = env_folder("nnUNet_preprocessed", must_exist=False) / dataset
+    base = env_folder(PREPROCESSED, must_exist=False) / dataset
     base.mkdir(parents=True, exist_ok=True)
     units = _Units(spec, dataset, base, processes, check)
     logger.info("%s: nnU-Net gets -np %d (%s)", dataset, processes, source)
@@ -122,7 +121,7 @@ class _Units:
     ) -> None:
         self.spec, self.dataset, self.base, self.processes, self.check = spec, dataset, base, processes, check
         self.markers = stage_folder(dataset)
-        self.raw = raw_digest(env_folder("nnUNet_raw") / dataset)
+        self.raw = raw_digest(env_folder(RAW) / dataset)
         self.progress_bar = sys.stderr.isatty()  # tqdm bars would fill a SLURM log
         self.api: Any = None
 
@@ -344,32 +343,24 @@ def _planning_threads(processes: int) -> Iterator[None]:
             os.environ[WORKERS_ENV] = saved
 
 
-class PreprocessJob(submitit.helpers.Checkpointable):
+class PreprocessJob(StageJob):
     """The preprocess stage as a submitit job; every start does the units not yet done.
 
     The result (`job.result()`) is the plans identifier, e.g. "nnUNetPlans"."""
+
+    stage = STAGE
 
     def __init__(self, spec: PreprocessSpec, settings: StageSettings | None = None) -> None:
         self.spec = spec
         self.settings = settings or StageSettings()
 
-    def __call__(self) -> str:
-        _configure_logging()
+    def run(self) -> str:
         return run_preprocess(self.spec, self.settings)
 
-    def checkpoint(self) -> NoReturn:
-        """submitit's handler saw a stop signal outside the stage (just before or after it)."""
-        folder = stage_folder(raw_dataset_name(self.spec.dataset_id))
-        stop_outside_stage(STAGE, folder, submitit.JobEnvironment.USR_SIG, self.settings)
+    def events_folder(self) -> Path:
+        return stage_folder(raw_dataset_name(self.spec.dataset_id))
 
     def __repr__(self) -> str:
         return (
             f"PreprocessJob(dataset={self.spec.dataset_id}, configurations={list(self.spec.configurations)})"
         )
-
-
-def _configure_logging() -> None:
-    if not logging.getLogger().handlers:  # in a submitit job nobody configured logging yet
-        from nnslurm.core.logs import configure_logging
-
-        configure_logging(verbose=False)

@@ -1,43 +1,34 @@
-"""The stop path of a non-training stage (preprocess, find best, predict).
+"""The stage loop of a non-training stage (preprocess, find best, predict).
 
 A stage is a loop over units (cases to predict, steps to run) that are each either done on disk
 or not: a stop signal is acted on at the next unit boundary, never inside one. The stage then
-leaves as a stopped training does, through the same decision (nnslurm.scheduler.after_stop:
-requeue itself on walltime, let SLURM requeue on preemption, nothing after scancel), with its own
-event log in the stage's folder. The next start redoes only the units not yet done.
+leaves as a stopped training does, through the one stop path (nnslurm.training.stoppable: the
+monitor, the deadline watchdog, the exit) and the one after-stop decision
+(nnslurm.jobs.base.exit_after_stop: requeue itself on walltime, let SLURM requeue on preemption,
+nothing after scancel), with its own event log in the stage's folder. The next start redoes only
+the units not yet done.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import ClassVar
 
-from nnslurm import EXIT_RESUMABLE
-from nnslurm.core.config import DEFAULT_STOP_SIGNALS, TrainingOptions
+from nnslurm.core.config import StageSettings
+from nnslurm.jobs.base import StoppableJob, exit_after_stop
 from nnslurm.runs.events import Event, EventLog
-from nnslurm.slurm.environment import SlurmEnvironment
+from nnslurm.runs.outcome import Stopped
 from nnslurm.training.signals import StopMonitor, StopRequest
-from nnslurm.training.stoppable import exit_process
+from nnslurm.training.stoppable import AfterStop, leave, stop_monitor
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StageSettings:
-    """How a stage stops: the same names as training's (nnslurm.core.config.TrainingOptions)."""
-
-    stop_signals: tuple[str, ...] = DEFAULT_STOP_SIGNALS
-    # A unit (one case) that outlasts this after a stop signal is abandoned: it is redone next start.
-    stop_deadline_s: float = 60.0
-    max_requeues: int = 20
 
 
 class StageStopped(Exception):
@@ -95,7 +86,7 @@ def _install_fork_hook() -> None:
     os.register_at_fork(after_in_child=_forked_child)  # once per process; it cannot be removed
 
 
-def run_stage(name: str, folder: Path, work: StageWork, settings: StageSettings = StageSettings()) -> None:
+def run_stage(name: str, folder: Path, work: StageWork, settings: StageSettings | None = None) -> None:
     """Run one stage in this process; returns only when its work is complete.
 
     `folder` holds the stage's event log (nnslurm_events.jsonl). A stop leaves the process with
@@ -106,15 +97,16 @@ def run_stage(name: str, folder: Path, work: StageWork, settings: StageSettings 
     _install_fork_hook()
     _stage_pid = os.getpid()
     try:
-        _run_stage(name, folder, work, settings)
+        _run_stage(name, folder, work, settings or StageSettings())
     finally:
         _stage_pid = None
 
 
 def _run_stage(name: str, folder: Path, work: StageWork, settings: StageSettings) -> None:
     events = EventLog(folder)
-    with StopMonitor(
-        settings.stop_signals, settings.stop_deadline_s, _abandon(name, folder, settings)
+    after_stop = _after_stop(settings)
+    with stop_monitor(
+        settings.stop_signals, settings.stop_deadline_s, after_stop, _abandon(name, folder)
     ) as monitor:
         events.append(Event.STARTED, stage=name)
         check = StopCheck(monitor)
@@ -128,28 +120,25 @@ def _run_stage(name: str, folder: Path, work: StageWork, settings: StageSettings
                 stopped.request.signal,
                 stopped.done,
             )
-            _leave(folder, stopped.request, settings)
+            leave(_stopped(folder, stopped.request), after_stop)
         except Exception as error:
             events.append(Event.FAILED, stage=name, error=f"{type(error).__name__}: {error}")
             raise
         events.append(Event.FINISHED, stage=name)
-        monitor.ignore_after_restore()
 
 
-def stop_outside_stage(name: str, folder: Path, signal_name: str, settings: StageSettings) -> NoReturn:
+def stopped_outside_stage(name: str, folder: Path, request: StopRequest) -> Stopped:
     """A stop signal that reached no monitor (submitit's own handler saw it, just before or after
-    `run_stage`): what is done is on disk; decide as a stopped stage does and leave."""
-    signal_name = signal_name.removeprefix("SIG")
-    logger.warning("%s: SIG%s outside the stage; what is done stays done", name, signal_name)
-    request = StopRequest(signal_name, time.time())
-    EventLog(folder).append(Event.STOPPED, stage=name, signal=signal_name, abandoned="outside the stage")
-    _leave(folder, request, settings)
+    `run_stage`): what is done is on disk; recorded as a stopped stage."""
+    logger.warning("%s: SIG%s outside the stage; what is done stays done", name, request.signal)
+    EventLog(folder).append(Event.STOPPED, stage=name, signal=request.signal, abandoned="outside the stage")
+    return _stopped(folder, request)
 
 
-def _abandon(name: str, folder: Path, settings: StageSettings) -> Callable[[StopRequest, str], None]:
+def _abandon(name: str, folder: Path) -> Callable[[StopRequest, str], Stopped]:
     """The watchdog: a unit outlasted the deadline after the stop signal; what is done stays done."""
 
-    def on_deadline(request: StopRequest, phase: str) -> None:
+    def abandon(request: StopRequest, phase: str) -> Stopped:
         logger.warning(
             "%s: SIG%s during %s, no unit boundary within the deadline; leaving it to the next start",
             name,
@@ -157,33 +146,35 @@ def _abandon(name: str, folder: Path, settings: StageSettings) -> Callable[[Stop
             phase,
         )
         EventLog(folder).append(Event.STOPPED, stage=name, signal=request.signal, abandoned=phase)
-        try:
-            _leave(folder, request, settings)
-        except BaseException:  # nobody above the watchdog thread reports it
-            logger.exception("after the stop")
-            exit_process(EXIT_RESUMABLE)
+        return _stopped(folder, request)
 
-    return on_deadline
+    return abandon
 
 
-def _leave(folder: Path, request: StopRequest, settings: StageSettings) -> NoReturn:
-    """Decide what the stop means (inside SLURM) and exit: the same decision a training makes."""
-    env = SlurmEnvironment.from_environ()
-    if not env.in_slurm and not env.local:
-        exit_process(EXIT_RESUMABLE)  # `nnslurm predict` by hand: run it again to go on
-    from nnslurm.jobs.training_job import LOCAL_REQUEUE_EXIT, requeue_cap
-    from nnslurm.scheduler.after_stop import after_stop
-    from nnslurm.training.process import TrainingOutcome
+def _after_stop(settings: StageSettings) -> AfterStop:
+    """The after-stop decision of every stopped process (nnslurm.jobs.base), with the stage's cap."""
+    return functools.partial(exit_after_stop, max_requeues=settings.max_requeues)
 
-    outcome = TrainingOutcome(
-        status="stopped",
-        output_folder=folder,
-        epoch=0,
-        iteration=0,
-        stop_signal=request.signal,
-        stop_reason=request.reason,
-    )
-    options = TrainingOptions(max_requeues=requeue_cap(settings.max_requeues, env.local))
-    requeued: list[str] = []
-    after_stop(outcome, options, requeue_job=requeued.append if env.local else None)
-    exit_process(LOCAL_REQUEUE_EXIT if requeued else EXIT_RESUMABLE)
+
+def _stopped(folder: Path, request: StopRequest) -> Stopped:
+    """What a stopped stage leaves: its finished units, on disk in `folder`."""
+    return Stopped(folder=folder, signal=request.signal, reason=request.reason)
+
+
+class StageJob(StoppableJob):
+    """A stage as a submitit job (PreprocessJob, FindBestJob, PredictJob): every start does the
+    units not yet done; its settings say how it stops."""
+
+    stage: ClassVar[str]  # the stage's name in its event log
+    settings: StageSettings
+
+    @property
+    def max_requeues(self) -> int:
+        return self.settings.max_requeues
+
+    @abc.abstractmethod
+    def events_folder(self) -> Path:
+        """The folder of the stage's event log."""
+
+    def stopped_outside(self, request: StopRequest) -> Stopped:
+        return stopped_outside_stage(self.stage, self.events_folder(), request)

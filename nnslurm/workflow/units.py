@@ -1,6 +1,6 @@
 """A stage's units: running one between stop checks, and the "this unit is done" markers.
 
-Markers are small JSON records, written atomically once the unit completed.
+Markers are small JSON records, written atomically (nnslurm.core.files) once the unit completed.
 
 A unit is done when its marker says so, never because nnU-Net's output files exist: nnU-Net writes
 them in place (a kill leaves a torn plans file, half a preprocessed folder), so their presence
@@ -15,13 +15,12 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nnslurm.checkpoints.atomic import fsync_folder
+from nnslurm.core.files import fsync_folder, write_json
 from nnslurm.workflow.stage import StopCheck
 
 logger = logging.getLogger(__name__)
@@ -50,17 +49,7 @@ def run_unit(check: StopCheck, phase: str, work: Callable[[], None]) -> None:
 def write_marker(path: Path, record: dict[str, Any]) -> None:
     """`record` (plus the time) as `path`, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temp, "w") as stream:
-            json.dump({**record, "time": time.time()}, stream, indent=2, default=str)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-    fsync_folder(path.parent)
+    write_json(path, {**record, "time": time.time()}, indent=2, default=str)
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:

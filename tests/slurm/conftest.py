@@ -6,19 +6,16 @@ Start it with `scripts/slurm-dev-cluster up` (root, Debian/Ubuntu). Every test h
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import skip_unless_required
+from support import skip_unless_required
 
 from nnslurm.slurm import commands as slurm
 
-from .tools import Cluster, stop_background
+from .tools import Cluster, config_value, dev_cluster, stop_background
 
 HERE = Path(__file__).parent
 HOW = "start it with `scripts/slurm-dev-cluster up` (root), then rerun `pytest -m slurm`"
@@ -51,26 +48,42 @@ def cluster() -> Iterator[Cluster]:
 def idle_cluster(cluster: Cluster) -> Iterator[Cluster]:
     """Wait for other jobs to leave the node; cancel what this test submitted, afterwards."""
     cluster.wait_idle(timeout=180)
-    before = time.time()
     try:
         yield cluster
     finally:
         stop_background()
-        cluster.cancel_own(since=before)
+        cluster.cancel_own()
 
 
 @pytest.fixture
 def user_signal_preemption(cluster: Cluster) -> Iterator[None]:
     """preempt_send_user_signal on for one test (scripts/slurm-dev-cluster switches it), then off."""
-    script = HERE.parents[1] / "scripts" / "slurm-dev-cluster"
-    if os.geteuid() != 0 or not script.is_file():
-        skip_unless_required("switching preempt_send_user_signal needs root and scripts/slurm-dev-cluster")
-    subprocess.run(
-        [str(script), "set-preempt-user-signal", "on"], check=True, capture_output=True, timeout=60
-    )
+    dev_cluster("set-preempt-user-signal", "on")
     try:
         yield
     finally:
-        subprocess.run(
-            [str(script), "set-preempt-user-signal", "off"], check=True, capture_output=True, timeout=60
-        )
+        dev_cluster("set-preempt-user-signal", "off")
+
+
+@pytest.fixture
+def no_job_requeue(cluster: Cluster) -> Iterator[None]:
+    """JobRequeue=0 for one test, as on sites whose jobs are not requeuable unless they ask;
+    the previous value afterwards, whatever happens."""
+    previous = config_value("JobRequeue")
+    dev_cluster("set", "JobRequeue", "0")
+    try:
+        yield
+    finally:
+        dev_cluster("set", "JobRequeue", previous)
+
+
+@pytest.fixture
+def short_kill_wait(cluster: Cluster) -> Iterator[None]:
+    """KillWait 2 s for one test: after the limit's TERM no checkpoint would have time to land;
+    the previous value afterwards, whatever happens."""
+    previous = config_value("KillWait").split()[0]  # "10 sec"
+    dev_cluster("set", "KillWait", "2")
+    try:
+        yield
+    finally:
+        dev_cluster("set", "KillWait", previous)

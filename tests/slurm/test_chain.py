@@ -1,7 +1,10 @@
-"""The whole nnU-Net workflow as one chain on the real cluster: preprocess -> five folds x two
+"""The whole nnU-Net workflow as one chain on the real cluster: preprocess -> two folds x two
 configurations with --npz -> find best -> predict, with a training task preempted and the
-prediction job stopped by its walltime warning along the way; and a chain whose training fails
-for good, whose dependants SLURM cancels instead of leaving them pending."""
+prediction job stopped by its walltime warning along the way (two folds: find best and predict
+read a cross-validation of any number of folds; five only cost time); a chain whose training task
+is preempted on a PreemptMode=CANCEL partition, resubmitted by nnslurm, and whose find-best stage
+follows the new job; and a chain whose training fails for good, whose dependants SLURM cancels
+instead of leaving them pending."""
 
 from __future__ import annotations
 
@@ -12,11 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import TINY_PLANS, NnunetEnv, nnslurm
-from support import wait_for
+import pytest
+from support import PACED, TINY_PLANS, NnunetEnv, nnslurm, patience, wait_for
 
 from .tools import (
-    PACED,
     TRAINER,
     Background,
     Cluster,
@@ -24,8 +26,8 @@ from .tools import (
     events,
     job_env,
     kinds,
-    patient,
     report,
+    sh,
     wait_for_event,
 )
 
@@ -80,14 +82,14 @@ def test_the_whole_workflow_as_one_chain(
     env = job_env(dataset)
     cases = input_cases(dataset, tmp_path / "in", CASES)
     output = tmp_path / "out"
-    args = ["submit", "-d", "501", "--cross-validation", "-c", "2d", "-c", "3d_fullres", "-p", TINY_PLANS]
+    args = ["submit", "-d", "501", "--fold", "0-1", "-c", "2d", "-c", "3d_fullres", "-p", TINY_PLANS]
     args += [*PACED, "--epochs", str(EPOCHS), "--iterations-per-epoch", str(ITERATIONS)]
     args += ["--val-iterations-per-epoch", "1", "--npz", "--device", "cpu", "--preprocess"]
     args += ["--predict", str(tmp_path / "in"), str(output), "--executor", "slurm"]
     args += ["--log-dir", str(tmp_path / "logs"), "--wait"]
     waiting = Background.start(args, env, tmp_path / "submit.out")
     results = dataset.results
-    record = wait_for(lambda: _chain(results), patient(120), "the chain's record")
+    record = wait_for(lambda: _chain(results), patience(120), "the chain's record")
     idle_cluster.own.update(str(job["job_id"]) for job in record["jobs"])
     assert [job["stage"] for job in record["jobs"]] == [
         "preprocess",
@@ -105,7 +107,7 @@ def test_the_whole_workflow_as_one_chain(
     # The prediction job gets its walltime warning (the --signal SLURM sends before the limit)
     # once its first case is written; it stops at a case boundary and requeues itself.
     predict_job = job_of(record, "predict")
-    wait_for(lambda: _first_written(output), patient(900), "the prediction's first case")
+    wait_for(lambda: _first_written(output), patience(900), "the prediction's first case")
     subprocess.run(["scancel", "--signal=USR1", predict_job], check=True, timeout=30)
 
     code, said = waiting.finish(900)
@@ -115,11 +117,9 @@ def test_the_whole_workflow_as_one_chain(
     assert (dataset_results / "inference_information.json").is_file()
     for case in cases:
         assert readable(output / f"{case}.nii.gz"), case
-    assert (
-        not list((output / ".nnslurm" / "staging").glob("*"))
-        if (output / ".nnslurm" / "staging").exists()
-        else True
-    )
+    # Every case went through staging (nnslurm.workflow.outputs) and was published: none left there.
+    staging = output / ".nnslurm" / "staging"
+    assert staging.is_dir() and not list(staging.iterdir()), sorted(staging.rglob("*"))
 
     stopped = kinds(output / ".nnslurm", "stopped")
     requeued = kinds(output / ".nnslurm", "requeued")
@@ -130,7 +130,7 @@ def test_the_whole_workflow_as_one_chain(
     (chain,) = document["chains"]
     assert [stage["state"] for stage in chain["stages"]] == ["finished"] * 5, chain
     runs = document["runs"]
-    assert len(runs) == 10 and all(run["state"] == "finished" for run in runs)
+    assert len(runs) == 4 and all(run["state"] == "finished" for run in runs)
     preempted = [run for run in runs if run["interruptions"]["preemption"]]
     assert preempted, [run["interruptions"] for run in runs]
     for run in runs:  # at most one iteration redone per interruption
@@ -176,6 +176,84 @@ def _epoch(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text).timestamp()
+
+
+def test_a_chain_preempted_on_a_cancel_partition_follows_the_resubmitted_job(
+    idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path
+) -> None:
+    """train -> find best on the `cancel` partition (PreemptMode=CANCEL: SLURM never requeues).
+    The training task is preempted; nnslurm resubmits the run (afterany:OLD) and points the
+    find-best job at the new job (nnslurm.scheduler.redirect); find best runs and finishes, and the
+    chain's status names the training stage while find best waits for its new job."""
+    if "PreemptMode=CANCEL" not in sh(["scontrol", "show", "partition", "-o", "cancel"]):
+        pytest.fail(
+            "the dev cluster has no PreemptMode=CANCEL partition `cancel`: scripts/slurm-dev-cluster up"
+        )
+    started = time.time()
+    env = job_env(nnunet_env)
+    run_folder = nnunet_env.run_folder(TRAINER)
+    # Final validation stays on: find best reads the fold's validation.
+    args = ["submit", "-d", "501", "-f", "0", "-p", TINY_PLANS, *PACED, "--epochs", "3"]
+    args += ["--iterations-per-epoch", "60", "--val-iterations-per-epoch", "2", "--device", "cpu"]
+    args += ["--save-every-minutes", "60", "--find-best", "--partition", "cancel", "--cpus-per-task", "1"]
+    args += ["--time", "10", "--executor", "slurm", "--log-dir", str(tmp_path / "logs"), "--wait"]
+    waiting = Background.start(args, env, tmp_path / "submit.out")
+    record = wait_for(lambda: _chain(nnunet_env.results), patience(120), "the chain's record")
+    idle_cluster.own.update(str(job["job_id"]) for job in record["jobs"])
+    assert [job["stage"] for job in record["jobs"]] == ["train 3d_fullres", "find best"]
+    job_id, find_best = job_of(record, "train 3d_fullres"), job_of(record, "find best")
+    assert wait_for_event(run_folder, "submitted", 60)["job_id"] == job_id
+
+    wait_for_event(run_folder, "checkpoint", 300, reason="periodic")  # training, past epoch 0
+    idle_cluster.preempt()
+    resubmitted = wait_for_event(run_folder, "resubmitted", 90)
+    new_id = resubmitted["job_id"]
+    idle_cluster.own.add(new_id)
+    # The redirect: find best now waits for the new job (scontrol), and the chain's status says so
+    # by the stage's name while it waits.
+    wait_for(
+        lambda: f"Dependency=afterok:{new_id}" in sh(["scontrol", "show", "job", "-o", find_best]),
+        patience(60),
+        f"find best ({find_best}) to wait for the new job {new_id}",
+    )
+    (waiting_row,) = [
+        row for row in status_document(env)["chains"][0]["stages"] if row["stage"] == "find best"
+    ]
+    assert waiting_row["state"] == "waiting", waiting_row
+    assert waiting_row["detail"] == "waiting for train 3d_fullres (to succeed)", waiting_row
+
+    code, output = waiting.finish(600)
+    assert code == 0, output
+    assert "waiting for  (" not in output and "for  (" not in output, output  # no empty stage name
+    assert f"following its new job {new_id}" in output, output
+    assert idle_cluster.ended_states(find_best) == ["COMPLETED"]
+    assert (nnunet_env.results / "Dataset501_Synthetic" / "inference_information.json").is_file()
+    rewritten = dict(
+        next(job for job in chain_record(nnunet_env.results)["jobs"] if job["stage"] == "find best")[
+            "rewritten"
+        ]
+    )
+    assert rewritten == {find_best: f"afterok:{new_id}"}, rewritten
+
+    # The run itself (was test_other_sites.py::test_cancel_mode_preemption_resubmits): stopped once,
+    # resubmitted by nnslurm (not requeued), finished by the new job, <= 1 iteration redone.
+    story = check_story(run_folder, 60, 3)
+    assert story["stops"] == 1
+    (decision,) = kinds(run_folder, "decision")
+    assert decision["kind"] == "resubmit" and "PreemptMode=CANCEL" in decision["reason"]
+    assert (resubmitted["old_job_id"], resubmitted["by"]) == (job_id, "nnslurm") and new_id != job_id
+    assert not kinds(run_folder, "requeued")
+    assert [r["job_id"] for r in kinds(run_folder, "finished")] == [new_id]
+    # SLURM ran the old job once (never requeued) and the new one once.
+    assert "REQUEUED" not in idle_cluster.ended_states(job_id) and len(idle_cluster.states(job_id)) == 1
+    assert idle_cluster.ended_states(new_id) == ["COMPLETED"]
+    document = status_document(env)
+    (row,) = [run for run in document["runs"] if run["folder"] == str(run_folder)]
+    assert (row["job_id"], row["state"], row["job_ids"]) == (new_id, "finished", [job_id, new_id])
+    assert row["interruptions"]["preemption"] == 1
+    (chain,) = document["chains"]
+    assert [stage["state"] for stage in chain["stages"]] == ["finished", "finished"], chain
+    report("chain/cancel-mode preemption", started, old=job_id, new=new_id, redone=story["redone"])
 
 
 def test_a_training_that_fails_for_good_cancels_its_dependants(

@@ -5,13 +5,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import TINY_TRAINING, NnunetEnv, last_event, nnslurm, the_only_run_status
-from support import wait_for
+from support import NnunetEnv, last_event, nnslurm, patience, the_only_run_status, wait_for
 
 from nnslurm.commands.cancel import _user
 from nnslurm.slurm import commands as slurm
 
-from .tools import Cluster, patient
+from .tools import TRAINER, Cluster, job_env, paced_training
 
 USER = _user()
 
@@ -20,17 +19,19 @@ def test_status_cancel_logs_report_on_real_slurm(
     idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path
 ) -> None:
     """A real sbatch job: running in status, cancelled with scancel, its log and its picture."""
-    env = nnunet_env.env(nnUNet_n_proc_DA="0")
-    args = [*TINY_TRAINING, "--epochs", "6", "--iterations-per-epoch", "20", "--no-final-validation"]
+    # Paced (tests/slurm/tools.py): after the first epoch (>= 10 s) at least 200 iterations (>= 50 s)
+    # remain, so the job is still training when it is looked at and cancelled.
+    env = job_env(nnunet_env)
+    args = paced_training(6, 40)
     submitted = nnslurm(
         ["submit", "--executor", "slurm", "--log-dir", str(tmp_path / "logs"), "--time", "10", *args], env
     )
     assert submitted.returncode == 0, submitted.stderr
-    folder = nnunet_env.run_folder()
+    folder = nnunet_env.run_folder(TRAINER)
     job_id = str(last_event(folder, "submitted")["job_id"])  # type: ignore[index]
     idle_cluster.own.add(job_id)
     try:
-        wait_for(lambda: last_event(folder, "checkpoint"), patient(180), "the first epoch")
+        wait_for(lambda: last_event(folder, "checkpoint"), patience(180), "the first epoch")
         run = the_only_run_status(env)
         assert (run["state"], run["job_id"], run["executor"], run["scheduler_state"]) == (
             "running",
@@ -41,12 +42,12 @@ def test_status_cancel_logs_report_on_real_slurm(
 
         cancelled = nnslurm(["cancel", job_id], env)
         assert cancelled.returncode == 0, cancelled.stderr
-        decision = wait_for(lambda: last_event(folder, "decision"), patient(120), "the job's stop decision")
+        decision = wait_for(lambda: last_event(folder, "decision"), patience(120), "the job's stop decision")
         assert decision["kind"] == "cancel"
-        wait_for(lambda: slurm.query_scheduler([job_id]).get(job_id), patient(60), "sacct")  # type: ignore[union-attr]
+        wait_for(lambda: slurm.query_scheduler([job_id]).get(job_id), patience(60), "sacct")  # type: ignore[union-attr]
         wait_for(
             lambda: the_only_run_status(env)["scheduler_state"] == "CANCELLED",
-            patient(60),
+            patience(60),
             "the job to end as CANCELLED",
         )
         run = the_only_run_status(env)

@@ -1,22 +1,21 @@
 """The end-time rule on a real SLURM: jobs with no warning signal at all (the template with its
 `#SBATCH --signal` line removed, as a site's submit plugin or a user's own script would leave it)
-stop before their time limit, checkpoint and requeue; a TimeLimit shortened while the job runs
-is honoured; and with a KillWait too short for a save after the limit the stop still comes before
-the limit. Prints `[nnslurm scenario]` lines with the margin (docs/benchmarks.md)."""
+stop before their time limit, checkpoint and requeue, with a KillWait too short for a save after
+the limit (so the stop must come before it); and a TimeLimit shortened while the job runs is
+honoured. Both jobs (one CPU each) run side by side in one test. Prints `[nnslurm scenario]` lines
+with the margin (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NnunetEnv, nnslurm, skip_unless_required
+from support import NnunetEnv, nnslurm
 
 from nnslurm.slurm import commands as slurm
 
@@ -24,6 +23,7 @@ from .tools import (
     TRAINER,
     Cluster,
     check_story,
+    config_value,
     job_env,
     kinds,
     paced_training,
@@ -32,7 +32,6 @@ from .tools import (
     wait_for_event,
 )
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "slurm-dev-cluster"
 SAFETY_S = "15"
 # A 1-minute start stops ~16 s before its end (safety + an iteration + a checkpoint) and spends
 # ~15 s starting up: under 30 s of training, 120 paced iterations; 200 need at least two starts.
@@ -41,7 +40,7 @@ EPOCHS, ITERATIONS = 4, 50
 
 def no_signal_script(tmp_path: Path, env: dict[str, str], minutes: int, *train: str) -> Path:
     """`nnslurm template train` without its warning: no --signal line, no NNSLURM_WARNING_SIGNAL."""
-    script = tmp_path / "train.sbatch"
+    script = tmp_path / f"train-fold{train[train.index('-f') + 1]}.sbatch"
     rendered = nnslurm(
         [
             "template",
@@ -107,61 +106,44 @@ def check_end_time_stops(cluster: Cluster, job_id: str, run_folder: Path) -> dic
     return story
 
 
-def test_no_signal_job_stops_before_its_time_limit(
-    idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path
-) -> None:
-    started = time.time()
-    env = job_env(nnunet_env)
-    script = no_signal_script(tmp_path, env, 1, *paced_training(EPOCHS, ITERATIONS))
-    job_id = idle_cluster.sbatch(script, cwd=tmp_path)
-    assert idle_cluster.wait_done(job_id, 400) == "COMPLETED"
-    run_folder = nnunet_env.run_folder(TRAINER)
-    story = check_end_time_stops(idle_cluster, job_id, run_folder)
-    report("end-time/no signal", started, stops=story["stops"], redone=story["redone"], **margins(run_folder))
-
-
-@pytest.fixture
-def short_kill_wait(cluster: Cluster) -> Iterator[None]:
-    """KillWait 2 s for one test: after the limit's TERM no checkpoint would have time to land."""
-    if os.geteuid() != 0 or not SCRIPT.is_file():
-        skip_unless_required("switching KillWait needs root and scripts/slurm-dev-cluster")
-    subprocess.run([str(SCRIPT), "set", "KillWait", "2"], check=True, capture_output=True, timeout=60)
-    try:
-        yield
-    finally:
-        subprocess.run([str(SCRIPT), "set", "KillWait", "10"], check=True, capture_output=True, timeout=60)
-
-
 @pytest.mark.usefixtures("short_kill_wait")
-def test_no_signal_job_with_a_short_kill_wait(
+def test_no_signal_jobs_stop_before_their_time_limit(
     idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path
 ) -> None:
+    """Fold 0: a 1-minute job stops before each limit by the end-time rule alone and requeues
+    until it finished; its stop's checkpoint is durable before the limit, not in KillWait (2 s).
+    Fold 1: 10 minutes at submission, shortened to about a minute from now while training: it stops
+    before the new EndTime (re-read every 5 s) and requeues. Then it is cancelled: that is all."""
     started = time.time()
-    assert "KillWait                = 2 sec" in slurm.run_command(["scontrol", "show", "config"]).stdout
+    assert config_value("KillWait") == "2 sec"
     env = job_env(nnunet_env)
-    script = no_signal_script(tmp_path, env, 1, *paced_training(EPOCHS, ITERATIONS))
+    script = no_signal_script(tmp_path, env, 1, *paced_training(EPOCHS, ITERATIONS, "0"))
     job_id = idle_cluster.sbatch(script, cwd=tmp_path)
+    run_folder = nnunet_env.run_folder(TRAINER, fold="0")
+    shortened = shorten_while_running(idle_cluster, nnunet_env, env, tmp_path)
+
     assert idle_cluster.wait_done(job_id, 400) == "COMPLETED"
-    run_folder = nnunet_env.run_folder(TRAINER)
     story = check_end_time_stops(idle_cluster, job_id, run_folder)
     # Before the limit, not in KillWait: the stop's checkpoint was durable with time to spare.
     for stop, signal in zip(kinds(run_folder, "stopped"), kinds(run_folder, "signal"), strict=True):
         assert signal["time_left_s"] - stop["checkpoint_seconds"] > 0
     report(
-        "end-time/KillWait 2", started, stops=story["stops"], redone=story["redone"], **margins(run_folder)
+        "end-time/no signal, KillWait 2",
+        started,
+        stops=story["stops"],
+        redone=story["redone"],
+        **margins(run_folder),
     )
+    report("end-time/TimeLimit shortened", started, **shortened)
 
 
-def test_shortened_time_limit_is_honoured(
-    idle_cluster: Cluster, nnunet_env: NnunetEnv, tmp_path: Path
-) -> None:
-    """10 minutes at submission, shortened to about a minute from now while training: the job stops
-    before the new EndTime (re-read every 5 s) and requeues. Then it is cancelled: that is all."""
-    began = time.time()
-    env = job_env(nnunet_env)
-    script = no_signal_script(tmp_path, env, 10, *paced_training(10, 100), "--end-time-refresh", "5")
-    job_id = idle_cluster.sbatch(script, cwd=tmp_path)
-    run_folder = nnunet_env.run_folder(TRAINER)
+def shorten_while_running(
+    cluster: Cluster, nnunet_env: NnunetEnv, env: dict[str, str], tmp_path: Path
+) -> dict[str, Any]:
+    """Fold 1's job, its TimeLimit shortened once it trains; returns what to report."""
+    script = no_signal_script(tmp_path, env, 10, *paced_training(10, 100, "1"), "--end-time-refresh", "5")
+    job_id = cluster.sbatch(script, cwd=tmp_path)
+    run_folder = nnunet_env.run_folder(TRAINER, fold="1")
     wait_for_event(run_folder, "started", 180)
     info = slurm.job_info(job_id)
     assert info.state == "RUNNING" and info.run_time_s is not None and info.start_time is not None
@@ -177,10 +159,9 @@ def test_shortened_time_limit_is_honoured(
     (decision,) = kinds(run_folder, "decision")
     assert (decision["kind"], requeued["by"], requeued["reason"]) == ("walltime", "nnslurm", "walltime")
     wait_for_event(run_folder, "resumed", 120)  # the requeued job started again
-    report(
-        "end-time/TimeLimit shortened",
-        began,
-        new_limit_min=minutes,
-        stop_after_update_s=round(signal["time"] - updated_at, 1),
+    subprocess.run(["scancel", job_id], check=False, capture_output=True, timeout=30)
+    return {
+        "new_limit_min": minutes,
+        "stop_after_update_s": round(signal["time"] - updated_at, 1),
         **margins(run_folder),
-    )
+    }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -10,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import TINY_PLANS, NnunetEnv
-from support import wait_for
+from support import PACED, TINY_PLANS, NnunetEnv, patience, skip_unless_required, wait_for
 
-from nnslurm.commands.synthetic import PACED_TRAINER
+from nnslurm.commands.synthetic import MIN_ITERATION_ENV, MIN_ITERATION_RESUMED_ENV
 from nnslurm.slurm import commands as slurm
 
 DONE_STATES = (
@@ -31,16 +32,15 @@ DONE_STATES = (
 # training outlasts what each scenario waits for on any machine, however fast: after the epoch-0
 # checkpoint, 120 iterations (>= 30 s) remain, more than the 20 s GraceTime before a preempted job
 # hears TERM; 150 iterations (>= 37 s) outlast the training a 1-minute start has before its warning.
+# Only the start that is to be interrupted is paced: once the trainer has resumed from a checkpoint
+# it goes at full speed (NNSLURM_MIN_ITERATION_S_RESUMED=0), unless a scenario needs a second stop.
 EPOCHS, ITERATIONS = 3, 60
 LONG_EPOCHS, LONG_ITERATIONS = 3, 50
 MIN_ITERATION_S = "0.25"
 TRAINER = "nnUNetTrainerPaced"
-PACED = ["-tr", PACED_TRAINER]
-RUN = [
+RUN = [  # the fold: paced_training()
     "-d",
     "501",
-    "-f",
-    "0",
     "-p",
     TINY_PLANS,
     "--val-iterations-per-epoch",
@@ -54,35 +54,35 @@ RUN = [
 ]
 
 
-# Every wait here is for an event, with a limit only against hangs. The SLURM tests run beside the
-# rest of the suite (scripts/run-tests), so their jobs share the CPUs with other trainings: measured,
-# a paced epoch took 140 s instead of 15 s then. The limits are this many times what an idle
-# machine needs; a run that goes well never waits longer for them.
-PATIENCE = 3
+# Every wait here is for an event, with a limit only against hangs, scaled by the suite's one
+# patience factor (support.patience, NNSLURM_TEST_PATIENCE). The SLURM tests run beside the rest of
+# the suite (scripts/run-tests), so their jobs share the CPUs with other trainings: measured, a
+# paced epoch took 140 s instead of 15 s then.
 
 
-def patient(seconds: float) -> float:
-    return seconds * PATIENCE
+def paced_training(epochs: int, iterations: int, fold: str = "0") -> list[str]:
+    return [*RUN, "-f", fold, "--epochs", str(epochs), "--iterations-per-epoch", str(iterations)]
 
 
-def paced_training(epochs: int, iterations: int) -> list[str]:
-    return [*RUN, "--epochs", str(epochs), "--iterations-per-epoch", str(iterations)]
-
-
-def job_env(nnunet_env: NnunetEnv) -> dict[str, str]:
+def job_env(nnunet_env: NnunetEnv, pace_later_starts: bool = False) -> dict[str, str]:
+    """The jobs' environment. Later starts (after a resume) unpaced unless `pace_later_starts`:
+    only a scenario that must stop a resumed start too (the requeue cap) pays for its pace."""
     # Single-process augmentation: two cores, and the node is shared by two jobs in some tests.
-    return nnunet_env.env(nnUNet_n_proc_DA="0", NNSLURM_MIN_ITERATION_S=MIN_ITERATION_S)
+    later = MIN_ITERATION_S if pace_later_starts else "0"
+    return nnunet_env.env(
+        nnUNet_n_proc_DA="0", **{MIN_ITERATION_ENV: MIN_ITERATION_S, MIN_ITERATION_RESUMED_ENV: later}
+    )
 
 
 def template_setup(env: dict[str, str]) -> list[str]:
     """The template's setup block: sbatch runs the script with the submitting shell's environment,
     which is pytest's, not the test's; only the nnUNet_* variables are exported by the template."""
-    exports = f"PYTHONPATH={env['PYTHONPATH']} NNSLURM_MIN_ITERATION_S={MIN_ITERATION_S}"
-    return ["--setup", f"export {exports}"]
+    paces = " ".join(f"{name}={env[name]}" for name in (MIN_ITERATION_ENV, MIN_ITERATION_RESUMED_ENV))
+    return ["--setup", f"export PYTHONPATH={env['PYTHONPATH']} {paces}"]
 
 
-def submit_args(log_dir: Path, *extra: str) -> list[str]:
-    return ["submit", "--executor", "slurm", "--log-dir", str(log_dir), "--wait", *extra]
+def submit_args(log_dir: Path, *extra: str, wait: bool = True) -> list[str]:
+    return ["submit", "--executor", "slurm", "--log-dir", str(log_dir), *(["--wait"] if wait else []), *extra]
 
 
 def report(name: str, started: float, **facts: object) -> None:
@@ -93,6 +93,23 @@ def report(name: str, started: float, **facts: object) -> None:
 
 def sh(argv: list[str], timeout: float = 30) -> str:
     return slurm.run_command(argv, timeout).stdout
+
+
+DEV_CLUSTER = Path(__file__).parents[2] / "scripts" / "slurm-dev-cluster"
+
+
+def dev_cluster(*args: str) -> None:
+    """One `scripts/slurm-dev-cluster` command that changes the cluster (root only)."""
+    if os.geteuid() != 0 or not DEV_CLUSTER.is_file():
+        skip_unless_required(f"`slurm-dev-cluster {' '.join(args)}` needs root and {DEV_CLUSTER}")
+    subprocess.run([str(DEV_CLUSTER), *args], check=True, capture_output=True, timeout=60)
+
+
+def config_value(key: str) -> str:
+    """One setting of the running controller (`scontrol show config`), e.g. "10 sec" for KillWait."""
+    found = re.search(rf"^{key}\s*=\s*(.*)$", sh(["scontrol", "show", "config"]), re.MULTILINE)
+    assert found, f"scontrol show config has no {key}"
+    return found.group(1).strip()
 
 
 @dataclass
@@ -109,17 +126,38 @@ class Cluster:
         return sh(["squeue", "-h", "-o", "%i"]).split()
 
     def wait_idle(self, timeout: float) -> None:
-        """Other people's jobs on a shared dev cluster would delay ours; give them a moment."""
-        deadline = time.time() + timeout
-        while self.queue() and time.time() < deadline:
-            time.sleep(2)
+        """Other people's jobs on a shared dev cluster would delay ours and share our CPUs: wait
+        until the queue is empty, and fail naming the jobs still there after `timeout` (patient)."""
 
-    def cancel_own(self, since: float) -> None:
-        queued = set(self.queue())
+        def idle() -> bool:
+            return not self.queue()
+
+        try:
+            wait_for(idle, patience(timeout), "the cluster's queue to empty", interval=2.0)
+        except AssertionError as error:
+            left = sh(["squeue", "-h", "-o", "%i %u %P %T %M %j"])
+            raise AssertionError(
+                f"{error}; still queued (JOBID USER PARTITION STATE TIME NAME):\n{left}"
+            ) from None
+
+    def cancel_own(self) -> None:
+        """scancel every job the test submitted that SLURM still holds (pending, running, ending)."""
+        queued = {q.split("_")[0] for q in self.queue()}
         for job_id in sorted(self.own):
-            if job_id.split("_")[0] in {q.split("_")[0] for q in queued}:
+            if job_id.split("_")[0] in queued:
                 subprocess.run(["scancel", job_id], capture_output=True, timeout=30, check=False)
         self.own.clear()
+
+    def wait_gone(self, job_id: str, timeout: float) -> None:
+        """Until SLURM holds the job no more: not pending, running or completing (squeue lists
+        none of them), so nothing can requeue or restart it any longer. A job requeued after all
+        would be PENDING again and keep this waiting: the wait fails and says so."""
+        base = job_id.split("_")[0]
+
+        def gone() -> bool:
+            return base not in {queued.split("_")[0] for queued in self.queue()}
+
+        wait_for(gone, patience(timeout), f"job {job_id} to leave the queue (ended for good)", interval=1.0)
 
     def preempt(self, cpus: int | None = None, seconds: int = 2) -> str:
         """A `high` job that needs CPUs of the node (all of them unless told): SLURM preempts a
@@ -178,7 +216,7 @@ class Cluster:
             states = self.states(job_id)
             return states[-1] if states and states[-1] in DONE_STATES else None
 
-        return wait_for(finished, patient(timeout), f"job {job_id} to end", interval=1.0)
+        return wait_for(finished, patience(timeout), f"job {job_id} to end", interval=1.0)
 
 
 def events(run_folder: Path) -> list[dict[str, Any]]:
@@ -200,7 +238,7 @@ def wait_for_event(
         return hits[count - 1] if len(hits) >= count else None
 
     return wait_for(
-        found, patient(timeout), f"event {kind!r} #{count} {match or ''} in {run_folder}", interval=0.5
+        found, patience(timeout), f"event {kind!r} #{count} {match or ''} in {run_folder}", interval=0.5
     )
 
 
@@ -238,7 +276,7 @@ class Background:
 
     def finish(self, timeout: float) -> tuple[int, str]:
         try:
-            code = self.process.wait(timeout=patient(timeout))
+            code = self.process.wait(timeout=patience(timeout))
         except subprocess.TimeoutExpired as error:
             self.process.kill()
             raise AssertionError(

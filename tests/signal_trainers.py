@@ -23,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnslurm.commands.synthetic import MIN_ITERATION_ENV, min_iteration_s
@@ -102,23 +101,8 @@ def __getattr__(name: str) -> type:
 
 @functools.cache
 def _with_signals(trainer: str) -> type:
-    import nnunetv2
-    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+    from nnslurm.core.nnunet import find_trainer_class  # as `-tr NAME` finds it for a user
 
-    folder = os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer")
-    base = recursive_find_python_class(folder, trainer, "nnunetv2.training.nnUNetTrainer")
-    if base is None:
-        raise AttributeError(f"nnU-Net ships no trainer {trainer!r}")
-    return type(VARIANT_PREFIX + trainer, (_SignalPoints, base), {"__module__": __name__})
-
-
-class nnUNetTrainerBigState(nnUNetTrainer):
-    """Carries NNSLURM_TEST_PADDING_MB of extra weights so a checkpoint write takes a while."""
-
-    def initialize(self) -> None:
-        super().initialize()
-        megabytes = int(os.environ.get("NNSLURM_TEST_PADDING_MB", "200"))
-        self.network.register_buffer("nnslurm_test_padding", torch.ones(megabytes * 262144))
-
-    def train_step(self, batch: dict) -> dict:
-        return _paced(super().train_step, batch)
+    return type(
+        VARIANT_PREFIX + trainer, (_SignalPoints, find_trainer_class(trainer)), {"__module__": __name__}
+    )

@@ -5,20 +5,24 @@ before that end with a checkpoint, records why, and requeues itself."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import pytest
-from support import TINY_PLANS, NnunetEnv, nnslurm
+from support import TINY_PLANS, NnunetEnv, nnslurm, patience
 
 from nnslurm import EXIT_RESUMABLE
 from nnslurm.commands.synthetic import PACED_TRAINER
 
 pytestmark = pytest.mark.nnunet
 
-LEFT_S = 25  # EndTime = the first `scontrol show job` + this
+# EndTime = the first `scontrol show job` + this: room for the rest of start-up and some training,
+# more on a busier machine (the patience factor)
+LEFT_S = round(patience(8))
 SAFETY_S = 8
-EPOCHS, ITERATIONS = 6, 40  # 240 iterations of at least 0.2 s: no start can finish inside LEFT_S
+# iterations of at least 0.2 s (paced), twice LEFT_S of them: no start can finish inside LEFT_S
+EPOCHS, ITERATIONS = 6, max(40, math.ceil(2 * LEFT_S / 0.2 / 6))
 
 # EndTime counts from the first call (the training process's first read), whatever the start-up took.
 FAKE_SCONTROL = """#!/bin/bash
@@ -56,7 +60,7 @@ def test_train_stops_before_the_end_time_without_a_signal(nnunet_env: NnunetEnv,
         "--epochs", str(EPOCHS), "--iterations-per-epoch", str(ITERATIONS), "--val-iterations-per-epoch", "2",
         "--no-final-validation", "--end-time-safety", str(SAFETY_S), "--end-time-refresh", "5",
     ]  # fmt: skip
-    result = nnslurm(args, env, timeout=240)
+    result = nnslurm(args, env, timeout=patience(80))
     assert result.returncode == EXIT_RESUMABLE, result.stderr[-3000:]
     folder = nnunet_env.run_folder("nnUNetTrainerPaced")
     records = [json.loads(line) for line in (folder / "nnslurm_events.jsonl").read_text().splitlines()]
@@ -81,7 +85,7 @@ def test_train_stops_before_the_end_time_without_a_signal(nnunet_env: NnunetEnv,
     # The requeued job's next start (EndTime anew from its first read) resumes exactly there, and
     # stops by the rule again: no iteration redone, each stop its own walltime self-requeue.
     (tmp_path / "first-call").unlink()
-    again = nnslurm(args, env, timeout=240)
+    again = nnslurm(args, env, timeout=patience(80))
     assert again.returncode == EXIT_RESUMABLE, again.stderr[-3000:]
     records = [json.loads(line) for line in (folder / "nnslurm_events.jsonl").read_text().splitlines()]
     (resume,) = [r for r in records if r["event"] == "resumed"]

@@ -4,18 +4,32 @@ and resumed, with real nnU-Net training and no SLURM."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import pytest
-from support import TINY_PLANS, TINY_TRAINING, NnunetEnv, nnslurm, read_events, wait_for
+from support import (
+    TINY_PLANS,
+    TINY_TRAINING,
+    NnunetEnv,
+    nnslurm,
+    patience,
+    read_events,
+    wait_for,
+)
 
 from nnslurm.commands.synthetic import PACED_TRAINER
 
 pytestmark = pytest.mark.nnunet
 
-# >= 0.5 s per iteration (paced): 60 iterations outlast the 25 s a start has before its warning, anywhere
-EPOCHS, ITERATIONS = 3, 20
+# The warning comes this long after a start (--time minus --signal-delay): start-up and some
+# training, more on a busier machine (the patience factor). At >= 0.5 s per iteration (paced), the
+# iterations of a run outlast it by a few epochs' worth, anywhere.
+SIGNAL_DELAY_S = 15
+WARNING_AFTER_S = round(patience(25 / 3))
+EPOCHS, ITERATIONS = 3, max(20, math.ceil(WARNING_AFTER_S / 0.5 / 3) + 4)
+JOB_TIME = "{}:{:02d}".format(*divmod(WARNING_AFTER_S + SIGNAL_DELAY_S, 60))  # M:SS
 
 
 def test_local_executor_stops_requeues_and_finishes(nnunet_env: NnunetEnv, tmp_path: Path) -> None:
@@ -44,15 +58,15 @@ def test_local_executor_stops_requeues_and_finishes(nnunet_env: NnunetEnv, tmp_p
             "cpu",
             "--no-final-validation",
             "--time",
-            "0:40",
+            JOB_TIME,
             "--signal-delay",
-            "15",
+            str(SIGNAL_DELAY_S),
             "--log-dir",
             str(tmp_path / "logs"),
             "--wait",
         ],
         env,
-        timeout=400,
+        timeout=patience(140),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "finished [COMPLETED]" in result.stdout, result.stdout  # launch.job_state: a result pickle
@@ -90,17 +104,21 @@ def test_local_submit_without_wait_returns_at_once_and_leaves_a_clean_log_folder
     result = nnslurm(
         ["submit", "--executor", "local", *TINY_TRAINING, "--no-final-validation", "--log-dir", str(logs)],
         nnunet_env.env(),
-        timeout=120,
+        timeout=patience(40),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run_folder = nnunet_env.run_folder()
     assert "finished" not in [e["event"] for e in read_events(run_folder)]  # returned while it trains
-    wait_for(lambda: "finished" in [e["event"] for e in read_events(run_folder)], 240, "the run to finish")
+    wait_for(
+        lambda: "finished" in [e["event"] for e in read_events(run_folder)], patience(80), "the run to finish"
+    )
     assert read_events(run_folder)[-1]["event"] == "finished"
     assert (run_folder / "checkpoint_final.pth").is_file()
     (job_id,) = {e["job_id"] for e in read_events(run_folder)}
     job_folder = logs / job_id.removeprefix("local-")
-    wait_for(lambda: list(job_folder.glob("*_result.pkl")), 60, "the job's result pickle (its last file)")
+    wait_for(
+        lambda: list(job_folder.glob("*_result.pkl")), patience(20), "the job's result pickle (its last file)"
+    )
     folders = sorted(p.name for p in logs.iterdir() if p.is_dir())
     assert folders == [job_id.removeprefix("local-")], folders  # no literal "%j" folder beside it
     assert (logs / "local-controller.log").is_file()

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from support import (
     Output,
     ctrl_c_as_at_a_terminal,
     nnslurm,
+    patience,
     read_events,
     run_on_a_terminal,
     started,
@@ -64,7 +66,8 @@ def test_status_json_holds_the_true_values(interrupted_run: tuple[NnunetEnv, Pat
     last_checkpoint = [e for e in events if e["event"] == "checkpoint"][-1]
     assert checkpoint["file"] == last_checkpoint["path"] == "checkpoint_final.pth"
     assert (checkpoint["epoch"], checkpoint["iteration"]) == (3, 0)
-    assert 0 <= checkpoint["age_s"] < 600
+    # its age is the time since the log's checkpoint record (the run is built once per session: old)
+    assert checkpoint["age_s"] == pytest.approx(time.time() - last_checkpoint["time"], abs=patience(10))
     assert run["iterations_per_s"] > 0 and run["remaining_s"] == 0.0 and run["eta"] is None
     assert run["last_error"] is None and run["last_event"] == "finished"
 
@@ -367,7 +370,7 @@ def test_colours_only_on_a_terminal(slurm_runs: Path, terminal: Callable[..., st
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=patience(20),
     )
     assert "\x1b[" not in plain.stdout and "requeued" in plain.stdout
 
@@ -387,9 +390,9 @@ def test_watch_refreshes_until_interrupted(slurm_runs: Path) -> None:
         assert process.stdout is not None and process.stderr is not None
         output = Output(process.stdout)
         marker = "\n" if extra else "nnslurm status"  # one JSON document per line, or a title per table
-        wait_for(lambda seen=output, mark=marker: seen.text.count(mark) >= 2, 120, "two refreshes")
+        wait_for(lambda seen=output, mark=marker: seen.text.count(mark) >= 2, patience(40), "two refreshes")
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
+        process.wait(timeout=patience(10))
         out, err = output.rest(), process.stderr.read()
         assert process.returncode == 0, err
         if extra:

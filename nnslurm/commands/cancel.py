@@ -26,7 +26,7 @@ from nnslurm.runs.history import History, Outcome, read_history
 from nnslurm.runs.state import RunState
 from nnslurm.runs.status import live_process, run_status
 from nnslurm.slurm.commands import cancel as scancel
-from nnslurm.slurm.environment import is_local_job, is_slurm_job
+from nnslurm.slurm.job_ids import is_local_job, is_slurm_job
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from nnslurm.runs.history import History, read_history
 from nnslurm.runs.state import TERMINAL_STATES
 from nnslurm.runs.status import run_status
 from nnslurm.slurm.commands import job_info
-from nnslurm.slurm.environment import LOCAL_PREFIX, is_slurm_job
+from nnslurm.slurm.job_ids import is_slurm_job, submitit_id
 
 EPILOG = """\
 Where the files are found, for each job of the run:
@@ -102,7 +102,7 @@ def job_logs(folder: Path, job_id: str | None, results: Path | None) -> list[Job
 
 
 def find_files(job_id: str, history: History, results: Path | None) -> list[Path]:
-    bare = job_id.removeprefix(LOCAL_PREFIX)
+    bare = submitit_id(job_id)
     folders = [
         Path(str(record["log_folder"]))
         for record in history.submitted

@@ -16,7 +16,6 @@ from typing import TypeVar
 
 from nnslurm.core.cluster import (
     DEFAULT_SIGNAL_DELAY_S,
-    DEFAULT_TIME_S,
     ClusterSettings,
     parse_sbatch_arg,
     resolve,
@@ -30,7 +29,7 @@ from nnslurm.core.config import (
     parse_signal_list,
 )
 from nnslurm.core.errors import UsageError
-from nnslurm.core.timeparse import format_time, parse_time
+from nnslurm.core.timeparse import parse_time
 from nnslurm.training.weights_file import check_weights_file
 
 logger = logging.getLogger(__name__)
@@ -324,13 +323,13 @@ def add_length_arguments(
 
 
 def add_time_argument(group: argparse._ActionsContainer, default: str | None = None) -> None:
-    """--time; None: the profile's, else ClusterSettings'."""
+    """--time; None: the profile's, else ClusterSettings' (24:00:00)."""
     group.add_argument(
         "--time",
         type=checked(parse_time),
         default=default,
         help="time limit per start, SLURM's formats: 90 (minutes), 0:45 (45 s), 1:30:00, "
-        f"2-00:00:00 (default: {default or format_time(DEFAULT_TIME_S)}; SLURM rounds up to whole minutes)",
+        f"2-00:00:00 (default: {default or '24:00:00'}; SLURM rounds up to whole minutes)",
     )
 
 

@@ -162,9 +162,9 @@ def wait_for_chain(
 def _local_controller_alive(record: ChainRecord) -> bool:
     """A local chain is one job: once its controller is gone, nothing more will happen."""
     from nnslurm.core.processes import process_alive
-    from nnslurm.slurm.environment import LOCAL_PREFIX
+    from nnslurm.slurm.job_ids import local_pid
 
-    job_id = record.jobs[0].job_id
-    if record.executor == "slurm" or not job_id.startswith(LOCAL_PREFIX):
+    controller = local_pid(record.jobs[0].job_id)
+    if record.executor == "slurm" or controller is None:
         return True
-    return process_alive(int(job_id.removeprefix(LOCAL_PREFIX)))
+    return process_alive(controller)

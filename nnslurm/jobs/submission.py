@@ -41,7 +41,8 @@ from nnslurm.jobs.training_job import TrainingJob
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.scheduler.policy import requeue_cap
 from nnslurm.scheduler.resubmit import ResubmittedJob, after_job
-from nnslurm.slurm.environment import WARNING_SIGNAL_ENV, submitted_event_id
+from nnslurm.slurm.environment import WARNING_SIGNAL_ENV
+from nnslurm.slurm.job_ids import submitted_event_id
 
 logger = logging.getLogger(__name__)
 

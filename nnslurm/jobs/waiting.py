@@ -16,7 +16,7 @@ from nnslurm.jobs.submission import run_folder
 from nnslurm.runs.events import POSITION_EVENTS, Event, read_events
 from nnslurm.runs.history import submission_time
 from nnslurm.slurm.commands import SchedulerJob, job_info, query_scheduler
-from nnslurm.slurm.states import is_live, requeue_follows
+from nnslurm.slurm.states import JobState, Phase, is_live, phase, requeue_follows
 
 if TYPE_CHECKING:
     from nnslurm.jobs.submission import Submission
@@ -69,17 +69,19 @@ def job_state(job: submitit.Job[Any], since: float | None = None) -> tuple[str, 
     if job.paths.result_pickle.exists():
         error = job.exception()
         if error is None:
-            return FINISHED, "COMPLETED"
+            return FINISHED, str(JobState.COMPLETED)
         lines = [line for line in str(error).splitlines() if line.strip() and not line.startswith("---")]
         message = next((line for line in reversed(lines) if "Error" in line or "HINT" in line), lines[-1])
         return FAILED, message.strip()
-    state = str(job.state)  # submitit's word: sacct's newest record under the job's id
+    state = str(job.state)  # submitit's word: sacct's newest record under the job's id, maybe not ours
     answer = scheduler_answer(job, since)
     if answer is not None and is_live(answer.state):
-        return RUNNING, answer.state  # an older job's record under its id said it ended: not this job
+        # Not over, whatever submitit read: SLURM requeued the job, or that record was an older
+        # job's with the same id (ids start again after a controller's state is reset).
+        return RUNNING, f"{state}, requeued by SLURM" if requeue_follows(state) else answer.state
     if answer is not None and answer.state != state.split(maxsplit=1)[0]:
         state = answer.state  # this job's own record, not an older job's
-    if state.startswith("CANCELLED") or state == "INTERRUPTED":
+    if phase(state) == Phase.CANCELLED or state == "INTERRUPTED":  # INTERRUPTED: submitit's local job
         return CANCELLED, state
     # A job with --requeue that SLURM requeues (its node failed, it was preempted) shows its end in
     # sacct, which submitit takes for the end, until it is PENDING again (measured: a node failure's

@@ -9,7 +9,7 @@ from pathlib import Path
 from nnslurm.core.errors import NnslurmError
 from nnslurm.runs.events import EVENTS_FILE
 from nnslurm.runs.history import read_history
-from nnslurm.slurm.environment import local_event_id
+from nnslurm.slurm.job_ids import belongs_to
 
 _FOLDER = re.compile(r"^(?P<trainer>.+)__(?P<plans>.+)__(?P<configuration>[^_].*)$")
 
@@ -91,4 +91,4 @@ def resolve(target: str, results: Path | None) -> list[tuple[Path, str | None]]:
 
 def job_matches(job: str, wanted: str) -> bool:
     """'123' matches '123' and the array tasks '123_0', ...; 'local-77' and '77' match 'local-77'."""
-    return job == wanted or job.startswith(f"{wanted}_") or job == local_event_id(wanted)
+    return belongs_to(job, wanted)

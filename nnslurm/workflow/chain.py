@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from nnslurm.core.errors import NnslurmError, UsageError
 from nnslurm.core.locations import chains_folder, output_state_folder
 from nnslurm.runs.chains import ChainJob, ChainRecord, write_record
+from nnslurm.slurm.job_ids import array_job, submitted_event_id
 from nnslurm.workflow.plan import Stage, StageKind, WorkflowSpec, dependency_expression, plan_stages
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ def submit_chain(spec: WorkflowSpec, submission: Submission, cpu_partition: str 
             if stage.kind == StageKind.TRAIN:
                 stage_submission = dataclasses.replace(submission, jobs=stage.jobs, job_name=name)
                 jobs = launch.submit(stage_submission, dependency=dependency)
-                job_id = str(jobs[0].job_id).split("_")[0] if len(jobs) > 1 else str(jobs[0].job_id)
+                job_id = array_job(str(jobs[0].job_id))  # the array of the stage's tasks
                 task_ids = tuple(str(job.job_id) for job in jobs)
             else:
                 where = submission if stage.gpu else cpu_submission(submission, cpu_partition)
@@ -213,7 +214,6 @@ def submit_local_chain(spec: WorkflowSpec, submission: Submission) -> ChainRecor
     import submitit
 
     from nnslurm.jobs import submission as launch
-    from nnslurm.slurm.environment import submitted_event_id
 
     stages = plan_stages(spec)
     executor = launch.make_executor(submission)

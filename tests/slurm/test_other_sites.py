@@ -112,8 +112,9 @@ def job_processes(job_id: str) -> list[int]:
 
 
 def _epoch_begun(run_folder: Path, epoch: int) -> bool:
-    """nnU-Net's training log has the line it writes when epoch `epoch` begins."""
-    return any(f"Epoch {epoch}\n" in log.read_text() for log in run_folder.glob("training_log_*.txt"))
+    """nnU-Net's training log has the line it writes when epoch `epoch` begins ("<time>: Epoch 1 ")."""
+    lines = [line for log in run_folder.glob("training_log_*.txt") for line in log.read_text().splitlines()]
+    return any(line.partition(": ")[2].strip() == f"Epoch {epoch}" for line in lines)
 
 
 def node_state(name: str) -> str:

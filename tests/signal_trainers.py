@@ -1,4 +1,6 @@
-"""Trainers for tests: nnU-Net's trainer that raises real signals at chosen points of the loop.
+"""Trainers for tests: nnU-Net's trainer that raises real signals at chosen points of the loop
+(nnUNetTrainerSignals; `Signals_<trainer>`: the same points over any trainer nnU-Net ships), and
+one whose checkpoints are big (nnUNetTrainerBigState).
 
 NNSLURM_TEST_SIGNALS="1:3,2:0,v1:1,final" sends SIGNNSLURM_TEST_SIGNAL (default USR1) to its own
 process at epoch 1 iteration 3, epoch 2 iteration 0, in epoch 1's validation step 1, and during
@@ -8,7 +10,7 @@ the final validation ("startup": at the end of on_train_start, before the first 
 NNSLURM_TEST_AFTER_SIGNAL_S seconds (default 0) before it continues: a phase without an iteration
 boundary that outlasts --stop-deadline.
 
-With NNSLURM_MIN_ITERATION_S set, both trainers here are paced as nnslurm's own paced trainer
+With NNSLURM_MIN_ITERATION_S set, the trainers here are paced as nnslurm's own paced trainer
 (nnslurm/commands/synthetic.py): each training iteration takes at least that long, so a test that
 must interrupt the run mid-way finds it still training however fast the machine. Unset: unpaced.
 """
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnslurm.commands.synthetic import MIN_ITERATION_ENV, min_iteration_s
@@ -106,3 +109,15 @@ def _with_signals(trainer: str) -> type:
     return type(
         VARIANT_PREFIX + trainer, (_SignalPoints, find_trainer_class(trainer)), {"__module__": __name__}
     )
+
+
+class nnUNetTrainerBigState(nnUNetTrainer):
+    """Carries NNSLURM_TEST_PADDING_MB of extra weights so a checkpoint write takes a while."""
+
+    def initialize(self) -> None:
+        super().initialize()
+        megabytes = int(os.environ.get("NNSLURM_TEST_PADDING_MB", "200"))
+        self.network.register_buffer("nnslurm_test_padding", torch.ones(megabytes * 262144))
+
+    def train_step(self, batch: dict) -> dict:
+        return _paced(super().train_step, batch)

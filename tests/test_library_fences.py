@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,10 @@ def test_pid_exists_and_process_alive() -> None:
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "nnslurm-marker"])
     try:
         assert pid_exists(sleeper.pid)
+        cmdline = Path(f"/proc/{sleeper.pid}/cmdline")
+        deadline = time.monotonic() + 30
+        while b"nnslurm-marker" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)  # between fork and exec it still shows pytest's command line
         assert process_alive(sleeper.pid)  # its command line names nnslurm
         assert not process_alive(sleeper.pid, names=(b"something-else",))  # a reused pid, as it were
         assert pid_exists(1)  # another user's process (init): kill(0) says EPERM, it exists
@@ -120,3 +125,26 @@ def test_process_alive_without_proc_trusts_kill(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(Path, "read_bytes", no_proc)
     assert process_alive(os.getpid(), names=(b"nothing-here",))
+
+
+def test_the_prediction_lock_says_predicted_into_with_its_own_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock's refusal names what the folder is used for (no rewriting of a training's text)."""
+    import errno
+
+    from nnslurm.core.errors import RunLockedError
+    from nnslurm.training import lock
+    from nnslurm.workflow.predict import _output_lock
+
+    def held(fd: int, operation: int) -> None:
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(lock, "lockf", held)
+    with pytest.raises(RunLockedError, match="already being predicted into by another process") as error:
+        _output_lock(tmp_path).acquire()
+    assert "being trained" not in str(error.value)
+    assert error.value.hint is not None and "the other prediction" in error.value.hint
+    with pytest.raises(RunLockedError, match="already being trained by another process") as error:
+        lock.RunLock(tmp_path).acquire()  # a training's, as before
+    assert error.value.hint == lock.STILL_HELD_HINT

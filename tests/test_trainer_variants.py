@@ -16,7 +16,7 @@ process at a time: about 4 starts per variant. The kinds and what stands for the
 - optimizer: nnUNetTrainerAdam (an optimizer state of another shape in the checkpoint).
   nnUNetTrainerAdan needs the adan-pytorch package, which nnU-Net does not install.
 - data augmentation: nnUNetTrainerDA5 (nnU-Net's heaviest pipeline: the most random draws).
-- loss: nnUNetTrainerTopkLoss.
+- loss: nnUNetTrainerTopk10Loss (the hardest 10 % of voxels only).
 - architecture: nnUNetTrainerNoDeepSupervision.
 - training length: nnUNetTrainer_5epochs (its own num_epochs, no --epochs).
 
@@ -57,7 +57,7 @@ VARIANTS = [
     pytest.param("nnUNetTrainer_warmup", 2, id="lr-warmup"),
     pytest.param("nnUNetTrainerAdam", 2, id="optimizer-adam"),
     pytest.param("nnUNetTrainerDA5", 2, id="augmentation-da5"),
-    pytest.param("nnUNetTrainerTopkLoss", 2, id="loss-topk"),
+    pytest.param("nnUNetTrainerTopk10Loss", 2, id="loss-topk"),
     pytest.param("nnUNetTrainerNoDeepSupervision", 2, id="no-deep-supervision"),
     pytest.param("nnUNetTrainer_5epochs", None, id="length-5-epochs"),
 ]

@@ -30,6 +30,7 @@ from nnslurm.core.config import (
 )
 from nnslurm.core.errors import UsageError
 from nnslurm.core.timeparse import parse_time
+from nnslurm.slurm.end_time import check_limits
 from nnslurm.training.weights_file import check_weights_file
 
 logger = logging.getLogger(__name__)
@@ -281,6 +282,12 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--account", help="sbatch --account")
     group.add_argument("--qos", help="sbatch --qos")
     add_time_argument(group)
+    group.add_argument(
+        "--time-min",
+        type=checked(parse_time_min),
+        help="sbatch --time-min: SLURM may start the job sooner, in a backfill window, with a limit "
+        "down to this (the job reads its real end and stops before it); same formats as --time",
+    )
     group.add_argument("--gpus", type=int, help="sbatch --gpus-per-node")
     group.add_argument("--cpus-per-task", type=int, help="sbatch --cpus-per-task")
     group.add_argument("--mem", help="sbatch --mem, e.g. 64G")
@@ -331,6 +338,10 @@ def add_time_argument(group: argparse._ActionsContainer, default: str | None = N
         help="time limit per start, SLURM's formats: 90 (minutes), 0:45 (45 s), 1:30:00, "
         f"2-00:00:00 (default: {default or '24:00:00'}; SLURM rounds up to whole minutes)",
     )
+
+
+def parse_time_min(text: str) -> int:
+    return parse_time(text, flag="--time-min")
 
 
 def add_signal_delay_argument(group: argparse._ActionsContainer, default: int | None = None) -> None:
@@ -479,6 +490,7 @@ def cluster_settings_from_args(args: argparse.Namespace) -> ClusterSettings:
         "account": args.account,
         "qos": args.qos,
         "time_s": args.time,
+        "time_min_s": getattr(args, "time_min", None),
         "gpus": args.gpus,
         "cpus_per_task": args.cpus_per_task,
         "mem": args.mem,
@@ -500,6 +512,12 @@ def check_submission(cluster: ClusterSettings, options: TrainingOptions) -> None
     """What submit and template check before anything is queued: the warning signal, and a
     -pretrained_weights file the job could not load (caught at its start only, hours later)."""
     check_warning_signal(cluster, options)
+    check_limits(
+        cluster.time_s,
+        cluster.time_min_s,
+        options.end_time_safety_s,
+        cluster.signal_delay_s if cluster.send_signal else None,
+    )
     if options.pretrained_weights is not None:
         check_weights_file(options.pretrained_weights)
 

@@ -29,6 +29,7 @@ from nnslurm.core.cluster import ClusterSettings
 from nnslurm.core.directives import directive
 from nnslurm.core.errors import UsageError
 from nnslurm.core.timeparse import format_time
+from nnslurm.slurm.environment import TIME_ASKED_ENV, TIME_MIN_ENV
 
 TEMPLATES = {
     "train": "nnslurm-train.sbatch",
@@ -178,6 +179,7 @@ def sbatch_lines(values: Rendering) -> list[str]:
     warning = f"B:{cluster.signal_name}@{cluster.signal_delay_s}"
     lines += [
         directive("time", format_time(cluster.time_s)),
+        *([directive("time-min", format_time(cluster.time_min_s))] if cluster.time_min_s is not None else []),
         *([directive("signal", warning)] if cluster.send_signal else []),  # none with --no-signal
         directive("requeue"),
         directive("open-mode", "append"),
@@ -210,6 +212,9 @@ def run_lines(values: Rendering) -> list[str]:
         if values.cluster.send_signal
         else "# --no-signal: no warning signal; the end-time rule stops the job before its limit",
     ]
+    cluster = values.cluster
+    if cluster.time_min_s is not None:  # the job compares its granted limit with these
+        lines.append(f"export {TIME_ASKED_ENV}={cluster.time_s} {TIME_MIN_ENV}={cluster.time_min_s}")
     if values.name == "folds-array":
         lines.append(f"FOLDS=({' '.join(shlex.quote(fold) for fold in values.folds)})")
         lines.append(f"NNSLURM_TRAIN_ARGS=({shlex.join(values.train_args)})")

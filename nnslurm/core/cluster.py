@@ -7,6 +7,7 @@ honoured); the first file that defines the profile wins:
     partition = "gpu"
     account = "my-lab"
     time = "2-00:00:00"
+    time_min = "4:00:00"       # optional: SLURM may start the job sooner with a limit down to this
     gpus = 1
     cpus_per_task = 8
     mem = "64G"
@@ -49,6 +50,7 @@ _RESERVED = {
     "array": "several --fold/--configuration values",
     "time": "--time",
     "t": "--time",
+    "time-min": "--time-min",
     "partition": "--partition",
     "p": "--partition",
     "account": "--account",
@@ -73,6 +75,7 @@ class ClusterSettings:
     account: str | None = None  # --account
     qos: str | None = None  # --qos
     time_s: int = DEFAULT_TIME_S  # --time (SLURM rounds up to whole minutes; local: exact)
+    time_min_s: int | None = None  # --time-min: backfill may start the job with a limit down to this
     gpus: int | None = None  # --gpus-per-node
     cpus_per_task: int | None = None  # --cpus-per-task
     mem: str | None = None  # --mem, e.g. "64G"
@@ -87,6 +90,12 @@ class ClusterSettings:
     def __post_init__(self) -> None:
         if self.time_s <= 0:
             raise UsageError(f"--time must be positive, got {self.time_s} s.")
+        if self.time_min_s is not None and not 0 < self.time_min_s <= self.time_s:
+            raise UsageError(
+                f"--time-min {format_time(max(0, self.time_min_s))} must be positive and at most --time "
+                f"{format_time(self.time_s)}: it is the shortest limit SLURM may start the job with.",
+                hint="lower --time-min or raise --time (drop --time-min to always get the whole --time).",
+            )
         if self.signal_delay_s < 0:
             raise UsageError(f"--signal-delay must be 0 or more seconds, got {self.signal_delay_s}.")
         if self.send_signal and self.time_s <= self.signal_delay_s:
@@ -139,6 +148,9 @@ class ClusterSettings:
                 else "none (--no-signal): the end-time rule stops the job before the limit",
             ),
         ]
+        if self.time_min_s is not None:
+            shorter = f"{format_time(self.time_min_s)}: backfill may start the job with a limit down to this"
+            rows.insert(4, ("time min", shorter))
         rows += [(f"sbatch --{key}", "(flag)" if value is None else value) for key, value in self.sbatch_args]
         rows += [("setup", line) for line in self.setup]
         return rows
@@ -171,6 +183,7 @@ PROFILE_KEYS = (
     "account",
     "qos",
     "time",
+    "time_min",
     "gpus",
     "cpus_per_task",
     "mem",
@@ -250,12 +263,13 @@ def _convert(key: str, value: Any, source: str) -> dict[str, Any]:
         if not isinstance(value, str):
             raise wrong("a string")
         return {key: value}
-    if key == "time":
+    if key in ("time", "time_min"):
+        field = f"{key}_s"
         if isinstance(value, int) and not isinstance(value, bool):
-            return {"time_s": value * 60}  # a bare number is minutes, as for sbatch
+            return {field: value * 60}  # a bare number is minutes, as for sbatch
         if not isinstance(value, str):
             raise wrong('a SLURM time such as "90" or "1-00:00:00"')
-        return {"time_s": parse_time(value, flag=f"{source}: time")}
+        return {field: parse_time(value, flag=f"{source}: {key}")}
     if key in ("gpus", "cpus_per_task", "signal_delay"):
         if not isinstance(value, int) or isinstance(value, bool):
             raise wrong("a whole number")

@@ -65,6 +65,10 @@ class RequeueLimitReached(NnslurmError):
     """The run was stopped for walltime more often than --max-requeues allows."""
 
 
+class NoProgress(RequeueLimitReached):
+    """Several starts in a row made no progress: requeueing again would only spend the requeues."""
+
+
 @contextmanager
 def nnunet_failures(what: str, hint: str) -> Iterator[None]:
     """nnU-Net's own exceptions inside as one NnslurmError: its message, the traceback only with -v.

@@ -108,12 +108,7 @@ def output_folder(run: RunSpec, trainer_class_name: str | None = None) -> Path:
     """$nnUNet_results/DatasetXXX_Name/Trainer__Plans__Config/fold_N, as nnU-Net names it."""
     trainer = trainer_class_name or run.trainer.rpartition(":")[2]
     name = dataset_name(run.dataset)
-    return (
-        env_folder(RESULTS)
-        / name
-        / (f"{trainer}__{run.plans}__{run.configuration}")
-        / f"fold_{run.fold}"
-    )
+    return env_folder(RESULTS) / name / (f"{trainer}__{run.plans}__{run.configuration}") / f"fold_{run.fold}"
 
 
 def find_trainer_class(name: str) -> type:

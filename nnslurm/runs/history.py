@@ -167,17 +167,7 @@ def read_history(folder: Path) -> History:
     """Parse a run folder's event log; tolerant of records with missing fields."""
     records = read_events(folder)
     started = [record for record in records if record.get("event") == Event.STARTED]
-    segments: list[Segment] = []
-    current: list[Mapping[str, Any]] = []
-    for record in records:
-        if record.get("event") not in TRAINING_EVENTS:
-            continue
-        if current and _starts_segment(record, current):
-            segments.append(_segment(current))
-            current = []
-        current.append(record)
-    if current:
-        segments.append(_segment(current))
+    segments = segments_of(records)
     checkpoints = tuple(
         Checkpoint(
             time=float(record["time"]),
@@ -192,7 +182,7 @@ def read_history(folder: Path) -> History:
     return History(
         folder=folder,
         records=records,
-        segments=tuple(segments),
+        segments=segments,
         checkpoints=checkpoints,
         submitted=tuple(record for record in records if record.get("event") in SUBMISSION_EVENTS),
         cancel_requests=tuple(record for record in records if record.get("event") == Event.CANCEL_REQUESTED),
@@ -200,6 +190,22 @@ def read_history(folder: Path) -> History:
         num_epochs=_last_int(started, "num_epochs"),
         iterations_per_epoch=_last_int(started, "iterations_per_epoch"),
     )
+
+
+def segments_of(records: Iterable[Mapping[str, Any]]) -> tuple[Segment, ...]:
+    """Event records (oldest first) cut into segments, one per process that trained."""
+    segments: list[Segment] = []
+    current: list[Mapping[str, Any]] = []
+    for record in records:
+        if record.get("event") not in TRAINING_EVENTS:
+            continue
+        if current and _starts_segment(record, current):
+            segments.append(_segment(current))
+            current = []
+        current.append(record)
+    if current:
+        segments.append(_segment(current))
+    return tuple(segments)
 
 
 def _starts_segment(record: Mapping[str, Any], current: Sequence[Mapping[str, Any]]) -> bool:

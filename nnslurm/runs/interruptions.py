@@ -31,7 +31,7 @@ KINDS = tuple(Kind)
 # A cancel record explains a segment's end when written before it, or this soon after (the job may
 # write its stop record before `nnslurm cancel` writes its own).
 CANCEL_WINDOW_S = 120.0
-_WALLTIME_DECISIONS = (StopKind.WALLTIME, StopKind.TIMELIMIT, StopKind.LIMIT)
+_WALLTIME_DECISIONS = (StopKind.WALLTIME, StopKind.TIMELIMIT, StopKind.LIMIT, StopKind.NO_PROGRESS)
 # Preempted: requeued by SLURM, or (where SLURM does not requeue) resubmitted by nnslurm.
 _PREEMPTION_DECISIONS = (
     StopKind.PREEMPTION,

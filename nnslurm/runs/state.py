@@ -228,6 +228,8 @@ def what_the_log_says(history: History, final_checkpoint: bool) -> tuple[LogSays
     if kind == Kind.WALLTIME:
         if last.decision == StopKind.LIMIT:
             return LogSays.REQUEUE_LIMIT, "walltime, --max-requeues used up: submit again to continue"
+        if last.decision == StopKind.NO_PROGRESS:
+            return LogSays.REQUEUE_LIMIT, "starts made no progress: raise --time and submit again"
         return LogSays.WALLTIME, "walltime: requeued"
     if kind == Kind.PREEMPTION and last.decision in (StopKind.RESUBMIT_LIMIT, StopKind.RESUBMIT_FAILED):
         return LogSays.RESUBMIT_ENDED, f"preempted, {last.decision}: submit again to continue"

@@ -262,7 +262,7 @@ def _executor(history: History, job_id: str | None) -> str:
 
 def _limit_error(history: History) -> str | None:
     last = history.segments[-1] if history.segments else None
-    if last is not None and last.decision == StopKind.LIMIT:
+    if last is not None and last.decision in (StopKind.LIMIT, StopKind.NO_PROGRESS):
         return last.decision_reason
     return None
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnslurm.core.errors import CommandError, RequeueLimitReached, SchedulerError
+from nnslurm.core.errors import CommandError, NoProgress, RequeueLimitReached, SchedulerError
 from nnslurm.core.timeparse import describe
 from nnslurm.runs.events import Event, EventLog, read_events
 from nnslurm.runs.history import submission_time
@@ -28,15 +28,19 @@ from nnslurm.scheduler.policy import (
     StopDecision,
     StopEvidence,
     StopKind,
+    apply_progress_cap,
     apply_requeue_limit,
     apply_resubmit_limit,
     decide,
+    no_progress_text,
     requeues_left,
     resubmissions,
     resubmit_rule,
     self_requeues,
+    starts_without_progress,
 )
 from nnslurm.scheduler.resubmit import Resubmit, sbatch_again
+from nnslurm.scheduler.time_limit import restore_time_limit
 from nnslurm.slurm.commands import (
     JobInfo,
     accounting_runs,
@@ -96,6 +100,9 @@ def after_stop(
         used = self_requeues(records, job_id)
         resubmitted = resubmissions(records)
         decision = apply_requeue_limit(decide(evidence), used, max_requeues)
+        limit_s = evidence.info.time_limit_s if evidence.info else None
+        stalled = starts_without_progress(records)
+        decision = apply_progress_cap(decision, stalled, limit_s)
         decision = apply_resubmit_limit(resubmit_rule(decision, evidence), resubmitted, max_requeues)
         left = requeues_left(decision, used, max_requeues)
         record_decision(events, decision, evidence, outcome, left)
@@ -103,6 +110,8 @@ def after_stop(
             raise limit_error(outcome, max_requeues, job_id)
         if decision.kind == StopKind.RESUBMIT_LIMIT:
             raise resubmit_limit_error(outcome, max_requeues, job_id)
+        if decision.kind == StopKind.NO_PROGRESS:
+            raise no_progress_error(outcome, no_progress_text(stalled, limit_s), job_id)
         target = env.qualified_id or job_id
         if decision.resubmit and env.qualified_id:
             left_after = max(0, max_requeues - resubmitted - 1)
@@ -117,6 +126,7 @@ def after_stop(
                 requeues_left=left,
                 restart_count=env.restart_count,
             )
+            restore_time_limit(env, target)  # --time-min: SLURM would keep this start's lowered limit
             try:
                 (requeue_job or requeue)(target)
             except Exception as error:
@@ -224,6 +234,16 @@ def limit_error(outcome: Stopped, max_requeues: int, job_id: str | None) -> Requ
         f"iteration {outcome.iteration} in {outcome.folder} is complete.",
         hint="submit the same command again to continue from it, with a longer --time or a higher "
         "--max-requeues.",
+    )
+
+
+def no_progress_error(outcome: Stopped, why: str, job_id: str | None) -> NoProgress:
+    return NoProgress(
+        f"job {job_id}: {why}; it stops here instead of requeueing again. "
+        f"The checkpoint at epoch {outcome.epoch} iteration {outcome.iteration} in {outcome.folder} is "
+        "complete.",
+        hint="raise --time (and --time-min, if given) so that a start has time for its start-up, some "
+        "iterations and a checkpoint, then submit the same command again to continue.",
     )
 
 

@@ -37,14 +37,15 @@ Consequences, all measured:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from nnslurm.core.executor import Executor
-from nnslurm.core.timeparse import describe
+from nnslurm.core.timeparse import describe, format_time
 from nnslurm.runs.events import Event
+from nnslurm.runs.history import Outcome, segments_of
 from nnslurm.slurm.commands import JobInfo
 from nnslurm.slurm.end_time import END_TIME_SIGNAL
 from nnslurm.slurm.environment import SlurmEnvironment
@@ -191,6 +192,57 @@ def apply_requeue_limit(decision: StopDecision, used: int, max_requeues: int) ->
 def requeues_left(decision: StopDecision, used: int, max_requeues: int) -> int:
     """Self-requeues still allowed once this decision is carried out."""
     return max(0, max_requeues - used - (1 if decision.requeue_self else 0))
+
+
+# --- starts that make no progress ---------------------------------------------------------------
+# A start that stops where it began (a limit shorter than its start-up and a checkpoint, a warning
+# signal that arrives at once in a backfill window) would requeue until --max-requeues are spent and
+# never finish (measured, issue 19: 21 starts, 20 self-requeues, epoch 5-6 of 8). Like NVRx's
+# in-job restarts, stop after a few in a row: the job then ends with its checkpoint and says why.
+NO_PROGRESS_STARTS = 3
+
+
+def starts_without_progress(records: Sequence[Mapping[str, Any]]) -> int:
+    """How many of the run's newest training starts in a row ended where they began (their
+    furthest recorded (epoch, iteration) no further than their start), counted since the user's
+    newest `nnslurm submit`. A start that finished, failed or has no recorded start position (a
+    workflow stage) ends the count."""
+    submits = [index for index, record in enumerate(records) if record.get("event") == Event.SUBMITTED]
+    count = 0
+    for segment in reversed(segments_of(records[submits[-1] + 1 :] if submits else records)):
+        if segment.outcome in (Outcome.FINISHED, Outcome.FAILED):
+            break
+        start = next((p for p in segment.points if p.event in (Event.RESUMED, Event.STARTED)), None)
+        if start is None:
+            break
+        furthest = max((p.epoch, p.iteration) for p in segment.points)
+        if furthest > (start.epoch, start.iteration):
+            break
+        count += 1
+    return count
+
+
+def apply_progress_cap(
+    decision: StopDecision, stalled: int, time_limit_s: int | None, most: int = NO_PROGRESS_STARTS
+) -> StopDecision:
+    """A self-requeue after `most` starts in a row without progress (this one included) becomes
+    NO_PROGRESS: the job stops with its checkpoint instead of spending its requeues on nothing."""
+    if not decision.requeue_self or stalled < most:
+        return decision
+    return StopDecision(
+        StopKind.NO_PROGRESS,
+        False,
+        f"{no_progress_text(stalled, time_limit_s)}; not requeueing: {decision.reason}",
+    )
+
+
+def no_progress_text(stalled: int, time_limit_s: int | None) -> str:
+    """Why a job stopped requeueing itself, in one line."""
+    limit = f"the time limit {format_time(time_limit_s)}" if time_limit_s else "the job's time limit"
+    return (
+        f"{stalled} starts in a row made no progress: {limit} is too short for a start-up, an iteration "
+        "and a checkpoint, or a warning signal comes at once"
+    )
 
 
 # --- preemption that SLURM will not requeue: resubmission -------------------------------------------

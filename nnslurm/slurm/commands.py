@@ -209,6 +209,12 @@ def update_dependency(job_id: str, dependency: str) -> None:
     run_command(["scontrol", "update", f"JobId={job_id}", f"Dependency={dependency}"])
 
 
+def update_time_limit(job_id: str, minutes: int) -> None:
+    """`scontrol update JobId=ID TimeLimit=MINUTES`: a job (pending, or being requeued) asks for this
+    limit again. Non-admin users may only lower a limit: raising one fails with CommandError."""
+    run_command(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes}"])
+
+
 def cancel(job_id: str) -> None:
     """`scancel ID` (an array id: every task). SLURM sends TERM; the job checkpoints and stays cancelled."""
     run_command(["scancel", job_id])

@@ -4,20 +4,26 @@ Inside a job, scontrol's EndTime is the job's real end: StartTime + TimeLimit, c
 `scontrol update TimeLimit=...`, by backfill with --time-min, and on preemption (PreemptTime +
 GraceTime). `end_time_decision` is the pure rule (evidence in, decision out); `EndTimeReader`
 caches EndTime and re-reads it off the training loop's path, through the one subprocess seam.
+
+The rule never livelocks: the safety is scaled to what a start was granted (`scaled_safety`), so a
+short limit (a backfill window, --time=1) still trains most of its time, and a limit too short for
+any progress is refused at submission (`check_limits`, the floor `shortest_limit`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from nnslurm.core.errors import CommandError, SchedulerError
-from nnslurm.core.timeparse import describe
+from nnslurm.core.errors import CommandError, SchedulerError, UsageError
+from nnslurm.core.timeparse import describe, format_time, slurm_minutes
 from nnslurm.slurm.commands import JobInfo, job_info
+from nnslurm.slurm.environment import SlurmEnvironment
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +35,15 @@ DEFAULT_REFRESH_S = 300.0
 # may be stale), where the loop waits for it: short, not scontrol's usual 30 s.
 READ_TIMEOUT_S = 15.0
 CONFIRM_TIMEOUT_S = 5.0
+# The most of a start's granted time the safety may take. Measured (issue 19): --time=1 against the
+# 60 s safety stopped every start at its first boundary, 21 starts of one iteration, never finished.
+# A quarter keeps three quarters of any start for training, and leaves the default 60 s whole from
+# a 4-minute limit up (and the dev cluster's 15 s at its 1-minute tests).
+SAFETY_SHARE = 0.25
+# What a start costs besides training, where nothing was measured: imports, plans and data loaders
+# of a small run until its first iteration, and one checkpoint write. Only the floor uses them.
+START_UP_ESTIMATE_S = 15.0
+CHECKPOINT_ESTIMATE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,131 @@ def end_time_decision(
     return EndTimeDecision(True, left, margin, too_late, numbers)
 
 
+def scaled_safety(safety_s: float, granted_s: float | None) -> float:
+    """The safety of a start granted `granted_s` seconds (EndTime - its own StartTime): at most
+    SAFETY_SHARE of it, since a start whose whole time is under the margin gains nothing by
+    stopping at once (the next start meets the same limit). Unknown grant: the safety as given."""
+    if granted_s is None or granted_s <= 0:
+        return safety_s
+    return min(safety_s, SAFETY_SHARE * granted_s)
+
+
+def shortest_limit(
+    safety_s: float | None,
+    start_up_s: float = START_UP_ESTIMATE_S,
+    checkpoint_s: float = CHECKPOINT_ESTIMATE_S,
+) -> int:
+    """The shortest time limit (whole seconds) in which a start can make progress: its start-up and
+    a stop checkpoint, plus the safety scaled to that limit (None: the end-time rule is off).
+
+    The smallest L with L - scaled_safety(safety_s, L) >= start_up_s + checkpoint_s (that left side
+    only grows with L)."""
+    need = max(0.0, start_up_s) + max(0.0, checkpoint_s)
+    safety = max(0.0, safety_s or 0.0)
+    at_share = need / (1.0 - SAFETY_SHARE)  # where the scaled safety is the share of L
+    limit = at_share if SAFETY_SHARE * at_share <= safety else need + safety
+    return math.ceil(limit - 1e-9)
+
+
+def check_limits(
+    time_s: int,
+    time_min_s: int | None,
+    safety_s: float | None,
+    signal_delay_s: int | None = None,
+    start_up_s: float = START_UP_ESTIMATE_S,
+    checkpoint_s: float = CHECKPOINT_ESTIMATE_S,
+) -> None:
+    """Refuse a --time, or a --time-min (SLURM may grant that little), in which no start can make
+    progress: every start would stop before its first checkpoint and requeue until --max-requeues
+    are spent. Limits are taken as SLURM grants them, in whole minutes. `safety_s`: the end-time
+    rule's (None: off); `signal_delay_s`: the warning signal's (None: no signal); a start's
+    start-up and checkpoint times: estimates unless measured. UsageError saying what to change.
+
+    With the estimates no limit of a minute or more fails the first test (a minute leaves 45 s
+    after the scaled safety); the warning signal's test is the one that bites: measured, a
+    --time-min of 2 with the default --signal-delay 120 got the signal at once in every start."""
+    need = start_up_s + checkpoint_s
+    for flag, seconds in (("--time", time_s), ("--time-min", time_min_s)):
+        if seconds is None:
+            continue
+        granted = slurm_minutes(seconds) * 60
+        floor = shortest_limit(safety_s, start_up_s, checkpoint_s)
+        if granted < floor:
+            rule = (
+                "" if safety_s is None else f" + the end-time safety ({scaled_safety(safety_s, floor):g} s)"
+            )
+            raise UsageError(
+                f"{flag} {format_time(seconds)} is too short for a start to make progress: a start needs "
+                f"its start-up (~{start_up_s:g} s) + a checkpoint (~{checkpoint_s:g} s){rule}, at least "
+                f"{format_time(floor)}.",
+                hint=f"raise {flag} to {format_time(floor)} or more.",
+            )
+        if signal_delay_s is not None and granted < signal_delay_s + need:
+            enough = slurm_minutes(math.ceil(signal_delay_s + need)) * 60
+            raise UsageError(
+                f"{flag} {format_time(seconds)} is too short for the warning signal, sent {signal_delay_s} s "
+                f"before the limit: a start granted {format_time(granted)} would get it about "
+                f"{max(0, granted - signal_delay_s)} s in, before its start-up (~{start_up_s:g} s) and a "
+                "checkpoint, and stop every time without progress.",
+                hint=f"raise {flag} to {format_time(enough)} or more, or "
+                "lower --signal-delay (or --no-signal: the end-time rule alone stops the job).",
+            )
+
+
+def grant_line(granted_s: float, asked_s: int | None) -> str | None:
+    """What a start submitted with --time-min says once about its limit: "started in a backfill
+    window: limit 0:04:00 of 0:30:00 asked", or None when the whole --time was granted (or no
+    --time-min: nothing to say)."""
+    if asked_s is None or granted_s >= asked_s - 1:  # SLURM's times are whole seconds
+        return None
+    return (
+        f"started in a backfill window: limit {format_time(round(granted_s))} of {format_time(asked_s)} asked"
+    )
+
+
+def granted_limit(
+    env: SlurmEnvironment, read: Callable[[str, float], JobInfo] = job_info, timeout: float = READ_TIMEOUT_S
+) -> float | None:
+    """This start's granted limit in seconds: SLURM_JOB_END_TIME - SLURM_JOB_START_TIME where SLURM
+    exports them (>= 23.02), else scontrol's TimeLimit (or EndTime - StartTime); None: unknown."""
+    if env.start_time is not None and env.end_time is not None and env.end_time > env.start_time:
+        return env.end_time - env.start_time
+    job_id = env.qualified_id
+    if job_id is None:
+        return None
+    try:
+        info = read(job_id, timeout)
+    except (CommandError, SchedulerError) as error:
+        logger.warning("job %s: cannot read the granted time limit (%s)", job_id, error)
+        return None
+    return granted_of(info)
+
+
+def granted_of(info: JobInfo) -> float | None:
+    """The limit a job's start was granted, by scontrol: TimeLimit, else EndTime - StartTime."""
+    if info.time_limit_s is not None:
+        return float(info.time_limit_s)
+    if info.end_time is not None and info.start_time is not None:
+        return (info.end_time - info.start_time).total_seconds()
+    return None
+
+
+def log_grant(env: SlurmEnvironment, read: Callable[[str, float], JobInfo] = job_info) -> float | None:
+    """At a start of a job submitted with --time-min: read the limit SLURM granted and say it once
+    when it is less than the --time asked. The grant (None: not such a job, or unknown)."""
+    if env.time_asked_s is None or not env.in_slurm:
+        return None
+    granted = granted_limit(env, read)
+    if granted is None:
+        return None
+    line = grant_line(granted, env.time_asked_s)
+    if line is not None:
+        logger.warning("job %s: %s", env.qualified_id, line)
+    else:
+        logger.info("job %s: granted the whole --time %s", env.qualified_id, format_time(env.time_asked_s))
+    return granted
+
+
 class EndTimeReader:
     """EndTime of one job, cached; `start` re-reads it every `refresh_s` in a daemon thread.
 
@@ -74,11 +214,13 @@ class EndTimeReader:
         refresh_s: float = DEFAULT_REFRESH_S,
         read: Callable[[str, float], JobInfo] = job_info,
         clock: Callable[[], float] = time.monotonic,
+        granted_s: float | None = None,
     ) -> None:
         self.job_id = job_id
         self.refresh_s = refresh_s
         self._read = read
         self._clock = clock
+        self._granted = granted_s
         self._end: float | None = None
         self._due = float("-inf")
         self._warned = False
@@ -89,6 +231,11 @@ class EndTimeReader:
     def end_time(self) -> float | None:
         """EndTime as time.time() seconds, or None (unknown: not read yet, unlimited, unreadable)."""
         return self._end
+
+    @property
+    def granted_s(self) -> float | None:
+        """The limit this start was granted (given, or by the first read that told it), or None."""
+        return self._granted
 
     def poll(self) -> bool:
         """Re-read EndTime if a refresh is due; whether it asked."""
@@ -111,6 +258,8 @@ class EndTimeReader:
                 )
             return self._end
         end = info.end_time.timestamp() if info.end_time is not None else None
+        if self._granted is None:
+            self._granted = granted_of(info)
         if end != self._end:
             shown = "unknown" if end is None else info.end_time.isoformat() if info.end_time else ""
             left = "" if end is None else f", {describe(max(0.0, end - time.time()))} left"

@@ -16,6 +16,10 @@ from nnslurm.slurm.job_ids import local_event_id, task_id
 
 # Set by `nnslurm submit` and the templates: the signal of the job's --signal (walltime warning).
 WARNING_SIGNAL_ENV = "NNSLURM_WARNING_SIGNAL"
+# Set by `nnslurm submit` and the templates with --time-min: the --time and --time-min asked, in
+# seconds (the job's granted limit may be anything between them; a requeue asks for --time again).
+TIME_ASKED_ENV = "NNSLURM_TIME_ASKED"
+TIME_MIN_ENV = "NNSLURM_TIME_MIN"
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,10 @@ class SlurmEnvironment:
     local_job_id: str | None  # SUBMITIT_LOCAL_JOB_ID: submitit's local executor, no SLURM
     cpus_per_task: int | None  # SLURM_CPUS_PER_TASK: --cpus-per-task, when given
     job_cpus_per_node: str | None  # SLURM_JOB_CPUS_PER_NODE: as SLURM writes it ("4", "4(x2),2")
+    start_time: float | None = None  # SLURM_JOB_START_TIME: this start, Unix seconds
+    end_time: float | None = None  # SLURM_JOB_END_TIME (Slurm >= 23.02): its limit as granted, Unix seconds
+    time_asked_s: int | None = None  # NNSLURM_TIME_ASKED: --time, set only with --time-min
+    time_min_s: int | None = None  # NNSLURM_TIME_MIN: --time-min
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> SlurmEnvironment:
@@ -50,6 +58,10 @@ class SlurmEnvironment:
             local_job_id=env.get("SUBMITIT_LOCAL_JOB_ID") or None,
             cpus_per_task=cpus or None,
             job_cpus_per_node=env.get("SLURM_JOB_CPUS_PER_NODE") or None,
+            start_time=_seconds(env.get("SLURM_JOB_START_TIME")),
+            end_time=_seconds(env.get("SLURM_JOB_END_TIME")),
+            time_asked_s=_int(env.get(TIME_ASKED_ENV), 0) or None,
+            time_min_s=_int(env.get(TIME_MIN_ENV), 0) or None,
         )
 
     @property
@@ -91,6 +103,12 @@ class SlurmEnvironment:
         if self.restart_count_set:
             fields["restart_count"] = self.restart_count
         return fields
+
+
+def _seconds(text: str | None) -> float | None:
+    """A Unix time SLURM exported; None when unset, 0 or not a number."""
+    value = _int(text, 0)
+    return float(value) if value > 0 else None
 
 
 def _int(text: str | None, default: int) -> int:

@@ -20,6 +20,7 @@ class StopKind(StrEnum):
     CANCEL = "cancel"  # scancel: stay cancelled
     SIGNAL = "signal"  # a stop signal with no scheduler event behind it (kill, scancel --signal TERM)
     LIMIT = "requeue-limit"  # a self-requeue was due, but --max-requeues were used up
+    NO_PROGRESS = "no-progress"  # a self-requeue was due, but the last starts made no progress
     REQUEUE_FAILED = "requeue-failed"  # the self-requeue was due and `scontrol requeue` failed
     RESUBMIT = "resubmit"  # preempted, and SLURM will not requeue it: submit the run again as a new job
     RESUBMIT_LIMIT = "resubmit-limit"  # a resubmission was due, but --max-requeues were used up

@@ -5,7 +5,8 @@ steps and before the epoch-end work. The time since the previous call is the dur
 phase announced then, so the guard keeps the slowest recent iteration, validation step and epoch
 end without the loop timing anything; `checkpoint` adds each checkpoint's write time. When the
 end-time rule (nnslurm.slurm.end_time) says stop, the guard records a stop request on the
-monitor: the loop then stops exactly as after a signal.
+monitor: the loop then stops exactly as after a signal. Its safety is --end-time-safety scaled to
+the limit this start was granted (`scaled_safety`), said once.
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from nnslurm.core.config import TrainingOptions
+from nnslurm.core.timeparse import format_time
 from nnslurm.runs.events import Event, read_events
 from nnslurm.slurm.end_time import (
     CONFIRM_TIMEOUT_S,
     END_TIME_SIGNAL,
+    SAFETY_SHARE,
     EndTimeDecision,
     EndTimeReader,
     end_time_decision,
+    log_grant,
+    scaled_safety,
 )
 from nnslurm.slurm.environment import SlurmEnvironment
 from nnslurm.training.signals import StopMonitor, StopRequest
@@ -81,6 +86,7 @@ class EndTimeGuard:
         self._wall = wall
         self._monotonic = monotonic
         self._last: tuple[str, float] | None = None  # the phase announced last, and when
+        self._scaled: float | None = None  # the safety scaled to the granted limit, once known
 
     def checkpoint(self, seconds: float) -> None:
         self.times.add_checkpoint(seconds)
@@ -119,7 +125,7 @@ class EndTimeGuard:
                 "end-time rule: a stop needs a checkpoint (%.1f s) plus the safety (%g s), but only %.1f s "
                 "are left: it may not be durable before SLURM ends the job (%s)",
                 self.times.checkpoint_s,
-                self.safety_s,
+                self.effective_safety_s,
                 decision.time_left_s or 0.0,
                 decision.reason,
             )
@@ -137,6 +143,26 @@ class EndTimeGuard:
     def close(self) -> None:
         self.reader.close()
 
+    @property
+    def effective_safety_s(self) -> float:
+        """--end-time-safety scaled to this start's granted limit (fixed, and said, once known)."""
+        if self._scaled is not None:
+            return self._scaled
+        granted = self.reader.granted_s
+        if granted is None:
+            return self.safety_s
+        self._scaled = scaled_safety(self.safety_s, granted)
+        if self._scaled < self.safety_s:
+            logger.info(
+                "end-time rule: safety %g s instead of --end-time-safety %g s: at most %d %% of the "
+                "%s this start was granted, so that a short limit still trains",
+                self._scaled,
+                self.safety_s,
+                round(SAFETY_SHARE * 100),
+                format_time(round(granted)),
+            )
+        return self._scaled
+
     def _decide(self, upcoming: str, end_time: float | None) -> EndTimeDecision:
         return end_time_decision(
             self._wall(),
@@ -144,7 +170,7 @@ class EndTimeGuard:
             upcoming,
             self.times.slowest(upcoming),
             self.times.checkpoint_s,
-            self.safety_s,
+            self.effective_safety_s,
         )
 
     def _measures(self, upcoming: str, decision: EndTimeDecision) -> dict[str, float | str | None]:
@@ -155,7 +181,7 @@ class EndTimeGuard:
             "upcoming": upcoming,
             "next_s": round(self.times.slowest(upcoming), 3),
             "checkpoint_s": round(self.times.checkpoint_s, 3),
-            "safety_s": self.safety_s,
+            "safety_s": self.effective_safety_s,
         }
 
 
@@ -167,6 +193,7 @@ def end_time_guard(
     checkpoint write times, so a resumed start knows what a stop costs from its first check."""
     env = env or SlurmEnvironment.from_environ()
     job_id = env.qualified_id
+    granted = log_grant(env)  # submitted with --time-min: say what this start was granted
     if options.end_time_safety_s is None or job_id is None:
         return None
     recent = [
@@ -174,7 +201,7 @@ def end_time_guard(
         for record in read_events(run_folder)
         if record.get("event") == Event.CHECKPOINT and isinstance(record.get("seconds"), int | float)
     ][-CHECKPOINT_WINDOW:]
-    reader = EndTimeReader(job_id, options.end_time_refresh_s)
+    reader = EndTimeReader(job_id, options.end_time_refresh_s, granted_s=granted)
     reader.start()
     logger.info(
         "end-time rule: job %s stops when the time left falls under the slowest next phase + a stop "

@@ -258,7 +258,8 @@ def test_a_chain_preempted_on_a_cancel_partition_follows_the_resubmitted_job(
     # While the new job waited for the old one to end (afterany:OLD), --wait said what it waited
     # for. Measured 2026-12-03: "train 3d_fullres: waiting [waiting for  (to succeed)]", an empty
     # name (nnslurm.workflow.chain_status reads the stage's dependency from the chain's record,
-    # where a training stage has none); reported, to be fixed in nnslurm.
+    # where a training stage has none); reported, to be fixed in nnslurm. The window is a few
+    # seconds, so --wait (every 5 s) shows it in some runs only.
     waits = [line for line in output.splitlines() if ": waiting [" in line]
     assert not [line for line in waits if "for  (" in line or line.endswith("waiting for ]")], output
 

@@ -263,6 +263,19 @@ def test_a_resubmitted_training_task_is_followed_to_its_new_job(tmp_path: Path) 
     assert rows[0].state == StageState.RUNNING and rows[0].tasks["40_1"] == "RUNNING"
 
 
+def test_a_resubmitted_task_waiting_for_its_old_job_says_so(tmp_path: Path) -> None:
+    """The new job waits (afterany) for the old one to end; a training stage has no dependency of
+    its own, so the words must come from the resubmission (seen on real SLURM: an empty name)."""
+    folder = tmp_path / "f1"
+    folder.mkdir()
+    line = {"event": "resubmitted", "time": 2.0, "old_job_id": "40_1", "job_id": "57"}
+    (folder / "nnslurm_events.jsonl").write_text(json.dumps(line) + "\n")
+    scheduler = answers({"40_0": ("COMPLETED", ""), "57": ("PENDING", "Dependency")})
+    rows = chain_status(record(tmp_path), scheduler)  # type: ignore[arg-type]
+    assert rows[0].state == StageState.WAITING
+    assert rows[0].detail == "waiting for job 40_1 to end (resubmitted as 57)"
+
+
 def test_cancel_chain_cancels_every_job_not_ended_last_stage_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

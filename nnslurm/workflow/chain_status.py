@@ -107,7 +107,7 @@ def chain_status(record: ChainRecord, scheduler: Scheduler | None = None) -> lis
                 kind=job.kind,
                 job_id=job.job_id,
                 state=state,
-                detail=_detail(state, job, tasks, rows),
+                detail=_detail(state, job, tasks, rows, current),
                 tasks={task: said for task, (_, said) in tasks.items()},
             )
         )
@@ -175,7 +175,11 @@ def _from_records(folder: Path | None) -> tuple[StageState, str]:
 
 
 def _detail(
-    state: StageState, job: ChainJob, tasks: Mapping[str, tuple[StageState, str]], before: list[StageStatus]
+    state: StageState,
+    job: ChainJob,
+    tasks: Mapping[str, tuple[StageState, str]],
+    before: list[StageStatus],
+    current: Mapping[str, str],
 ) -> str:
     if state == StageState.CANCELLED:
         failed = [row.stage for row in before if row.state in (StageState.FAILED, StageState.CANCELLED)]
@@ -187,7 +191,13 @@ def _detail(
         bad = [f"{task}: {said}" for task, (task_state, said) in tasks.items() if task_state == state]
         return "; ".join(bad)
     if state == StageState.WAITING:
-        return f"waiting for {_waited_for(job, before)}"
+        # A task resubmitted after a cancel-mode preemption waits (afterany) for its old job to end.
+        resubmitted = [
+            f"job {task} to end (resubmitted as {current[task]})"
+            for task in job.task_ids
+            if current.get(task, task) != task
+        ]
+        return f"waiting for {'; '.join(resubmitted) or _waited_for(job, before)}"
     done = sum(task_state == StageState.FINISHED for task_state, _ in tasks.values())
     return f"{done}/{len(tasks)} task(s) finished" if len(tasks) > 1 else next(iter(tasks.values()))[1]
 
@@ -196,7 +206,7 @@ def _waited_for(job: ChainJob, before: list[StageStatus]) -> str:
     """'afterok:11:12' -> 'train 2d, train 3d_fullres to succeed' (aftercorr: 'fold by fold')."""
     names = {row.job_id: row.stage for row in before}
     words = []
-    for part in (job.dependency or "").split(","):
+    for part in filter(None, (job.dependency or "").split(",")):
         kind, *ids = part.split(":")
         stages = ", ".join(names.get(job_id, f"job {job_id}") for job_id in ids)
         words.append(f"{stages} ({'fold by fold' if kind == 'aftercorr' else 'to succeed'})")

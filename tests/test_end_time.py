@@ -256,6 +256,79 @@ def test_guard_leaves_a_signal_alone() -> None:
     assert [r.signal for r in monitor.received] == ["USR1"]
 
 
+def warned_guard(reader: FixedReader, lead_s: float = 120.0) -> tuple[EndTimeGuard, StopMonitor, list[float]]:
+    """guard_at with the job's warning signal known (USR1, `lead_s` before the end)."""
+    guard, monitor, clock = guard_at(reader, safety_s=10.0)
+    guard.warning = ("USR1", lead_s)
+    return guard, monitor, clock
+
+
+def test_a_walltime_warning_with_time_to_spare_is_a_hint(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 19: a backfill window of 2 minutes got its 120 s warning at once; every start stopped
+    after a few iterations and the run never finished. With time to spare the rule decides."""
+    reader = FixedReader(END_S)
+    guard, monitor, clock = warned_guard(reader)
+    guard.before(ITERATION)
+    clock[1] = END_S - 99.0  # the warning came 100 s before the end: a stop needs 1 + 2 + 10 s
+    monitor.request_stop(StopRequest("USR1", clock[1] - 1.0))
+    with caplog.at_level(logging.WARNING):
+        clock[0] += 1.0
+        assert not guard.before(ITERATION)
+    assert monitor.request is None, "the warning was acted on as an order"
+    assert reader.refreshes == 1  # judged against a fresh EndTime (a preemption moves it)
+    assert "SIGUSR1 (the walltime warning, lead 120 s) with 99.0 s left" in caplog.text
+    clock[0] += 1.0
+    clock[1] += 1.0
+    assert not guard.before(ITERATION) and reader.refreshes == 1  # judged once
+    clock[0] += 1.0
+    clock[1] = END_S - 12.0  # now the rule stops, naming the warning it deferred
+    assert guard.before(ITERATION)
+    request = monitor.request
+    assert request is not None and request.signal == END_TIME_SIGNAL
+    assert request.measures["after_signal"] == "USR1"
+    assert [r.signal for r in monitor.received] == ["USR1", END_TIME_SIGNAL]
+
+
+def test_a_warning_is_an_order_when_a_stop_is_due_or_it_is_not_the_warning() -> None:
+    # A preemption moved the end to now + GraceTime, under the margin: stop at once.
+    reader = FixedReader(END_S)
+    guard, monitor, clock = warned_guard(reader)
+    guard.before(ITERATION)
+    clock[0] += 1.0
+    monitor.request_stop(StopRequest("USR1", clock[0]))
+    reader.end = clock[0] + 8.0  # what scontrol says after the preemption
+    assert not guard.before(ITERATION)
+    assert monitor.request is not None and monitor.request.signal == "USR1"
+    # Far more time left than the warning's lead: scancel --signal by hand (or an end that did
+    # not move): an order.
+    guard, monitor, clock = warned_guard(FixedReader(END_S))
+    guard.before(ITERATION)
+    monitor.request_stop(StopRequest("USR1", clock[0]))
+    clock[0] += 1.0  # 999 s left, lead 120 s
+    guard.before(ITERATION)
+    assert monitor.request is not None and monitor.request.signal == "USR1"
+    # TERM, or a warning whose lead nnslurm does not know: orders.
+    for signal, lead in (("TERM", 120.0), ("USR1", None)):
+        guard, monitor, clock = guard_at(FixedReader(END_S))
+        guard.warning = None if lead is None else ("USR1", lead)
+        guard.before(ITERATION)
+        clock[0] += 1.0
+        clock[1] = END_S - 100.0
+        monitor.request_stop(StopRequest(signal, clock[1]))
+        guard.before(ITERATION)
+        assert monitor.request is not None and monitor.request.signal == signal
+
+
+def test_a_deferred_warning_does_not_start_the_stop_deadline() -> None:
+    monitor = StopMonitor(["USR1"], 0.0, lambda request, phase: None)
+    request = StopRequest("USR1", 0.0)
+    monitor.request_stop(request)
+    monitor.defer(request)
+    assert monitor.request is None and monitor.received == (request,)  # the watchdog's view
+    monitor.request_stop(StopRequest("TERM", 1.0))
+    assert monitor.request is not None and monitor.request.signal == "TERM"
+
+
 def test_a_stale_end_is_confirmed_before_stopping() -> None:
     """The cached EndTime says stop, scontrol says the limit was raised: train on."""
     reader = FixedReader(END_S)

@@ -73,6 +73,9 @@ UTC offset, durations in seconds; null where unknown.
     remaining_s     training time left at that rate; eta: when it ends (running runs only)
     last_error      the trainer's error when failed (or why requeueing stopped), else null
     last_event, last_event_time   the newest record of the event log
+    time_limit_s    the newest job's time limit now (squeue), or null: less than time_asked_s
+                    when SLURM's backfill granted a shorter limit (submit --time-min)
+    time_asked_s    the --time that job was submitted with, or null
 
 exit status: 0, also when no run is found; 2 bad input.
 """

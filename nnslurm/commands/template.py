@@ -208,7 +208,8 @@ def setup_lines(values: Rendering) -> list[str]:
 def run_lines(values: Rendering) -> list[str]:
     lines = [
         f"NNSLURM=({shlex.join(values.command)})",
-        f"export NNSLURM_WARNING_SIGNAL={values.cluster.signal_name}  # the signal of --signal above"
+        f"export NNSLURM_WARNING_SIGNAL={values.cluster.signal_name} NNSLURM_SIGNAL_DELAY="
+        f"{values.cluster.signal_delay_s}  # the signal of --signal above, and its lead"
         if values.cluster.send_signal
         else "# --no-signal: no warning signal; the end-time rule stops the job before its limit",
     ]

@@ -41,7 +41,7 @@ from nnslurm.jobs.training_job import TrainingJob
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.scheduler.policy import requeue_cap
 from nnslurm.scheduler.resubmit import ResubmittedJob, after_job
-from nnslurm.slurm.environment import TIME_ASKED_ENV, TIME_MIN_ENV, WARNING_SIGNAL_ENV
+from nnslurm.slurm.environment import SIGNAL_DELAY_ENV, TIME_ASKED_ENV, TIME_MIN_ENV, WARNING_SIGNAL_ENV
 from nnslurm.slurm.job_ids import submitted_event_id
 
 logger = logging.getLogger(__name__)
@@ -122,6 +122,8 @@ def job_environment_lines(cluster: ClusterSettings, environ: Mapping[str, str] |
         f"export {PREEMPT_SIGNAL_ENV}={cluster.signal_name}",
         f"export {WARNING_SIGNAL_ENV}={cluster.signal_name}",
     ]
+    if cluster.send_signal:  # its lead: a warning with more time left than a stop needs is a hint
+        lines.append(f"export {SIGNAL_DELAY_ENV}={cluster.signal_delay_s}")
     if cluster.time_min_s is not None:  # the job compares its granted limit with these, and restores --time
         lines += [f"export {TIME_ASKED_ENV}={cluster.time_s}", f"export {TIME_MIN_ENV}={cluster.time_min_s}"]
     for name in sorted(key for key in env if key.startswith("nnUNet_")):

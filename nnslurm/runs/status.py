@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nnslurm.core.processes import process_alive
-from nnslurm.core.timeparse import describe
+from nnslurm.core.timeparse import describe, format_time
 from nnslurm.runs.discovery import RunName
 from nnslurm.runs.history import (
     SEGMENT_EVENTS,
@@ -62,6 +62,8 @@ class RunStatus:
     last_event: str | None
     last_event_time: float | None
     iterations_redone: int = 0
+    time_limit_s: int | None = None  # the newest job's limit now (squeue): what SLURM granted
+    time_asked_s: int | None = None  # the --time it was submitted with
     history: History | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -112,6 +114,8 @@ class RunStatus:
             "last_error": self.last_error,
             "last_event": self.last_event,
             "last_event_time": iso_time(self.last_event_time) if self.last_event_time else None,
+            "time_limit_s": self.time_limit_s,
+            "time_asked_s": self.time_asked_s,
         }
 
 
@@ -140,6 +144,10 @@ def run_status(
     remaining = _remaining(history, position, rate, now, running)
     last = history.records[-1] if history.records else None
     failures = [segment.error for segment in history.segments if segment.error]
+    granted = sched.time_limit_s if sched else None
+    asked = _time_asked(history, job_id)
+    if running and granted is not None and asked is not None and granted < asked:
+        detail += f"; limit {format_time(granted)} of {format_time(asked)} asked (backfill: --time-min)"
     return RunStatus(
         folder=folder,
         name=RunName.of_folder(folder),
@@ -164,6 +172,8 @@ def run_status(
         last_event=str(last.get("event")) if last else None,
         last_event_time=float(last["time"]) if last else None,
         iterations_redone=iterations_redone(history, found),
+        time_limit_s=granted,
+        time_asked_s=asked,
         history=history,
     )
 
@@ -250,6 +260,14 @@ def _remaining(
     if running:
         seconds -= max(0.0, now - position.time)
     return max(0.0, seconds)
+
+
+def _time_asked(history: History, job_id: str | None) -> int | None:
+    """The --time of the newest job's submission (its "submitted" record), if recorded."""
+    for record in reversed(history.submitted):
+        if str(record.get("job_id")) == job_id and isinstance(record.get("time_limit_s"), int):
+            return int(record["time_limit_s"])
+    return None
 
 
 def _executor(history: History, job_id: str | None) -> str:

@@ -244,6 +244,7 @@ class SchedulerJob:
     state: str  # squeue %T or sacct State (first word): PENDING, RUNNING, CANCELLED, ...
     reason: str  # squeue %r ("" from sacct)
     source: str  # squeue | sacct
+    time_limit_s: int | None = None  # squeue %l: the limit now (granted, with --time-min); None: unknown
 
 
 @dataclass(frozen=True)
@@ -358,13 +359,14 @@ def query_scheduler(
     found: dict[str, SchedulerJob] = {}
     try:
         result = run_command(
-            ["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(wanted)], QUERY_TIMEOUT_S
+            ["squeue", "-h", "-r", "-o", "%i|%T|%r|%l", "-j", ",".join(wanted)], QUERY_TIMEOUT_S
         )
         for line in result.stdout.splitlines():
             parts = line.strip().split("|")
             if len(parts) >= 2 and parts[0] in wanted:
                 reason = parts[2] if len(parts) > 2 else ""
-                found[parts[0]] = SchedulerJob(parts[0], parts[1].strip(), reason.strip(), "squeue")
+                limit = parse_scontrol_time(parts[3]) if len(parts) > 3 else None  # squeue prints as scontrol
+                found[parts[0]] = SchedulerJob(parts[0], parts[1].strip(), reason.strip(), "squeue", limit)
     except CommandError as error:
         if error.returncode == 127 or error.returncode is None:
             logger.debug("no scheduler: %s", error)

@@ -44,6 +44,9 @@ SAFETY_SHARE = 0.25
 # of a small run until its first iteration, and one checkpoint write. Only the floor uses them.
 START_UP_ESTIMATE_S = 15.0
 CHECKPOINT_ESTIMATE_S = 5.0
+# SLURM may send --signal up to this much before the lead asked for (sbatch(1): "may be sent up to
+# 60 seconds earlier than specified").
+SIGNAL_EARLY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,19 @@ def end_time_decision(
         return EndTimeDecision(False, left, margin, False, numbers)
     too_late = left < checkpoint_s + safety_s
     return EndTimeDecision(True, left, margin, too_late, numbers)
+
+
+def warning_is_hint(decision: EndTimeDecision, signal_delay_s: float | None) -> bool:
+    """Whether the job's warning signal, judged by `decision` (the rule at the signal, EndTime
+    re-read: a preemption moves it to PreemptTime + GraceTime), is a hint rather than an order.
+
+    A hint when a stop is not due yet and the signal is recognisably the warning before that end:
+    the time left is within its lead (`--signal` delay, plus SLURM's 60 s). A signal with more time
+    left (scancel --signal by hand; a preemption whose end did not move) stays an order, and so
+    does any signal when the lead or the end is unknown: nothing is ever risked on a guess."""
+    if signal_delay_s is None or decision.stop or decision.time_left_s is None:
+        return False
+    return decision.time_left_s <= signal_delay_s + SIGNAL_EARLY_S
 
 
 def scaled_safety(safety_s: float, granted_s: float | None) -> float:

@@ -16,6 +16,9 @@ from nnslurm.slurm.job_ids import local_event_id, task_id
 
 # Set by `nnslurm submit` and the templates: the signal of the job's --signal (walltime warning).
 WARNING_SIGNAL_ENV = "NNSLURM_WARNING_SIGNAL"
+# ... and its lead in seconds (`--signal=SIG@DELAY`): with it, a warning arriving while more time is
+# left than a stop needs is a hint (nnslurm.training.stop_margin).
+SIGNAL_DELAY_ENV = "NNSLURM_SIGNAL_DELAY"
 # Set by `nnslurm submit` and the templates with --time-min: the --time and --time-min asked, in
 # seconds (the job's granted limit may be anything between them; a requeue asks for --time again).
 TIME_ASKED_ENV = "NNSLURM_TIME_ASKED"
@@ -41,6 +44,7 @@ class SlurmEnvironment:
     end_time: float | None = None  # SLURM_JOB_END_TIME (Slurm >= 23.02): its limit as granted, Unix seconds
     time_asked_s: int | None = None  # NNSLURM_TIME_ASKED: --time, set only with --time-min
     time_min_s: int | None = None  # NNSLURM_TIME_MIN: --time-min
+    signal_delay_s: int | None = None  # NNSLURM_SIGNAL_DELAY: the warning signal's lead, if nnslurm set it
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> SlurmEnvironment:
@@ -62,6 +66,7 @@ class SlurmEnvironment:
             end_time=_seconds(env.get("SLURM_JOB_END_TIME")),
             time_asked_s=_int(env.get(TIME_ASKED_ENV), 0) or None,
             time_min_s=_int(env.get(TIME_MIN_ENV), 0) or None,
+            signal_delay_s=_int(env.get(SIGNAL_DELAY_ENV), 0) or None,
         )
 
     @property

@@ -50,6 +50,7 @@ class StopMonitor:
         self._owner_pid = os.getpid()
         self._previous: dict[signal.Signals, Any] = {}
         self._received: list[StopRequest] = []
+        self._hints: list[StopRequest] = []  # received, but taken as hints (`defer`)
         self._acknowledged = threading.Event()
         self._closed = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -64,8 +65,13 @@ class StopMonitor:
     # --- loop side -------------------------------------------------------------------------
     @property
     def request(self) -> StopRequest | None:
-        """The first stop signal received, or None."""
-        return self._received[0] if self._received else None
+        """The first stop signal received and not deferred, or None."""
+        return next((r for r in self._received if not any(r is hint for hint in self._hints)), None)
+
+    def defer(self, request: StopRequest) -> None:
+        """Take `request` as a hint, not an order (a walltime warning with time to spare: the
+        end-time rule decides when to stop); it stays in `received`, the deadline no longer runs."""
+        self._hints.append(request)
 
     @property
     def received(self) -> tuple[StopRequest, ...]:

@@ -7,6 +7,11 @@ end without the loop timing anything; `checkpoint` adds each checkpoint's write 
 end-time rule (nnslurm.slurm.end_time) says stop, the guard records a stop request on the
 monitor: the loop then stops exactly as after a signal. Its safety is --end-time-safety scaled to
 the limit this start was granted (`scaled_safety`), said once.
+
+The job's walltime warning (--signal) is a hint when it arrives with more time left than a stop
+needs (`warning_is_hint`): the guard defers it and stops by the rule before the end instead. Issue
+19 measured why: a backfill window of 2 minutes with --signal-delay 120 got the warning at once,
+every start stopped after ~12 iterations, and the run never finished.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from nnslurm.slurm.end_time import (
     end_time_decision,
     log_grant,
     scaled_safety,
+    warning_is_hint,
 )
 from nnslurm.slurm.environment import SlurmEnvironment
 from nnslurm.training.signals import StopMonitor, StopRequest
@@ -78,15 +84,19 @@ class EndTimeGuard:
         times: PhaseTimes | None = None,
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        warning: tuple[str, float] | None = None,
     ) -> None:
         self.reader = reader
         self.monitor = monitor
         self.safety_s = safety_s
         self.times = times or PhaseTimes()
+        self.warning = warning  # the job's warning signal and its lead (s), when nnslurm set them
         self._wall = wall
         self._monotonic = monotonic
         self._last: tuple[str, float] | None = None  # the phase announced last, and when
         self._scaled: float | None = None  # the safety scaled to the granted limit, once known
+        self._judged: list[StopRequest] = []  # warning signals judged (order or hint), once each
+        self._hint: StopRequest | None = None  # the warning taken as a hint
 
     def checkpoint(self, seconds: float) -> None:
         self.times.add_checkpoint(seconds)
@@ -100,8 +110,9 @@ class EndTimeGuard:
         if self._last is not None:
             self.times.add(self._last[0], now - self._last[1])
         self._last = (upcoming, now)
-        if self.monitor.request is not None:
-            return False
+        pending = self.monitor.request
+        if pending is not None and not self._taken_as_hint(pending, upcoming):
+            return False  # a stop requested: the loop stops at this check
         decision = self._decide(upcoming, self.reader.end_time)
         if first:
             # Nothing done by this process yet: the checkpoint it started from holds all there is,
@@ -143,6 +154,32 @@ class EndTimeGuard:
     def close(self) -> None:
         self.reader.close()
 
+    def _taken_as_hint(self, request: StopRequest, upcoming: str) -> bool:
+        """Judge the job's warning signal once, against a fresh EndTime: defer it on the monitor
+        when it is a hint (`warning_is_hint`). Any other stop request is an order."""
+        if (
+            self.warning is None
+            or request.signal != self.warning[0]
+            or any(r is request for r in self._judged)
+        ):
+            return False
+        self._judged.append(request)
+        decision = self._decide(upcoming, self.reader.refresh(CONFIRM_TIMEOUT_S))
+        if not warning_is_hint(decision, self.warning[1]):
+            return False
+        self.monitor.defer(request)
+        self._hint = request
+        logger.warning(
+            "SIG%s (the walltime warning, lead %g s) with %.1f s left, more than a stop needs "
+            "(%.1f s): a hint; the end-time rule stops training before the end (%s)",
+            request.signal,
+            self.warning[1],
+            decision.time_left_s or 0.0,
+            decision.margin_s,
+            decision.reason,
+        )
+        return True
+
     @property
     def effective_safety_s(self) -> float:
         """--end-time-safety scaled to this start's granted limit (fixed, and said, once known)."""
@@ -182,6 +219,9 @@ class EndTimeGuard:
             "next_s": round(self.times.slowest(upcoming), 3),
             "checkpoint_s": round(self.times.checkpoint_s, 3),
             "safety_s": self.effective_safety_s,
+            **(
+                {"after_signal": self._hint.signal, "signal_at": self._hint.received_at} if self._hint else {}
+            ),
         }
 
 
@@ -210,4 +250,7 @@ def end_time_guard(
         options.end_time_safety_s,
         options.end_time_refresh_s,
     )
-    return EndTimeGuard(reader, monitor, options.end_time_safety_s, PhaseTimes(recent))
+    warning = (
+        (env.warning_signal, float(env.signal_delay_s)) if env.warning_signal and env.signal_delay_s else None
+    )
+    return EndTimeGuard(reader, monitor, options.end_time_safety_s, PhaseTimes(recent), warning=warning)

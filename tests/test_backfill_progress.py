@@ -350,8 +350,12 @@ def test_without_time_min_the_limit_is_left_alone(tmp_path: Path, monkeypatch: p
 def test_check_limits() -> None:
     check_limits(60, None, 60.0, None)  # SLURM's shortest limit, a minute, can progress
     check_limits(1800, 180, 60.0, 120)
+    # Measured: the signal came at once in every start. With the end-time rule on, it is a hint
+    # (nnslurm.slurm.end_time.warning_is_hint): the rule stops the job, so the limit is allowed ...
+    check_limits(1800, 120, 60.0, 120)
+    # ... and with the rule off (--no-end-time-stop), the warning is an order: refused.
     with pytest.raises(UsageError, match="--time-min 00:02:00 is too short for the warning signal") as error:
-        check_limits(1800, 120, 60.0, 120)  # measured: the signal came at once in every start
+        check_limits(1800, 120, None, 120)
     assert "raise --time-min to 00:03:00 or more" in (error.value.hint or "")
     check_limits(1800, 120, 60.0, None)  # --no-signal: the end-time rule alone, scaled
     # A slow start (measured 60 s start-up, 10 s checkpoints): a minute cannot progress, 2 can.
@@ -394,7 +398,7 @@ RUN = ["-d", "501", "-f", "0"]
             id="time-min-over-time",
         ),
         pytest.param(
-            ["--time", "30", "--time-min", "2"],
+            ["--time", "30", "--time-min", "2", "--no-end-time-stop"],
             ["--time-min 00:02:00 is too short for the warning signal", "raise --time-min to 00:03:00"],
             id="time-min-under-the-signal",
         ),

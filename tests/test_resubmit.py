@@ -305,3 +305,36 @@ def test_the_resubmission_waits_for_the_old_job_and_keeps_the_settings(tmp_path:
     assert "#SBATCH --dependency=afterany:14_1" in script and "#SBATCH --partition=cancel" in script
     assert "#SBATCH --requeue" in script and "--array" not in script  # one job, not the array again
     assert "--dependency" not in launch.render_sbatch(submission, {})  # a first submission waits for nothing
+
+
+def test_a_chain_stage_resubmits_itself_with_its_own_submission(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage job (find best, predict, preprocess) preempted where SLURM will not requeue it: a
+    new submitit job of the same callable (its pickle under the new id), not `sbatch` of its
+    script, which would run `submitit.core._submit` for a job id with no pickle."""
+    from nnslurm.core.cluster import ClusterSettings
+    from nnslurm.core.config import StageSettings
+    from nnslurm.workflow.find_best import FindBestJob, FindBestSpec, TrainedModel
+
+    queued: list[Any] = []
+    fake = SimpleNamespace(submit=lambda job: queued.append(job) or SimpleNamespace(job_id="21"))
+    monkeypatch.setattr(launch, "make_executor", lambda submission, dependency=None: fake)
+    jobs = (TrainJob(RunSpec("501", "3d_fullres", "0"), TrainingOptions()),)
+    submission = launch.Submission(jobs, ClusterSettings(partition="cancel"), "slurm", tmp_path, "x")
+    stage = FindBestJob(
+        FindBestSpec("501", (TrainedModel("3d_fullres", "nnUNetTrainer", "nnUNetPlans"),), (0,)),
+        StageSettings(),
+    )
+    launch.submit_stage(stage, submission, "x-find-best", "afterok:20")
+    assert queued == [stage] and stage.again is not None
+    again = stage.again
+    assert isinstance(again, launch.Submission)
+    assert (again.job_name, again.cluster, again.log_dir) == ("x-find-best", submission.cluster, tmp_path)
+    resubmitted: list[tuple[Any, str]] = []
+    monkeypatch.setattr(
+        launch.Submission,
+        "submit_again",
+        lambda self, job, old: resubmitted.append((job, old)) or ResubmittedJob("22", "/logs/22"),
+    )
+    assert stage._resubmit("21") == ResubmittedJob("22", "/logs/22") and resubmitted == [(stage, "21")]

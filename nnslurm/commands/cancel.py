@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nnslurm.core.errors import NnslurmError, UsageError
+from nnslurm.core.executor import Executor
 from nnslurm.core.locations import results_or_none
 from nnslurm.runs.discovery import resolve
 from nnslurm.runs.events import Event, EventLog
@@ -103,7 +104,7 @@ def cancel_chain(chain_id: str, dry_run: bool) -> int:
         raise NothingToCancel(
             f"no chain with job {chain_id} under $nnUNet_results.", hint="`nnslurm status` lists the chains."
         )
-    if chain.executor != "slurm":
+    if chain.executor != Executor.SLURM:
         job = chain.jobs[0]
         folders = [Path(folder) for chain_job in chain.jobs for folder in chain_job.folders if folder]
         running = [

@@ -25,6 +25,7 @@ from nnslurm.commands.options import (
 from nnslurm.core.cluster import ClusterSettings
 from nnslurm.core.config import TrainJob
 from nnslurm.core.errors import NnslurmError, UsageError
+from nnslurm.core.executor import Executor
 from nnslurm.core.locations import default_log_dir
 from nnslurm.workflow.plan import WorkflowSpec
 
@@ -195,7 +196,7 @@ def send(submission: Submission, wait: bool) -> int:
     if held:
         raise RunAlreadyQueued(held)
     submitted = launch.submit(submission)
-    where = "SLURM" if submission.executor == "slurm" else "this machine (submitit's local executor)"
+    where = "SLURM" if submission.executor is Executor.SLURM else "this machine (submitit's local executor)"
     print(f"submitted {len(submitted)} job(s) to {where}")
     for submitted_job, train_job in zip(submitted, jobs, strict=True):
         folder = launch.run_folder(train_job)
@@ -203,7 +204,7 @@ def send(submission: Submission, wait: bool) -> int:
         print(f"  job {submitted_job.job_id}: {run.configuration} fold {run.fold} -> {folder}")
     print(f"logs: {submission.log_dir}/<job id>/ (stdout, stderr, submission script)")
     if not wait:
-        if submission.executor == "local":
+        if submission.executor is Executor.LOCAL:
             print(
                 "the local jobs run in the background of this machine; "
                 "follow them in the run folders' nnslurm_events.jsonl"
@@ -224,7 +225,7 @@ def dry_run(submission: Submission) -> int:
         f"# executor: {submission.executor}"
         + (
             ""
-            if submission.executor == "slurm"
+            if submission.executor is Executor.SLURM
             else " (no sbatch here; the script below is what SLURM would run)"
         )
     )

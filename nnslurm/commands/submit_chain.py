@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from nnslurm.commands.held import RunAlreadyQueued, held_runs
 from nnslurm.core.errors import NnslurmError
+from nnslurm.core.executor import Executor
 from nnslurm.workflow.chain import ChainRecord, check_chain_input, cpu_submission, submit_chain
 from nnslurm.workflow.chain_status import StageState, StageStatus, chain_status, is_over
 from nnslurm.workflow.plan import Stage, StageKind, WorkflowSpec, dependency_expression, plan_stages
@@ -64,7 +65,7 @@ def dry_run(spec: WorkflowSpec, submission: Submission, cpu_partition: str | Non
 
     stages = plan_stages(spec)
     print(f"# nnslurm submit --dry-run: a chain of {len(stages)} job(s); nothing is submitted")
-    if submission.executor == "local":
+    if submission.executor is Executor.LOCAL:
         print("# executor: local (no sbatch here): ONE local job runs these stages in this order")
     else:
         print("# executor: slurm; every job that waits carries --kill-on-invalid-dep=yes")
@@ -79,7 +80,7 @@ def dry_run(spec: WorkflowSpec, submission: Submission, cpu_partition: str | Non
     problems = _problems(spec)
     for problem in problems:
         print(f"# WARNING: this submission would fail: {problem}".replace("\n", "\n# "))
-    if submission.executor == "local":
+    if submission.executor is Executor.LOCAL:
         return 0
     for stage in stages:
         name = f"{submission.job_name}-{stage.name.replace(' ', '-')}"
@@ -125,7 +126,7 @@ def send(spec: WorkflowSpec, submission: Submission, cpu_partition: str | None, 
     record = submit_chain(spec, submission, cpu_partition)
     where = (
         "SLURM"
-        if submission.executor == "slurm"
+        if submission.executor is Executor.SLURM
         else "this machine (one local job runs every stage in order)"
     )
     print(f"submitted a chain of {len(record.jobs)} stage(s) to {where}: chain {record.chain_id}")
@@ -165,6 +166,6 @@ def _local_controller_alive(record: ChainRecord) -> bool:
     from nnslurm.slurm.job_ids import local_pid
 
     controller = local_pid(record.jobs[0].job_id)
-    if record.executor == "slurm" or controller is None:
+    if record.executor == Executor.SLURM or controller is None:
         return True
     return process_alive(controller)

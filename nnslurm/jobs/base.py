@@ -33,12 +33,11 @@ import abc
 import contextlib
 import logging
 import time
-from typing import Any, ClassVar, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 import submitit
 
 from nnslurm import EXIT_RESUMABLE
-from nnslurm.core.errors import SchedulerError
 from nnslurm.core.executor import Executor
 from nnslurm.core.logs import configure_logging
 from nnslurm.jobs.submitit_insides import LOCAL_REQUEUE_EXIT
@@ -91,9 +90,9 @@ class StoppableJob(submitit.helpers.Checkpointable, abc.ABC):
     Subclasses say what the work is (`run`), which cap applies (`max_requeues`), and what a stop
     that reached no monitor leaves (`stopped_outside`)."""
 
-    # Whether a job preempted where SLURM will not requeue it submits itself again through `again`
-    # (its submission); False: `sbatch` of the job's own script (nnslurm.scheduler.resubmit).
-    resubmits_itself: ClassVar[bool] = False
+    # How a job preempted where SLURM will not requeue it submits itself again: its submission,
+    # set by whoever submits it through submitit (a new submitit job needs its own pickle). None:
+    # `sbatch` of the job's own script (nnslurm.scheduler.resubmit), right for the sbatch templates.
     again: Again | None = None
 
     def __call__(self) -> Any:
@@ -125,24 +124,18 @@ class StoppableJob(submitit.helpers.Checkpointable, abc.ABC):
 
     def after_stop(self, stopped: Stopped) -> int:
         """What the stop means for this job, and the exit status."""
-        return exit_after_stop(
-            stopped, self.max_requeues, resubmit=self._resubmit if self.resubmits_itself else None
-        )
+        return exit_after_stop(stopped, self.max_requeues, resubmit=self._resubmit if self.again else None)
 
     def _resubmit(self, old_job_id: str) -> ResubmittedJob:
         """A new submitit job of this callable, with the settings it was submitted with (not the
         job's own script: the new job id needs its own pickle where submitit looks for it)."""
-        if self.again is None:
-            raise SchedulerError(
-                f"job {old_job_id} does not carry its submission settings, so it cannot resubmit itself.",
-                hint="submit the same command again to continue from the checkpoint.",
-            )
+        assert self.again is not None  # after_stop passes this only then
         return self.again.submit_again(self, old_job_id)
 
 
 def _remove_literal_job_id_folder() -> None:
     """submitit's local controller creates its folder pattern unformatted (a folder named "%j"
     next to the job's own); it stays empty, so remove it if it is."""
-    with contextlib.suppress(OSError, RuntimeError):
+    with contextlib.suppress(OSError, RuntimeError, KeyError):  # KeyError: not in a submitit job
         folder = submitit.JobEnvironment().paths.folder  # <log dir>/<job id>
         (folder.parent / "%j").rmdir()

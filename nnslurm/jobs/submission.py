@@ -31,6 +31,7 @@ from nnslurm.core.directives import check_log_folder, check_value, escape_backsl
 from nnslurm.core.errors import NnslurmError, UsageError
 from nnslurm.core.executor import Executor
 from nnslurm.core.timeparse import slurm_minutes
+from nnslurm.jobs.base import StoppableJob
 from nnslurm.jobs.submitit_insides import (
     PREEMPT_SIGNAL_ENV,
     SlurmExecutor,
@@ -302,6 +303,8 @@ def submit_stage(
     """One job of a chain that is not a training (preprocess, find best, predict): the callable
     under the submission's cluster settings and log folder, its own job name."""
     one = dataclasses.replace(submission, jobs=submission.jobs[:1], job_name=job_name)
+    if isinstance(stage_job, StoppableJob):  # preempted where SLURM will not requeue: resubmitted so
+        stage_job.again = one
     executor = make_executor(one, dependency=dependency)
     try:
         return executor.submit(stage_job)

@@ -43,8 +43,6 @@ class TrainingJob(StoppableJob):
     preempted where SLURM will not requeue it submits itself again with it
     (nnslurm.jobs.submission.Submission.submit_again)."""
 
-    resubmits_itself = True
-
     def __init__(self, job: TrainJob, again: Again | None = None) -> None:
         self.job = job
         self.again = again

@@ -133,8 +133,9 @@ def check_limits(
     start-up and checkpoint times: estimates unless measured. UsageError saying what to change.
 
     With the estimates no limit of a minute or more fails the first test (a minute leaves 45 s
-    after the scaled safety); the warning signal's test is the one that bites: measured, a
-    --time-min of 2 with the default --signal-delay 120 got the signal at once in every start."""
+    after the scaled safety). The warning signal's test applies only with the end-time rule off:
+    measured, a --time-min of 2 with the default --signal-delay 120 got the signal at once in every
+    start; with the rule on, such a warning is a hint (`warning_is_hint`) and the rule stops the job."""
     need = start_up_s + checkpoint_s
     for flag, seconds in (("--time", time_s), ("--time-min", time_min_s)):
         if seconds is None:
@@ -151,15 +152,16 @@ def check_limits(
                 f"{format_time(floor)}.",
                 hint=f"raise {flag} to {format_time(floor)} or more.",
             )
-        if signal_delay_s is not None and granted < signal_delay_s + need:
+        if signal_delay_s is not None and safety_s is None and granted < signal_delay_s + need:
             enough = slurm_minutes(math.ceil(signal_delay_s + need)) * 60
             raise UsageError(
                 f"{flag} {format_time(seconds)} is too short for the warning signal, sent {signal_delay_s} s "
                 f"before the limit: a start granted {format_time(granted)} would get it about "
                 f"{max(0, granted - signal_delay_s)} s in, before its start-up (~{start_up_s:g} s) and a "
                 "checkpoint, and stop every time without progress.",
-                hint=f"raise {flag} to {format_time(enough)} or more, or "
-                "lower --signal-delay (or --no-signal: the end-time rule alone stops the job).",
+                hint=f"raise {flag} to {format_time(enough)} or more, or lower --signal-delay, or "
+                "turn the end-time rule on again (it takes such a warning as a hint and stops the job "
+                "before its end).",
             )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from nnslurm.core.executor import Executor
+
 # The event log's job ids of submitit's local executor: "local-<pid of its controller>".
 LOCAL_PREFIX = "local-"
 _SLURM_JOB_ID = re.compile(r"(\d+)(?:_(\d+))?")
@@ -43,7 +45,7 @@ def local_event_id(local_job_id: str | int) -> str:
 def submitted_event_id(job_id: str | int, executor: str) -> str:
     """The id a submitted job's own events will carry, as the submitter knows it (`executor`:
     nnslurm.core.executor.Executor or its value)."""
-    return local_event_id(job_id) if executor == "local" else str(job_id)
+    return local_event_id(job_id) if executor == Executor.LOCAL else str(job_id)
 
 
 def submitit_id(job_id: str) -> str:

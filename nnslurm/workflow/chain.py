@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nnslurm.core.errors import NnslurmError, UsageError
+from nnslurm.core.executor import Executor
 from nnslurm.core.locations import chains_folder, output_state_folder
 from nnslurm.runs.chains import ChainJob, ChainRecord, write_record
 from nnslurm.slurm.job_ids import array_job, submitted_event_id
@@ -165,7 +166,7 @@ def submit_chain(spec: WorkflowSpec, submission: Submission, cpu_partition: str 
     """Submit every stage in plan order with its dependencies; write and return the chain's record."""
     from nnslurm.jobs import submission as launch
 
-    if submission.executor == "local":
+    if submission.executor is Executor.LOCAL:
         return submit_local_chain(spec, submission)
     stages = plan_stages(spec)
     job_ids: dict[str, str] = {}

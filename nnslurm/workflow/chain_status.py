@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from nnslurm.core.executor import Executor
 from nnslurm.runs.chains import ChainJob, ChainRecord
 from nnslurm.runs.events import Event, read_events
 from nnslurm.runs.history import submission_time
@@ -87,12 +88,12 @@ def chain_status(record: ChainRecord, scheduler: Scheduler | None = None) -> lis
     job's accounting matched to our submission of it: `_submitted`)."""
     current = {task: _newest_job(task, job) for job in record.jobs for task in job.task_ids}
     answers = None
-    if record.executor == "slurm":
+    if record.executor == Executor.SLURM:
         ask = scheduler or functools.partial(query_scheduler, since=_submitted(record, current))
         answers = ask(current.values())
     rows: list[StageStatus] = []
     for job in record.jobs:
-        if record.executor == "slurm":
+        if record.executor == Executor.SLURM:
             tasks = {
                 task: _task_state(current[task], job, index, answers)
                 for index, task in enumerate(job.task_ids)

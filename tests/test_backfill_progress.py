@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FakeCluster, write_log
+from support import TINY_PLANS, FakeCluster, NnunetEnv, write_log
 
 from nnslurm import cli
 from nnslurm.core.cluster import ClusterSettings, resolve
@@ -457,3 +457,23 @@ def test_template_has_the_time_min_line(results: Path, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "#SBATCH --time-min=00:04:00\n" in out
     assert "export NNSLURM_TIME_ASKED=1800 NNSLURM_TIME_MIN=240\n" in out
+
+
+def test_the_limit_check_takes_the_run_s_own_checkpoint_times(
+    nnunet_env: NnunetEnv, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run whose checkpoints take 40 s (a big model on a slow filesystem): a 1-minute --time-min
+    cannot progress (start-up ~15 s + 40 s + the 15 s safety), though the estimates would allow it."""
+    for name, value in nnunet_env.env().items():
+        if name.startswith("nnUNet_"):
+            monkeypatch.setenv(name, value)
+    run = ["-d", "501", "-f", "0", "-p", TINY_PLANS, "--dry-run", "--executor", "slurm", "--time", "30"]
+    assert cli.main(["submit", *run, "--time-min", "1"]) == 0  # no measure yet: the estimates
+    write_log(nnunet_env.run_folder(), [{"event": "checkpoint", "time": 1.0, "seconds": 40.0}])
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["submit", *run, "--time-min", "1"]) == 2
+    said = caplog.text
+    assert "--time-min 00:01:00 is too short for a start to make progress" in said, said
+    assert "a checkpoint (~40 s)" in said, said
+    assert cli.main(["submit", *run, "--time-min", "2"]) == 0

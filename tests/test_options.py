@@ -170,6 +170,20 @@ def test_nnunet_validation_flags_and_pretrained_weights(
     assert (options.npz, options.validation_only, options.validation_checkpoint) == (True, True, "final")
 
 
+def test_several_ranks_are_for_train_only(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train -num_gpus 2` launches two ranks (tests/test_multi_rank.py); submit does not yet, and says so."""
+    assert training_job_from_args(parse(["train", "501", "3d_fullres", "0", "-num_gpus", "2"]))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    assert cli.main(["submit", "--dry-run", "501", "3d_fullres", "0", "-num_gpus", "2"]) == 2
+    assert "-num_gpus 2: several ranks run under `nnslurm train` only for now" in caplog.text
+    assert "HINT" in caplog.text
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 def test_nnunet_single_dash_spellings_and_continue_flag() -> None:
     plain = training_job_from_args(parse(["train", "501", "3d_fullres", "0", "--device", "cpu"]))
     nnunet = parse(["train", "501", "3d_fullres", "0", "-device", "cpu", "--c", "-num_gpus", "1"])
@@ -181,8 +195,7 @@ def test_nnunet_single_dash_spellings_and_continue_flag() -> None:
     ("extra", "words"),
     [
         (["--disable_checkpointing"], ["--disable_checkpointing is refused", "lose the training"]),
-        (["-num_gpus", "2"], ["-num_gpus 2: multi-GPU training is not supported yet", "-num_gpus 1"]),
-        (["-num_gpus", "0"], ["-num_gpus must be 1"]),
+        (["-num_gpus", "0"], ["-num_gpus must be 1 or more"]),
         *[
             ([flag, "--no-final-validation"], [f"{flag} and --no-final-validation contradict", "HINT"])
             for flag in ("--val", "--val_best", "--npz")

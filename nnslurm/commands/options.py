@@ -191,7 +191,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "-num_gpus",
         type=int,
         default=1,
-        help="as nnUNetv2_train; nnslurm trains on one GPU: only 1 is accepted",
+        help="as nnUNetv2_train: N ranks on this node, launched by nnslurm (NCCL on CUDA, gloo with "
+        "-device cpu), stopped together and resumed exactly; `train` only for now (default: 1)",
     )
     group = parser.add_argument_group("validation")
     group.add_argument(
@@ -388,21 +389,15 @@ def with_defaults(
     return argparse.Namespace(**{**vars(parser.parse_args([])), **vars(args)})
 
 
-def training_options_from_args(args: argparse.Namespace) -> TrainingOptions:
+def training_options_from_args(args: argparse.Namespace, ranks_allowed: bool = False) -> TrainingOptions:
+    """`ranks_allowed`: the command launches -num_gpus ranks itself (`nnslurm train`)."""
     if args.disable_checkpointing:
         raise UsageError(
             "--disable_checkpointing is refused: nnslurm's checkpoints are what lets a stopped run "
             "resume; without them every stop (walltime, preemption) would lose the training.",
             hint="drop --disable_checkpointing; --save-every-epochs and --save-every-minutes set how often.",
         )
-    if args.num_gpus > 1:
-        raise UsageError(
-            f"-num_gpus {args.num_gpus}: multi-GPU training is not supported yet; nnslurm trains on "
-            "one GPU and will not quietly do so when you asked for more.",
-            hint="drop -num_gpus (or pass -num_gpus 1) to train on one GPU.",
-        )
-    if args.num_gpus < 1:
-        raise UsageError(f"-num_gpus must be 1, got {args.num_gpus}.", hint="drop -num_gpus.")
+    num_ranks_from_args(args, ranks_allowed)
     return TrainingOptions(
         num_epochs=args.epochs,
         iterations_per_epoch=args.iterations_per_epoch,
@@ -468,14 +463,30 @@ def run_specs_from_args(args: argparse.Namespace, default_folds: Sequence[str] =
     )
 
 
-def training_jobs_from_args(args: argparse.Namespace) -> tuple[TrainJob, ...]:
-    options = training_options_from_args(args)
+def num_ranks_from_args(args: argparse.Namespace, ranks_allowed: bool = True) -> int:
+    """-num_gpus: the number of ranks on this node (`nnslurm train` launches them); the commands that
+    submit jobs do not launch ranks yet, and say so rather than train on one."""
+    count: int = args.num_gpus
+    if count < 1:
+        raise UsageError(f"-num_gpus must be 1 or more, got {count}.", hint="drop -num_gpus to train on one.")
+    if count > 1 and not ranks_allowed:
+        raise UsageError(
+            f"-num_gpus {count}: several ranks run under `nnslurm train` only for now; submit, the "
+            "workflow chain and the templates do not launch them yet, and will not quietly train on one.",
+            hint=f"put `nnslurm train ... -num_gpus {count}` in an sbatch script (one node, {count} GPUs), "
+            "or drop -num_gpus.",
+        )
+    return count
+
+
+def training_jobs_from_args(args: argparse.Namespace, ranks_allowed: bool = False) -> tuple[TrainJob, ...]:
+    options = training_options_from_args(args, ranks_allowed)
     return tuple(TrainJob(run=run, options=options) for run in run_specs_from_args(args))
 
 
 def training_job_from_args(args: argparse.Namespace) -> TrainJob:
-    """`nnslurm train`: exactly one run."""
-    (job,) = training_jobs_from_args(args)
+    """`nnslurm train`: exactly one run (-num_gpus ranks: num_ranks_from_args)."""
+    (job,) = training_jobs_from_args(args, ranks_allowed=True)
     return job
 
 
@@ -508,15 +519,20 @@ def cluster_settings_from_args(args: argparse.Namespace) -> ClusterSettings:
     return settings
 
 
-def check_submission(cluster: ClusterSettings, options: TrainingOptions) -> None:
-    """What submit and template check before anything is queued: the warning signal, and a
-    -pretrained_weights file the job could not load (caught at its start only, hours later)."""
+def check_submission(
+    cluster: ClusterSettings, options: TrainingOptions, checkpoint_s: float | None = None
+) -> None:
+    """What submit and template check before anything is queued: the warning signal, limits no
+    start can progress in (with the run's own measured checkpoint time `checkpoint_s` when it has
+    one, else an estimate), and a -pretrained_weights file the job could not load (caught at its
+    start only, hours later)."""
     check_warning_signal(cluster, options)
     check_limits(
         cluster.time_s,
         cluster.time_min_s,
         options.end_time_safety_s,
         cluster.signal_delay_s if cluster.send_signal else None,
+        **({"checkpoint_s": checkpoint_s} if checkpoint_s is not None else {}),
     )
     if options.pretrained_weights is not None:
         check_weights_file(options.pretrained_weights)

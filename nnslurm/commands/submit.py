@@ -27,12 +27,15 @@ from nnslurm.core.config import TrainJob
 from nnslurm.core.errors import NnslurmError, UsageError
 from nnslurm.core.executor import Executor
 from nnslurm.core.locations import default_log_dir
+from nnslurm.runs.events import checkpoint_write_times, read_events
 from nnslurm.workflow.plan import WorkflowSpec
 
 if TYPE_CHECKING:  # nnslurm.jobs.submission imports submitit: only when a command submits
     from nnslurm.jobs.submission import Submission
 
 logger = logging.getLogger(__name__)
+
+CHECKPOINTS_MEASURED = 5  # the recent checkpoint writes the limit check takes the slowest of
 
 DESCRIPTION = """\
 Submit nnU-Net training through submitit. The job trains in its own process; on the walltime
@@ -167,13 +170,26 @@ def workflow_from_args(args: argparse.Namespace, jobs: Sequence[TrainJob]) -> Wo
     return spec
 
 
+def measured_checkpoint_s(jobs: Sequence[TrainJob]) -> float | None:
+    """The slowest recent checkpoint write of the runs, from their event logs (None: none yet)."""
+    from nnslurm.jobs import submission as launch
+
+    times = [
+        seconds
+        for job in jobs
+        if (folder := launch.run_folder(job)) is not None
+        for seconds in checkpoint_write_times(read_events(folder))[-CHECKPOINTS_MEASURED:]
+    ]
+    return max(times, default=None)
+
+
 def make_submission(
     jobs: Sequence[TrainJob], cluster: ClusterSettings, executor: str, job_name: str | None = None
 ) -> Submission:
     """The checked Submission of these runs; the log folder is the cluster's, or the default."""
     from nnslurm.jobs import submission as launch
 
-    check_submission(cluster, jobs[0].options)
+    check_submission(cluster, jobs[0].options, measured_checkpoint_s(jobs))
     chosen = launch.choose_executor(executor)
     log_dir = Path(cluster.log_dir).expanduser() if cluster.log_dir else default_log_dir()
     return launch.Submission(

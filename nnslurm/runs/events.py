@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -116,3 +116,13 @@ def read_events(folder: Path) -> tuple[Mapping[str, Any], ...]:
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def checkpoint_write_times(records: Iterable[Mapping[str, Any]]) -> list[float]:
+    """How long each checkpoint of a run took to become durable (s), oldest first: what a stop
+    costs, as measured (the end-time guard's seed; the limit check at submission)."""
+    return [
+        float(record["seconds"])
+        for record in records
+        if record.get("event") == Event.CHECKPOINT and _number(record.get("seconds"))
+    ]

@@ -39,10 +39,12 @@ from nnslurm.core.processes import children_die_with_this_process, environment_r
 from nnslurm.runs.events import Event, EventLog
 from nnslurm.runs.outcome import Stopped
 from nnslurm.slurm.cpus import WORKERS_ENV, CpuBudget, read_cpu_budget
+from nnslurm.training.agreement import RankGroup, joined, rank_device
 from nnslurm.training.lock import RunLock
 from nnslurm.training.malloc import fix_malloc_thresholds
 from nnslurm.training.nnunet_compat import trainer_plans
 from nnslurm.training.pretrained import META_FIELD, PretrainedWeights, load_into, record_for_resume
+from nnslurm.training.ranks import Rank
 from nnslurm.training.signals import StopMonitor, StopRequest
 from nnslurm.training.stop_margin import end_time_guard
 from nnslurm.training.trainer import NEVER, LoopContext, ResumePoint, TrainingStopped, preemptible_class
@@ -83,7 +85,10 @@ class TrainingOutcome:
 
 
 def run_training(
-    job: TrainJob, monitor: StopMonitor, on_run_folder: Callable[[Path], None] | None = None
+    job: TrainJob,
+    monitor: StopMonitor,
+    on_run_folder: Callable[[Path], None] | None = None,
+    rank: Rank | None = None,
 ) -> TrainingOutcome:
     """Train (or resume) one nnU-Net run in this process, under an installed stop `monitor`.
 
@@ -91,13 +96,23 @@ def run_training(
     a stop without an iteration boundary there). Callers go through `nnslurm.training.stoppable`.
     nnU-Net reads its augmentation workers only from the environment (nnUNet_n_proc_DA, set here to
     the job's CPUs, or 0 when deterministic): the caller finds it as it was when this returns.
+    `rank`: this process is one of several (nnslurm.training.launch_ranks); only rank 0 locks,
+    chooses the checkpoint, writes and records.
     """
     with environment_restored(WORKERS_ENV):
-        return _run_training(job, monitor, on_run_folder)
+        if rank is None:
+            return _run_training(job, monitor, on_run_folder, _device(job.options.device), None)
+        device = rank_device(_device_name(job.options.device), rank)
+        with joined(rank, device, job.options.stop_deadline_s) as group:
+            return _run_training(job, monitor, on_run_folder, device, group)
 
 
 def _run_training(
-    job: TrainJob, monitor: StopMonitor, on_run_folder: Callable[[Path], None] | None
+    job: TrainJob,
+    monitor: StopMonitor,
+    on_run_folder: Callable[[Path], None] | None,
+    device: torch.device,
+    group: RankGroup | None,
 ) -> TrainingOutcome:
     run, options = job.run, job.options
     plans, dataset_json = load_plans(run)
@@ -110,6 +125,9 @@ def _run_training(
         fold=str(run.fold_value),
         trainer=base_class.__name__,
     )
+    trained = _Training(job, plans, dataset_json, base_class, folder, monitor, device, group)
+    if group is not None and not group.leads:  # rank 0 holds the folder and chooses for all
+        return _train(trained, group.share(_from_rank_zero), _NoEvents(folder))
     # Checked before anything is written:
     pretrained = _given_pretrained(options, folder)
     if options.validation_only:
@@ -129,25 +147,108 @@ def _run_training(
         remove_stale_temp_files(folder)
         if on_run_folder is not None:
             on_run_folder(folder)
-        chosen: CheckpointInfo | None
-        carried: Mapping[str, Any] | None
-        if options.validation_only:
-            chosen = read_checkpoint(_finished_checkpoint(folder))
-            # --val takes nnU-Net's command line: the run's own epoch settings, whatever it says
-            check_belongs(chosen, expected, chosen.meta.get("overrides") or {})
-            carried = chosen.meta.get(META_FIELD)
+        world_size = 1 if group is None else group.world_size
+
+        def choose() -> _Start:
+            return _choose_start(options, folder, expected, pretrained, world_size)
+
+        start = choose() if group is None else group.share(choose)
+        return _train(trained, start, events)
+
+
+def _from_rank_zero() -> _Start:
+    raise AssertionError("only rank 0 chooses the start")  # RankGroup.share runs it on rank 0 only
+
+
+def _choose_start(
+    options: TrainingOptions,
+    folder: Path,
+    expected: RunIdentity,
+    pretrained: PretrainedWeights | None,
+    world_size: int,
+) -> _Start:
+    """The checkpoint to start from (or none), under the run's lock; refuses before anything is written."""
+    chosen: CheckpointInfo | None
+    carried: Mapping[str, Any] | None
+    if options.validation_only:
+        chosen = read_checkpoint(_finished_checkpoint(folder))
+        # --val takes nnU-Net's command line: the run's own epoch settings, whatever it says
+        check_belongs(chosen, expected, chosen.meta.get("overrides") or {})
+        carried = chosen.meta.get(META_FIELD)
+    else:
+        chosen = choose_checkpoint(
+            folder, options.resume_from, expected, options.overrides, start_over=options.start_over
+        )
+        if chosen is not None:
+            _check_world_size(chosen, world_size)
+            carried = record_for_resume(pretrained, chosen)  # refuses other weights: nothing written yet
         else:
-            chosen = choose_checkpoint(
-                folder, options.resume_from, expected, options.overrides, start_over=options.start_over
-            )
-            if chosen is not None:
-                carried = record_for_resume(pretrained, chosen)  # refuses other weights: nothing written yet
-            else:
-                if options.pretrained_weights is not None and pretrained is None:  # gone, nothing to resume
-                    pretrained = PretrainedWeights.of_file(options.pretrained_weights)  # says: no such file
-                carried = pretrained.record() if pretrained else None
-        start = _Start(chosen, pretrained if chosen is None else None, carried)
-        return _train(job, plans, dataset_json, base_class, folder, start, monitor, events)
+            if options.pretrained_weights is not None and pretrained is None:  # gone, nothing to resume
+                pretrained = PretrainedWeights.of_file(options.pretrained_weights)  # says: no such file
+            carried = pretrained.record() if pretrained else None
+    return _Start(chosen, pretrained if chosen is None else None, carried)
+
+
+def _check_world_size(chosen: CheckpointInfo, world_size: int) -> None:
+    """Mid-epoch, each rank's batches and random stream go on where that rank stopped: another
+    number of ranks cannot continue them. At an epoch boundary it can (fresh per-rank seeds)."""
+    written = written_world_size(chosen)
+    if written == world_size or chosen.finished or chosen.iteration == 0:
+        return
+    raise NnslurmError(
+        f"{chosen.path.name} was written by {written} rank(s) in the middle of epoch {chosen.epoch} "
+        f"(iteration {chosen.iteration}); this start has {world_size}: the ranks' batches and random "
+        "streams cannot be split differently mid-epoch. Nothing was changed.",
+        hint=f"resume with -num_gpus {written} (the next epoch boundary's checkpoint can then go on with "
+        "another number), or --resume-from best to go on from the last epoch end with this number "
+        "(the partial epoch is trained again).",
+    )
+
+
+def written_world_size(chosen: CheckpointInfo) -> int:
+    """The number of ranks that wrote `chosen` (1: one process, or a file without nnslurm's entry)."""
+    return int(chosen.meta.get("world_size") or 1)
+
+
+def _resumed_rank_state(chosen: CheckpointInfo, group: RankGroup | None) -> tuple[Any, list[Any]]:
+    """This rank's RNG state and losses of the epoch so far, from the checkpoint: its own, or none
+    when the number of ranks changed (at an epoch boundary: fresh per-rank seeds)."""
+    world_size, rank = (1, 0) if group is None else (group.world_size, group.rank.rank)
+    written = written_world_size(chosen)
+    if written != world_size:
+        logger.info(
+            "%s was written by %d rank(s), this start has %d: at an epoch boundary, each rank "
+            "goes on with a fresh random stream (seed + rank)",
+            chosen.path.name,
+            written,
+            world_size,
+        )
+        return None, []
+    states = chosen.meta.get("rank_states")
+    if states:
+        return states[rank]["rng"], list(states[rank]["train_outputs"])
+    return chosen.meta.get("rng"), list(chosen.meta.get("train_outputs", []))
+
+
+class _NoEvents(EventLog):
+    """The event log of a rank other than 0: rank 0 alone records the run."""
+
+    def append(self, event: Event, **fields: Any) -> dict[str, Any]:
+        return {"event": event, **fields}
+
+
+@dataclass(frozen=True)
+class _Training:
+    """What every start of this process trains with (the run, its folder, its place among the ranks)."""
+
+    job: TrainJob
+    plans: dict[str, Any]
+    dataset_json: dict[str, Any]
+    base_class: type
+    folder: Path
+    monitor: StopMonitor
+    device: torch.device
+    group: RankGroup | None
 
 
 @dataclass(frozen=True)
@@ -183,30 +284,28 @@ def _finished_checkpoint(folder: Path) -> Path:
     return path
 
 
-def _train(
-    job: TrainJob,
-    plans: dict[str, Any],
-    dataset_json: dict[str, Any],
-    base_class: type,
-    folder: Path,
-    start_from: _Start,
-    monitor: StopMonitor,
-    events: EventLog,
-) -> TrainingOutcome:
+def _train(trained: _Training, start_from: _Start, events: EventLog) -> TrainingOutcome:
+    job, folder, monitor, group = trained.job, trained.folder, trained.monitor, trained.group
     run, options = job.run, job.options
+    base_class = trained.base_class
+    leads = group is None or group.leads
     chosen = start_from.chosen
     overrides = options.overrides
     if options.validation_only and chosen is not None:
         overrides = dict(chosen.meta.get("overrides") or {})
     validation = requested(options)
-    _prepare_process(options)
+    _prepare_process(options, rank=0 if group is None else group.rank.rank)
+    world_size = 1 if group is None else group.world_size
+    _follow_allocation(read_cpu_budget(), threads=trained.device.type == "cpu", ranks=world_size)
     trainer = preemptible_class(base_class)(
-        plans=trainer_plans(plans, continue_training=chosen is not None),
+        plans=trainer_plans(trained.plans, continue_training=chosen is not None),
         configuration=run.configuration,
         fold=run.fold_value,
-        dataset_json=dataset_json,
-        device=_device(options.device),
+        dataset_json=trained.dataset_json,
+        device=trained.device,
     )
+    if group is not None:
+        _as_rank(trainer, group, trained.device)
     for name, value in overrides.items():
         setattr(trainer, name, value)
     trainer.save_every = options.save_every_epochs or NEVER
@@ -219,16 +318,18 @@ def _train(
         save_every_minutes=options.save_every_minutes,
         deterministic=options.deterministic,
         pretrained=start_from.pretrained_record,
-        end_time=end_time_guard(options, monitor, folder),
+        end_time=end_time_guard(options, monitor, folder) if leads else None,  # rank 0's rule, agreed
+        ranks=group,
     )
     start = {"epoch": 0, "iteration": 0}
     if chosen is not None:
         trainer.load_checkpoint(str(chosen.path))
+        rng_state, train_outputs = _resumed_rank_state(chosen, group)
         trainer.nnslurm.resume = ResumePoint(
             epoch=chosen.epoch,
             iteration=chosen.iteration,
-            rng_state=chosen.meta.get("rng"),
-            train_outputs=list(chosen.meta.get("train_outputs", [])),
+            rng_state=rng_state,
+            train_outputs=train_outputs,
         )
         start = {"epoch": chosen.epoch, "iteration": chosen.iteration}
         events.append(Event.RESUMED, checkpoint=chosen.path.name, finished=chosen.finished, **start)
@@ -240,6 +341,7 @@ def _train(
         iterations_per_epoch=trainer.num_iterations_per_epoch,
         trainer=base_class.__name__,
         deterministic=options.deterministic,
+        **({"world_size": world_size} if world_size > 1 else {}),
         **({"validation_only": True} if options.validation_only else {}),
         **recorded,
         **start,
@@ -271,8 +373,13 @@ def _train(
                     stop_reason=stop.request.reason,
                 )
         validated: dict[str, Any] = {}
-        if validation is not None and (options.validation_only or not is_done(folder, validation)):
-            request = _validate(trainer, folder, validation, monitor)
+
+        def validation_needed() -> bool:
+            return validation is not None and (options.validation_only or not is_done(folder, validation))
+
+        needed = validation_needed() if group is None else group.share(validation_needed)  # one answer
+        if validation is not None and needed:
+            request = _validate(trainer, folder, validation, monitor, group)
             if request is not None:
                 return abandoned_outcome(job, folder, request, monitor.phase, reason="export workers stopped")
             validated = {"validation": validation.record()}
@@ -303,15 +410,21 @@ def _train(
             trainer.shutdown_dataloaders()
 
 
-def _validate(trainer: Any, folder: Path, validation: Validation, monitor: StopMonitor) -> StopRequest | None:
+def _validate(
+    trainer: Any, folder: Path, validation: Validation, monitor: StopMonitor, group: RankGroup | None
+) -> StopRequest | None:
     """nnU-Net's final validation, redone wholly (nnslurm.training.validation); returns the stop request
-    when the validation failed because of it."""
+    when the validation failed because of it. Several ranks: each predicts its share (nnU-Net's DDP
+    validation), once rank 0 has cleared the old outputs."""
     monitor.phase = "final validation"
     path = checkpoint_for(folder, validation)
     if validation.checkpoint == "best":  # as nnUNetv2_train --val_best: load it over the trained weights
         read_checkpoint(path)  # a damaged file is refused, not validated
         trainer.load_checkpoint(str(path))
-    begin(folder, validation)
+    if group is None:
+        begin(folder, validation)
+    else:
+        group.share(lambda: begin(folder, validation))  # rank 0 clears; the others wait for it
     logger.info("final validation of %s%s", path.name, " with softmax .npz files" if validation.npz else "")
     try:
         trainer.perform_actual_validation(validation.npz)
@@ -330,7 +443,7 @@ def _validate(trainer: Any, folder: Path, validation: Validation, monitor: StopM
     return None
 
 
-def _prepare_process(options: TrainingOptions) -> None:
+def _prepare_process(options: TrainingOptions, rank: int = 0) -> None:
     children_die_with_this_process()
     fix_malloc_thresholds()  # before the trainer allocates anything (nnslurm.training.malloc: why)
     seed = (
@@ -341,10 +454,10 @@ def _prepare_process(options: TrainingOptions) -> None:
     if options.deterministic:
         os.environ[WORKERS_ENV] = "0"  # single-process augmentation: one RNG stream
     if seed is not None:
-        rng.seed_everything(seed)
+        rng.seed_everything(seed + rank)  # each rank draws its own crops (nnU-Net seeds no rank)
 
 
-def _device(name: str) -> torch.device:
+def _device_name(name: str) -> str:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -352,23 +465,40 @@ def _device(name: str) -> torch.device:
             "--device cuda, but no CUDA device is visible to this process.",
             hint="check --gpus / CUDA_VISIBLE_DEVICES, or use --device cpu.",
         )
-    _follow_allocation(read_cpu_budget(), threads=name == "cpu")
-    return torch.device(name)
+    return name
 
 
-def _follow_allocation(budget: CpuBudget, threads: bool) -> None:
+def _device(name: str) -> torch.device:
+    return torch.device(_device_name(name))
+
+
+def _as_rank(trainer: Any, group: RankGroup, device: torch.device) -> None:
+    """nnU-Net's trainer, built inside the process group, took `is_ddp` from it but forces the device
+    to cuda:<global rank> and a CUDA GradScaler: set what this rank really is before initialize()
+    (the mixin's `initialize` leaves out DDP's device_ids on the CPU)."""
+    trainer.is_ddp = True
+    trainer.local_rank = group.rank.rank  # nnU-Net's "rank 0 only" tests mean the global rank
+    trainer.device = device  # cuda:LOCAL_RANK, or the CPU
+    if device.type != "cuda":
+        trainer.grad_scaler = None  # as nnU-Net on a CPU: no mixed precision
+
+
+def _follow_allocation(budget: CpuBudget, threads: bool, ranks: int = 1) -> None:
     """nnU-Net would take every core of the node (threads) and 12 augmentation workers: take
-    what this job was given (nnslurm.slurm.cpus). Torch threads on the CPU device only, as nnU-Net."""
+    what this job was given (nnslurm.slurm.cpus), shared by the `ranks` of this node. Torch threads
+    on the CPU device only, as nnU-Net."""
+    cpus = max(1, budget.cpus // ranks)
     if threads:
-        torch.set_num_threads(budget.cpus)
+        torch.set_num_threads(cpus)
     if budget.workers is not None:
-        os.environ[WORKERS_ENV] = str(budget.workers)
+        os.environ[WORKERS_ENV] = str(budget.workers // ranks if ranks > 1 else budget.workers)
     workers = os.environ.get(WORKERS_ENV)
     logger.info(
-        "CPUs: %d (%s): torch threads %s, augmentation workers %s",
+        "CPUs: %d (%s)%s: torch threads %s, augmentation workers %s",
         budget.cpus,
         budget.source,
-        budget.cpus if threads else "torch's default (CUDA device)",
+        f", {cpus} for each of {ranks} ranks" if ranks > 1 else "",
+        cpus if threads else "torch's default (CUDA device)",
         "nnU-Net's default" if workers is None else f"{workers} ({WORKERS_ENV})",
     )
 

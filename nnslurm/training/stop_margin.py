@@ -24,7 +24,7 @@ from pathlib import Path
 
 from nnslurm.core.config import TrainingOptions
 from nnslurm.core.timeparse import format_time
-from nnslurm.runs.events import Event, read_events
+from nnslurm.runs.events import checkpoint_write_times, read_events
 from nnslurm.slurm.end_time import (
     CONFIRM_TIMEOUT_S,
     END_TIME_SIGNAL,
@@ -236,11 +236,7 @@ def end_time_guard(
     granted = log_grant(env)  # submitted with --time-min: say what this start was granted
     if options.end_time_safety_s is None or job_id is None:
         return None
-    recent = [
-        float(record["seconds"])
-        for record in read_events(run_folder)
-        if record.get("event") == Event.CHECKPOINT and isinstance(record.get("seconds"), int | float)
-    ][-CHECKPOINT_WINDOW:]
+    recent = checkpoint_write_times(read_events(run_folder))[-CHECKPOINT_WINDOW:]
     reader = EndTimeReader(job_id, options.end_time_refresh_s, granted_s=granted)
     reader.start()
     logger.info(

@@ -34,6 +34,7 @@ from nnslurm import EXIT_RESUMABLE
 from nnslurm.core.config import TrainJob
 from nnslurm.core.processes import kill_children
 from nnslurm.runs.outcome import Stopped
+from nnslurm.training.ranks import Rank, release_stop_signals
 from nnslurm.training.signals import StopMonitor, StopRequest
 
 if TYPE_CHECKING:
@@ -107,20 +108,26 @@ def exit_process(status: int) -> NoReturn:
 # --- a training ---------------------------------------------------------------------------------
 
 
-def run_stoppable(job: TrainJob, after_stop: AfterStop | None = None) -> TrainingOutcome:
+def run_stoppable(
+    job: TrainJob, after_stop: AfterStop | None = None, rank: Rank | None = None
+) -> TrainingOutcome:
     """Train `job` in this process; returns only when training finished.
 
     A stop leaves the process through `leave` with the status `after_stop` returns (without one:
     75). Errors propagate (a failed training, RequeueLimitReached from `after_stop` in the main
-    thread), so the CLI or submitit reports them.
+    thread), so the CLI or submitit reports them. `rank`: this process is one of several
+    (nnslurm.training.launch_ranks), started with the stop signals held until its handlers are in.
     """
     start = _TrainingStart(job)
     options = job.options
     with stop_monitor(options.stop_signals, options.stop_deadline_s, after_stop, start.abandon) as monitor:
+        if rank is not None:
+            release_stop_signals(options.stop_signals)  # held since the launcher started us: now recorded
         from nnslurm.training.process import run_training  # seconds: torch and nnU-Net; the handlers are in
 
         start.imported = True
-        outcome = run_training(job, monitor, on_run_folder=start.found_run_folder)
+        ranked = {} if rank is None else {"rank": rank}  # one process: run_training's call as ever
+        outcome = run_training(job, monitor, on_run_folder=start.found_run_folder, **ranked)
         if outcome.status == "stopped":
             # inside the monitor: a second signal meanwhile is only recorded
             leave(outcome.stopped(), after_stop)

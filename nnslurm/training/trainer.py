@@ -8,9 +8,11 @@ a stop request at every iteration boundary. Checkpoints go through nnU-Net's own
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from nnslurm.checkpoints.read import numpy_values_allowed
 from nnslurm.core import rng
 from nnslurm.core.timeparse import format_time
 from nnslurm.runs.events import Event, EventLog
+from nnslurm.training.agreement import Agreed, RankGroup, RankState
 from nnslurm.training.epoch_logs import epoch_ended, hold_until_epoch_end
 from nnslurm.training.pretrained import META_FIELD
 from nnslurm.training.progress import TrainingProgress
@@ -71,6 +74,7 @@ class LoopContext:
     end_time: EndTimeGuard | None = None  # inside SLURM: stop before the job's EndTime (stop_margin)
     position: tuple[int, int] = (0, 0)  # (epoch, iteration) of the last iteration boundary
     last_save: float = field(default_factory=time.monotonic)
+    ranks: RankGroup | None = None  # -num_gpus N: this process is one of N ranks (nnslurm.training.agreement)
 
 
 class PreemptibleTrainerMixin:
@@ -98,6 +102,7 @@ class PreemptibleTrainerMixin:
     _best_ema: Any
     my_init_kwargs: dict[str, Any]
     inference_allowed_mirroring_axes: Any
+    device: torch.device
 
     # --- nnU-Net hooks we change -----------------------------------------------------------
     def get_training_transforms(self, *args: Any, **kwargs: Any) -> Any:
@@ -106,22 +111,36 @@ class PreemptibleTrainerMixin:
             _disable_benchmarking(transforms)  # GaussianBlur times FFT vs conv: not reproducible
         return transforms
 
+    def initialize(self) -> None:
+        """nnU-Net's; on the CPU with several ranks, its DDP wrapper without `device_ids` (which
+        DDP refuses for a CPU module)."""
+        if self.is_ddp and self.device.type != "cuda":
+            with _ddp_without_device_ids():
+                super().initialize()  # type: ignore[misc]
+        else:
+            super().initialize()  # type: ignore[misc]
+
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net calls this for best/latest (epoch end) and final; we write atomically with metadata."""
-        if self.local_rank != 0 or self.disable_checkpointing:
+        """nnU-Net calls this for best/latest (epoch end) and final; we write atomically with metadata.
+
+        nnU-Net calls it on every rank under the same conditions, so every rank hands rank 0 its state."""
+        if self.disable_checkpointing:
             return
         path = Path(filename)
         epoch = self.current_epoch + 1  # nnU-Net saves before incrementing current_epoch
+        states = self._rank_states((epoch, 0), [])
+        if states is None:
+            return  # not rank 0
         finished = path.name == "checkpoint_final.pth"
         if finished:
             self.nnslurm.writer.wait()  # before the snapshot: its buffers are free again
-            state = self._snapshot(epoch, 0, [], rng.capture(), finished=True)
+            state = self._snapshot(epoch, 0, states, finished=True)
             seconds = self.nnslurm.writer.write_now(state, path)
             self._saved(path, seconds, epoch, 0, reason="final")
         else:
             # Copied in the background while nnU-Net's epoch end goes on (plotting); on_epoch_end
             # and every iteration boundary wait for the copy before the weights can change.
-            state = self._snapshot(epoch, 0, [], rng.capture(), background=True)
+            state = self._snapshot(epoch, 0, states, background=True)
             reason = "best" if path.name == "checkpoint_best.pth" else "periodic"
             self._save_in_background(state, path, epoch, 0, reason)
 
@@ -185,13 +204,12 @@ class PreemptibleTrainerMixin:
             self.on_validation_epoch_start()  # type: ignore[attr-defined]
             val_outputs = []
             for _ in range(self.num_val_iterations_per_epoch):
-                self._end_time_check(VALIDATION)
-                if context.monitor.request is not None:
+                if self._decide(VALIDATION).stop is not None:
                     # Validation changes no weights: stop at "training part of the epoch done".
                     self._stop(epoch, self.num_iterations_per_epoch, train_outputs, before_validation)
                 val_outputs.append(self.validation_step(next(self.dataloader_val)))  # type: ignore[attr-defined]
             self.on_validation_epoch_end(val_outputs)  # type: ignore[attr-defined]
-        if self._end_time_check(EPOCH_END):  # only the rule: a signal waits for the next boundary
+        if self._decide(EPOCH_END, signals=False).stop is not None:  # only the rule: a signal waits
             self._stop(epoch, self.num_iterations_per_epoch, train_outputs, before_validation)
         context.monitor.phase = "epoch end"
         self.on_epoch_end()
@@ -204,20 +222,50 @@ class PreemptibleTrainerMixin:
         context = self.nnslurm
         context.position = (epoch, iteration)
         context.writer.copies.wait()  # no snapshot is still being copied when train_step changes weights
-        self._end_time_check(ITERATION if iteration < self.num_iterations_per_epoch else VALIDATION)
-        if context.monitor.request is not None:
-            self._stop(epoch, iteration, train_outputs, rng.capture())
         minutes = context.save_every_minutes
-        if minutes is not None and time.monotonic() - context.last_save >= minutes * 60 and iteration > 0:
-            state = self._snapshot(epoch, iteration, train_outputs, rng.capture())
-            self._save_in_background(
-                state, Path(self.output_folder) / STOP_CHECKPOINT, epoch, iteration, "timed"
-            )
+        timed_due = (
+            minutes is not None and time.monotonic() - context.last_save >= minutes * 60 and iteration > 0
+        )
+        agreed = self._decide(
+            ITERATION if iteration < self.num_iterations_per_epoch else VALIDATION, timed_due=timed_due
+        )
+        if agreed.stop is not None:
+            self._stop(epoch, iteration, train_outputs, rng.capture())
+        if agreed.timed_save:
+            states = self._rank_states((epoch, iteration), train_outputs)
+            if states is not None:
+                state = self._snapshot(epoch, iteration, states)
+                self._save_in_background(
+                    state, Path(self.output_folder) / STOP_CHECKPOINT, epoch, iteration, "timed"
+                )
+
+    def _decide(self, upcoming: str, signals: bool = True, timed_due: bool = False) -> Agreed:
+        """Stop before `upcoming`? A stop signal (unless `signals` is False), or the end-time rule
+        (which then requested the stop); and is a timed save due? Several ranks decide together
+        (one all_reduce, nnslurm.training.agreement): rank 0's rule and clock, any rank's signal."""
+        context = self.nnslurm
+        ended = self._end_time_check(upcoming)
+        request = context.monitor.request if (signals or ended) else None
+        if context.ranks is None:
+            return Agreed(stop=request, timed_save=timed_due)
+        agreed = context.ranks.agree(request, timed_due, ended)
+        if agreed.stop is not None and context.monitor.request is None:
+            context.monitor.request_stop(agreed.stop)  # a peer's signal or rank 0's rule: act on it here
+        return agreed
 
     def _end_time_check(self, upcoming: str) -> bool:
         """Whether the end-time rule stops the loop before `upcoming` (it then requested the stop)."""
         guard = self.nnslurm.end_time
         return guard is not None and guard.before(upcoming)
+
+    def _rank_states(
+        self, position: tuple[int, int], train_outputs: list[dict[str, Any]]
+    ) -> list[RankState] | None:
+        """Every rank's state, in rank order, on rank 0 (a collective with several ranks); None on
+        the other ranks."""
+        own = RankState(position=position, rng=rng.capture(), train_outputs=train_outputs)
+        ranks = self.nnslurm.ranks
+        return [own] if ranks is None else ranks.gather(own)
 
     def _stop(
         self, epoch: int, iteration: int, train_outputs: list[dict[str, Any]], rng_state: dict[str, Any]
@@ -227,6 +275,14 @@ class PreemptibleTrainerMixin:
         assert request is not None
         context.monitor.acknowledge()
         context.monitor.phase = "saving"
+        own = RankState(position=(epoch, iteration), rng=rng_state, train_outputs=train_outputs)
+        states = [own] if context.ranks is None else context.ranks.gather(own)
+        path = Path(self.output_folder) / STOP_CHECKPOINT
+        if states is None:  # a rank other than 0: rank 0 writes; leave once it is durable
+            assert context.ranks is not None
+            context.ranks.durable()
+            self.shutdown_dataloaders()
+            raise TrainingStopped(request, epoch, iteration, path, 0.0)
         context.events.append(
             Event.SIGNAL,
             signal=request.signal,
@@ -242,10 +298,11 @@ class PreemptibleTrainerMixin:
             iteration,
         )
         context.writer.wait()  # an older periodic save must not land after this one
-        path = Path(self.output_folder) / STOP_CHECKPOINT
-        state = self._snapshot(epoch, iteration, train_outputs, rng_state)
+        state = self._snapshot(epoch, iteration, states)
         seconds = context.writer.write_now(state, path)
         self._saved(path, seconds, epoch, iteration, reason="stop")
+        if context.ranks is not None:
+            context.ranks.durable()
         self.shutdown_dataloaders()
         raise TrainingStopped(request, epoch, iteration, path, seconds)
 
@@ -260,12 +317,13 @@ class PreemptibleTrainerMixin:
         self,
         epoch: int,
         iteration: int,
-        train_outputs: list[dict[str, Any]],
-        rng_state: dict[str, Any],
+        states: list[RankState],
         finished: bool = False,
         background: bool = False,
     ) -> dict[str, Any]:
-        """nnU-Net's checkpoint keys at position (epoch, iteration), copied off the device.
+        """nnU-Net's checkpoint keys at position (epoch, iteration), copied off the device; `states`:
+        every rank's (rank 0's alone in one process). nnU-Net's keys and "rng"/"train_outputs" are rank
+        0's, as a single process writes them; several ranks add the world size and each rank's state.
 
         The loop pays for the copy only (background=True: not even that, see HostCopies); the weights
         checksum is left to the writer (write_checkpoint).
@@ -276,11 +334,13 @@ class PreemptibleTrainerMixin:
             {
                 "weights": module.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
-                "rng": rng_state,
-                "train_outputs": train_outputs,
+                "rng": states[0].rng,
+                "train_outputs": states[0].train_outputs,
+                "ranks": [{"rng": s.rng, "train_outputs": s.train_outputs} for s in states[1:]],
             },
             background=background,
         )
+        several = len(states) > 1
         # The logger's lists hold one entry per finished epoch; entries of the epoch in progress
         # are dropped so that nnU-Net (and we) log them again when the epoch is redone/continued.
         logging_state = {
@@ -305,6 +365,13 @@ class PreemptibleTrainerMixin:
                 "overrides": dict(self.nnslurm.overrides),
                 "rng": copied["rng"],
                 "train_outputs": copied["train_outputs"],
+                "world_size": len(states),
+                # each rank's own state, rank 0's included (resume: nnslurm.training.process)
+                "rank_states": (
+                    [{"rng": copied["rng"], "train_outputs": copied["train_outputs"]}, *copied["ranks"]]
+                    if several
+                    else None
+                ),
                 META_FIELD: dict(self.nnslurm.pretrained) if self.nnslurm.pretrained else None,
                 "weights_crc32": None,  # filled in by the writer (checkpoints.write_checkpoint)
                 "saved_at": time.time(),
@@ -364,6 +431,23 @@ def _disable_benchmarking(transform: Any) -> None:
     inner = getattr(transform, "transform", None)
     if inner is not None:
         _disable_benchmarking(inner)
+
+
+@contextlib.contextmanager
+def _ddp_without_device_ids() -> Iterator[None]:
+    """nnU-Net's trainer module wraps the network as `DDP(network, device_ids=[local_rank])`, which
+    DDP refuses for a CPU module: for this block only, its `DDP` leaves `device_ids` out."""
+    module = importlib.import_module("nnunetv2.training.nnUNetTrainer.nnUNetTrainer")
+    original = getattr(module, "DDP")  # noqa: B009 (a module attribute mypy does not know)
+
+    def cpu_ddp(network: Any, device_ids: Any = None, **kwargs: Any) -> Any:
+        return original(network, **kwargs)
+
+    setattr(module, "DDP", cpu_ddp)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(module, "DDP", original)  # noqa: B010
 
 
 def preemptible_class(base: type) -> type:

@@ -1,0 +1,195 @@
+"""Several ranks, one decision (Megatron-LM's pattern): handlers only record; at every iteration
+boundary and validation step one small all_reduce(MAX) tells every rank whether any rank got a stop
+signal, whether rank 0's timed save is due and whether rank 0's end-time rule stops the run. So
+all ranks stop at the same (epoch, iteration); rank 0 gathers every rank's RNG state and position,
+writes one checkpoint, and tells the others when it is durable.
+
+nnslurm's collectives run on gloo groups of their own (CPU tensors: no CUDA sync, beside NCCL):
+- `quick` (timeout: the stop deadline): the agreement and the gathering at a stop; a peer that
+  does not reach a boundary within the deadline could not have been stopped in time anyway;
+- `patient` (MAIN_TIMEOUT): what waits for rank 0's file I/O (the checkpoint choice, "durable").
+A rank that dies closes its sockets, so its peers' next collective fails at once on one node; the
+launcher bounds the rest (nnslurm.training.launch_ranks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from nnslurm.core.errors import NnslurmError
+from nnslurm.slurm.end_time import END_TIME_SIGNAL
+from nnslurm.training.ranks import Rank
+from nnslurm.training.signals import StopRequest
+
+logger = logging.getLogger(__name__)
+
+# nnU-Net's own collectives (DDP's backward, validation's gathers, its barriers) and waits for rank
+# 0's files: as long as torch's NCCL default, since rank 0 may unpack or write for minutes.
+MAIN_TIMEOUT = timedelta(minutes=10)
+
+T = TypeVar("T")
+
+
+class PeerRefused(NnslurmError):
+    """Rank 0 refused to start (its error is the one reported); this rank leaves quietly."""
+
+
+class RanksDisagree(NnslurmError):
+    """The ranks reached a stop at different positions: no checkpoint can hold them."""
+
+
+@dataclass(frozen=True)
+class Agreed:
+    """What every rank decided together at one boundary."""
+
+    stop: StopRequest | None  # the stop, as this rank knows it (its own request, or the agreed one)
+    timed_save: bool  # rank 0's timed save is due: every rank hands over its state
+
+
+@dataclass(frozen=True)
+class RankState:
+    """What one rank carries that the others do not: where it is, and its random streams."""
+
+    position: tuple[int, int]  # (epoch, iteration)
+    rng: dict[str, Any]  # nnslurm.core.rng.capture() of this rank
+    train_outputs: list[dict[str, Any]]  # this rank's losses of the epoch so far
+
+
+class RankGroup:
+    """This process's place among the ranks, and nnslurm's collectives between them."""
+
+    def __init__(self, rank: Rank, quick: Any, patient: Any) -> None:
+        self.rank = rank
+        self._quick = quick
+        self._patient = patient
+
+    @property
+    def leads(self) -> bool:
+        return self.rank.leads
+
+    @property
+    def world_size(self) -> int:
+        return self.rank.world_size
+
+    # --- every boundary ------------------------------------------------------------------------
+    def agree(self, request: StopRequest | None, timed_save_due: bool, end_time_stop: bool) -> Agreed:
+        """One all_reduce(MAX) of [signal number, -received_at, timed save due, end-time stop]."""
+        number, ended = 0, end_time_stop
+        if request is not None:
+            if request.signal == END_TIME_SIGNAL:
+                ended = True
+            else:
+                number = int(signal.Signals["SIG" + request.signal])
+        received = -request.received_at if request is not None else -math.inf
+        flags = torch.tensor(
+            [float(number), received, float(timed_save_due), float(ended)], dtype=torch.float64
+        )
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._quick)
+        agreed_number, received, timed, agreed_end = (float(value) for value in flags.tolist())
+        stopping = agreed_number > 0 or agreed_end > 0
+        stop = request
+        if stop is None and stopping:
+            name = (
+                signal.Signals(int(agreed_number)).name.removeprefix("SIG")
+                if agreed_number > 0
+                else END_TIME_SIGNAL
+            )
+            stop = StopRequest(name, -received if math.isfinite(received) else time.time())
+        return Agreed(stop=stop if stopping else None, timed_save=timed > 0)
+
+    # --- a checkpoint of every rank --------------------------------------------------------------
+    def gather(self, state: RankState) -> list[RankState] | None:
+        """Every rank's state on rank 0 (in rank order), None elsewhere; rank 0 checks the positions."""
+        gathered: list[Any] | None = [None] * self.world_size if self.leads else None
+        dist.gather_object(state, gathered, dst=0, group=self._quick)
+        if gathered is None:
+            return None
+        states = [item for item in gathered if isinstance(item, RankState)]
+        positions = {item.position for item in states}
+        if len(states) != self.world_size or len(positions) != 1:
+            raise RanksDisagree(
+                f"the ranks stopped at different positions {sorted(positions)}; no checkpoint written.",
+                hint="this is a bug in nnslurm; the newest valid checkpoint is kept: run the same command.",
+            )
+        return states
+
+    def durable(self) -> None:
+        """Rank 0: the checkpoint is on disk; the others wait for this before they leave (a rank
+        that left first could end the job while rank 0 still writes)."""
+        flag = torch.ones(1)
+        try:
+            dist.broadcast(flag, src=0, group=self._patient)
+        except RuntimeError as error:  # a peer gone: rank 0's file is durable all the same
+            logger.warning("rank %d: 'durable' not delivered (%s)", self.rank.rank, error)
+
+    # --- rank 0 decides, the others learn ----------------------------------------------------------
+    def share(self, decide: Callable[[], T]) -> T:
+        """Rank 0 runs `decide` and every rank gets its value; an error of rank 0 stops all ranks
+        (rank 0 raises it; the others raise PeerRefused)."""
+        box: list[Any] = [None]
+        if self.leads:
+            try:
+                box[0] = ("ok", decide())
+            except NnslurmError as error:
+                box[0] = ("error", str(error))
+                dist.broadcast_object_list(box, src=0, group=self._patient)
+                raise
+        dist.broadcast_object_list(box, src=0, group=self._patient)
+        kind, value = box[0]
+        if kind == "error":
+            raise PeerRefused(f"rank 0 refused to start: {value}")
+        return value
+
+
+@contextlib.contextmanager
+def joined(rank: Rank, device: torch.device, stop_deadline_s: float) -> Iterator[RankGroup]:
+    """This process as `rank` of the process group (NCCL on CUDA, gloo on CPU), and nnslurm's two
+    gloo groups; the group is destroyed on the way out."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        backend,
+        init_method=rank.init_method,
+        rank=rank.rank,
+        world_size=rank.world_size,
+        timeout=MAIN_TIMEOUT,
+    )
+    try:
+        quick = dist.new_group(backend="gloo", timeout=timedelta(seconds=stop_deadline_s))
+        patient = dist.new_group(backend="gloo", timeout=MAIN_TIMEOUT)
+        logger.info(
+            "rank %d of %d (%s, device %s) joined at %s",
+            rank.rank,
+            rank.world_size,
+            backend,
+            device,
+            rank.init_method,
+        )
+        yield RankGroup(rank, quick, patient)
+    finally:
+        with contextlib.suppress(Exception):  # a peer gone: nothing left to tear down cleanly
+            dist.destroy_process_group()
+
+
+def rank_device(name: str, rank: Rank) -> torch.device:
+    """cuda:LOCAL_RANK (never the global rank, as nnU-Net would), or the CPU."""
+    if name != "cuda":
+        return torch.device(name)
+    if torch.cuda.device_count() < rank.world_size:
+        raise NnslurmError(
+            f"-num_gpus {rank.world_size}, but this process sees {torch.cuda.device_count()} CUDA device(s).",
+            hint="ask SLURM for as many GPUs as -num_gpus (--gpus), or lower -num_gpus.",
+        )
+    return torch.device("cuda", rank.local_rank)

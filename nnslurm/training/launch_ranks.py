@@ -1,0 +1,230 @@
+"""`-num_gpus N` on one node: the process the user started launches N ranks and waits for them.
+
+Why `multiprocessing`'s spawn context and not torch's `mp.spawn` or `subprocess`: a spawned child is
+a fresh interpreter (no CUDA state and none of the launcher's threads copied by a fork, as nnU-Net's
+own launcher does it), and unlike `mp.spawn` the launcher keeps the decisions: `mp.spawn` SIGTERMs
+every rank as soon as one exits non-zero, and a rank's exit 75 after a stop is non-zero, so it would
+kill rank 0 while it writes the checkpoint. (The one subprocess seam, nnslurm.slurm.commands, is
+for programs with output to read; the ranks are this program.)
+
+The launcher, torch-free:
+- forwards every stop signal it receives to every rank (with cgroups SLURM may signal only it), the
+  signals held blocked while the ranks start (nnslurm.training.ranks);
+- leaves with the ranks' status: rank 0's, which decided (75 after a stop, 0 finished); an error
+  rank 0 reports is raised here, so the CLI reports it once;
+- once a rank ended badly (killed, failed) or rank 0 ended, gives the others the stop deadline to
+  end and then kills them: no process is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+from nnslurm import EXIT_RESUMABLE
+from nnslurm.core.config import TrainJob, parse_signal
+from nnslurm.core.errors import NnslurmError
+from nnslurm.core.logs import configure_logging
+from nnslurm.training.progress import DISABLE_ENV
+from nnslurm.training.ranks import (
+    LOCALHOST,
+    Rank,
+    die_with_launcher,
+    hold_stop_signals,
+    release_stop_signals,
+)
+from nnslurm.training.stoppable import AfterStop, run_stoppable
+
+logger = logging.getLogger(__name__)
+
+# Rank 0's after-stop decision, made from the job in rank 0's process (a closure does not pickle).
+AfterStopFor = Callable[[TrainJob], AfterStop]
+
+
+class RankFailed(NnslurmError):
+    """A rank ended without a decision of rank 0 (killed, crashed); or rank 0's own error."""
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int = 1) -> None:
+        super().__init__(message, hint)
+        self.exit_code = exit_code
+
+
+def launch(job: TrainJob, world_size: int, after_stop_for: AfterStopFor | None = None) -> int:
+    """Train `job` with `world_size` ranks on this node; returns the exit status (0, or 75 after a
+    stop); raises rank 0's error, or RankFailed when a rank died."""
+    names = job.options.stop_signals
+    context = multiprocessing.get_context("spawn")
+    errors = context.SimpleQueue()
+    port = _free_port()
+    processes: list[BaseProcess] = []
+    forwarder = _Forwarder(names, processes)
+    forwarder.install()
+    try:
+        hold_stop_signals(names)  # before the first rank exists: it inherits the mask
+        try:
+            for number in range(world_size):
+                rank = Rank(number, world_size, number, LOCALHOST, port)
+                process = context.Process(
+                    target=_rank_main,
+                    args=(job, rank, after_stop_for, os.getpid(), errors),
+                    name=f"nnslurm-rank-{number}",
+                )
+                process.start()
+                processes.append(process)
+        finally:
+            release_stop_signals(names)  # held ones reach the forwarder now, and every rank
+        logger.info("launched %d ranks (pids %s) on %s:%d", world_size, _pids(processes), LOCALHOST, port)
+        statuses = _wait(processes, grace_s=job.options.stop_deadline_s)
+        logger.info("ranks ended: %s", _statuses_text(statuses))
+    finally:
+        _kill_left(processes)
+        forwarder.restore()
+    reported = _reported(errors)
+    return _status(statuses, reported)
+
+
+def _rank_main(
+    job: TrainJob, rank: Rank, after_stop_for: AfterStopFor | None, launcher_pid: int, errors: Any
+) -> None:
+    """A rank's process: the stop path of one training process, with `rank`."""
+    die_with_launcher(launcher_pid)
+    if not rank.leads:
+        os.environ[DISABLE_ENV] = "1"  # one progress bar: rank 0's
+    configure_logging(verbose=False)
+    if not rank.leads:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the run; the others warn only
+    after_stop = after_stop_for(job) if (rank.leads and after_stop_for is not None) else None
+    try:
+        run_stoppable(job, after_stop=after_stop, rank=rank)
+    except NnslurmError as error:
+        errors.put((rank.rank, error.exit_code, str(error)))
+        raise SystemExit(error.exit_code) from None
+
+
+class _Forwarder:
+    """The launcher's handlers: every stop signal goes on to every rank (a kill per rank, no I/O)."""
+
+    def __init__(self, names: tuple[str, ...], processes: list[BaseProcess]) -> None:
+        self._signals = [parse_signal(name) for name in names]
+        self._processes = processes
+        self._previous: dict[signal.Signals, Any] = {}
+        self.received: list[str] = []
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signal.Signals(signum).name)
+        for process in self._processes:
+            if process.pid is not None and process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                    os.kill(process.pid, signum)
+
+    def install(self) -> None:
+        for sig in self._signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        """The ranks have ended: a late stop signal (the walltime warning a second later) must not
+        kill the launcher on its way out, so the stop signals are ignored from now on."""
+        for sig in self._previous:
+            signal.signal(sig, signal.SIG_IGN)
+        if self.received:
+            logger.info("launcher forwarded %s to the ranks", ", ".join(self.received))
+
+
+def _wait(processes: list[BaseProcess], grace_s: float) -> list[int]:
+    """Every rank's exit code (negative: killed by that signal). Once a rank ended badly, or rank 0
+    ended, the others have `grace_s` to end before they are killed."""
+    deadline: float | None = None
+    while True:
+        running = [process for process in processes if process.exitcode is None]
+        if not running:
+            return [int(process.exitcode or 0) for process in processes]
+        if deadline is None and any(_ended_the_run(number, p) for number, p in enumerate(processes)):
+            deadline = time.monotonic() + grace_s
+            logger.debug("%s; the other ranks have %.0f s to end", _describe(processes), grace_s)
+        if deadline is not None and time.monotonic() >= deadline:
+            for process in running:
+                logger.warning("rank %s (pid %s) did not end in time: killed", process.name, process.pid)
+                process.kill()
+            deadline = time.monotonic() + grace_s  # then wait for the kills to land
+        multiprocessing.connection.wait([process.sentinel for process in running], timeout=0.5)
+
+
+def _ended_the_run(number: int, process: BaseProcess) -> bool:
+    code = process.exitcode
+    return code is not None and (number == 0 or code not in (0, EXIT_RESUMABLE))
+
+
+def _describe(processes: list[BaseProcess]) -> str:
+    ended = [f"rank {n} {_exit_text(p.exitcode)}" for n, p in enumerate(processes) if p.exitcode is not None]
+    return ", ".join(ended)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "running"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exited {code}"
+
+
+def _kill_left(processes: list[BaseProcess]) -> None:
+    """Whatever happened in the launcher (an error, Ctrl-C), no rank outlives it."""
+    for process in processes:
+        if process.exitcode is None:
+            process.kill()
+            process.join(timeout=10)
+
+
+def _reported(errors: Any) -> dict[int, tuple[int, str]]:
+    found: dict[int, tuple[int, str]] = {}
+    while not errors.empty():
+        rank, code, message = errors.get()
+        found.setdefault(rank, (code, message))
+    return found
+
+
+def _status(statuses: list[int], reported: dict[int, tuple[int, str]]) -> int:
+    """Rank 0 decides: its status (0 finished, 75 stopped), or its error; a rank killed or failed
+    without one is RankFailed."""
+    killed = [f"rank {n} {_exit_text(code)}" for n, code in enumerate(statuses) if code < 0]
+    if 0 in reported:
+        code, message = reported[0]
+        if killed:  # rank 0's error followed from it (its next collective failed)
+            message = f"{', '.join(killed)}; then rank 0 failed: {message}"
+        raise RankFailed(message, exit_code=code)
+    leader = statuses[0]
+    if leader in (0, EXIT_RESUMABLE) and all(code in (0, EXIT_RESUMABLE) for code in statuses):
+        return leader
+    if leader == EXIT_RESUMABLE:  # rank 0 stopped the run resumable; a peer ended badly with it
+        logger.warning("rank 0 stopped the run (75); %s", _statuses_text(statuses))
+        return leader
+    raise RankFailed(
+        f"the ranks ended without finishing or stopping: {_statuses_text(statuses)}.",
+        hint="the run resumes from its newest valid checkpoint: run the same command (a rank killed "
+        "by the kernel's OOM killer needs more memory, or fewer augmentation workers).",
+    )
+
+
+def _statuses_text(statuses: list[int]) -> str:
+    return ", ".join(f"rank {number} {_exit_text(code)}" for number, code in enumerate(statuses))
+
+
+def _pids(processes: list[BaseProcess]) -> str:
+    return ",".join(str(process.pid) for process in processes)
+
+
+def _free_port() -> int:
+    """A port free now on the loopback interface (as nnU-Net's launcher finds one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOCALHOST, 0))
+        return int(probe.getsockname()[1])

@@ -526,3 +526,20 @@ def test_a_backfilled_job_shows_the_limit_it_was_granted(tmp_path: Path) -> None
     assert "limit 00:01:00 of 00:10:00 asked (backfill: --time-min)" in row.detail
     whole = {"909": SchedulerJob("909", "RUNNING", "None", "squeue", time_limit_s=600)}
     assert "backfill" not in run_status(folder, whole, now=time.time()).detail
+
+
+def test_status_shows_the_ranks_of_the_newest_start(tmp_path: Path) -> None:
+    """-num_gpus 2: the newest start's world size; a later start with one rank shows one."""
+    folder = run_folder(tmp_path, 0)
+    first = [
+        {**record, "world_size": 2} if record["event"] == "started" else record
+        for record in started("909", -100)
+    ]
+    write_log(folder, [submitted("909", -120), *first, progress("909", -10, 1)])
+    running = {"909": SchedulerJob("909", "RUNNING", "None", "squeue")}
+    row = run_status(folder, running, now=time.time())
+    assert row.world_size == 2 and "2 ranks" in row.detail and row.to_json()["world_size"] == 2
+    write_log(
+        folder, [submitted("909", -120), *first, progress("909", -10, 1), *started("909", -5, 1, pid=101)]
+    )
+    assert run_status(folder, running, now=time.time()).world_size == 1

@@ -76,6 +76,7 @@ UTC offset, durations in seconds; null where unknown.
     time_limit_s    the newest job's time limit now (squeue), or null: less than time_asked_s
                     when SLURM's backfill granted a shorter limit (submit --time-min)
     time_asked_s    the --time that job was submitted with, or null
+    world_size      ranks of the newest start (-num_gpus N: N), or null before any start
 
 exit status: 0, also when no run is found; 2 bad input.
 """

@@ -89,6 +89,7 @@ class History:
     interrupted: tuple[Mapping[str, Any], ...]  # what a restart learned ended the start before it
     num_epochs: int | None
     iterations_per_epoch: int | None
+    world_size: int | None = None  # ranks of the newest start (-num_gpus); None: never started
 
     @property
     def first_time(self) -> float | None:
@@ -188,6 +189,7 @@ def read_history(folder: Path) -> History:
         cancel_requests=tuple(record for record in records if record.get("event") == Event.CANCEL_REQUESTED),
         interrupted=tuple(record for record in records if record.get("event") == Event.INTERRUPTED),
         num_epochs=_last_int(started, "num_epochs"),
+        world_size=_int(started[-1].get("world_size", 1)) or 1 if started else None,
         iterations_per_epoch=_last_int(started, "iterations_per_epoch"),
     )
 

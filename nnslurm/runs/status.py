@@ -64,6 +64,7 @@ class RunStatus:
     iterations_redone: int = 0
     time_limit_s: int | None = None  # the newest job's limit now (squeue): what SLURM granted
     time_asked_s: int | None = None  # the --time it was submitted with
+    world_size: int | None = None  # ranks of the newest start (-num_gpus); None: never started
     history: History | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -116,6 +117,7 @@ class RunStatus:
             "last_event_time": iso_time(self.last_event_time) if self.last_event_time else None,
             "time_limit_s": self.time_limit_s,
             "time_asked_s": self.time_asked_s,
+            "world_size": self.world_size,
         }
 
 
@@ -146,6 +148,8 @@ def run_status(
     failures = [segment.error for segment in history.segments if segment.error]
     granted = sched.time_limit_s if sched else None
     asked = _time_asked(history, job_id)
+    if running and (history.world_size or 1) > 1:
+        detail += f"; {history.world_size} ranks"
     if running and granted is not None and asked is not None and granted < asked:
         detail += f"; limit {format_time(granted)} of {format_time(asked)} asked (backfill: --time-min)"
     return RunStatus(
@@ -174,6 +178,7 @@ def run_status(
         iterations_redone=iterations_redone(history, found),
         time_limit_s=granted,
         time_asked_s=asked,
+        world_size=history.world_size,
         history=history,
     )
 

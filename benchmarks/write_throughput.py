@@ -29,8 +29,9 @@ GOAL = 0.8
 def snapshot(trainer: Any) -> dict[str, Any]:
     """The state nnslurm's writer receives for a checkpoint, taken as the loop takes it."""
     from nnslurm.core import rng
+    from nnslurm.training.agreement import RankState
 
-    return trainer._snapshot(1, 0, [], rng.capture())
+    return trainer._snapshot(1, 0, [RankState((1, 0), rng.capture(), [])])
 
 
 def serialise_only(trainer: Any) -> float:

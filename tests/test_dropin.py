@@ -76,9 +76,9 @@ def test_a_validation_that_fails_after_a_stop_signal_is_that_stop(tmp_path: Path
     trainer, validation = FailingValidation(), Validation("final", npz=True)
     with StopMonitor(["USR1"], 60, lambda request, phase: None) as monitor:
         with pytest.raises(RuntimeError, match="6 feet under"):  # no stop asked: a failure
-            _validate(trainer, tmp_path, validation, monitor)
+            _validate(trainer, tmp_path, validation, monitor, None)
         os.kill(os.getpid(), signal.SIGUSR1)
-        assert _validate(trainer, tmp_path, validation, monitor) is monitor.request is not None
+        assert _validate(trainer, tmp_path, validation, monitor, None) is monitor.request is not None
     assert trainer.calls == [True, True] and monitor.phase == "final validation"
     assert not is_done(tmp_path, validation)
 

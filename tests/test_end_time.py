@@ -476,3 +476,22 @@ def test_end_time_stops_count_against_the_requeue_cap(tmp_path: Path) -> None:
     assert len(fake.ran("scontrol requeue")) == 1
     kinds = [r["kind"] for r in read_events(tmp_path) if r["event"] == "decision"]
     assert kinds == ["walltime", "requeue-limit"]
+
+
+def test_several_ranks_look_one_phase_further_ahead() -> None:
+    """With several ranks the loop acts on a decision one boundary later (the overlapped
+    agreement): the margin holds the slowest phase of any kind once more."""
+    one, _, clock = guard_at(FixedReader(END_S), safety_s=10.0)
+    several, monitor, other_clock = guard_at(FixedReader(END_S), safety_s=10.0)
+    several.lag_phases = 1
+    for guard, at in ((one, clock), (several, other_clock)):
+        guard.before(ITERATION)
+        at[0] += 1.0  # an iteration of 1 s
+        guard.before(EPOCH_END)
+        at[0] += 4.0  # an epoch end of 4 s
+        guard.before(ITERATION)
+        at[0] += 1.0
+        at[1] = END_S - 15.0  # 1 s iteration + 2 s checkpoint + 10 s safety = 13 s: one goes on
+    assert not one.before(ITERATION)
+    assert several.before(ITERATION)  # ... plus the slowest phase (4 s) = 17 s: stop now
+    assert monitor.request is not None and monitor.request.measures["next_s"] == 5.0

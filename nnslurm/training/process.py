@@ -318,7 +318,10 @@ def _train(trained: _Training, start_from: _Start, events: EventLog) -> Training
         save_every_minutes=options.save_every_minutes,
         deterministic=options.deterministic,
         pretrained=start_from.pretrained_record,
-        end_time=end_time_guard(options, monitor, folder) if leads else None,  # rank 0's rule, agreed
+        # rank 0's rule, agreed by every rank one boundary later (nnslurm.training.agreement)
+        end_time=end_time_guard(options, monitor, folder, lag_phases=RankGroup.LAG_PHASES if group else 0)
+        if leads
+        else None,
         ranks=group,
     )
     start = {"epoch": 0, "iteration": 0}

@@ -85,12 +85,16 @@ class EndTimeGuard:
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         warning: tuple[str, float] | None = None,
+        lag_phases: int = 0,
     ) -> None:
         self.reader = reader
         self.monitor = monitor
         self.safety_s = safety_s
         self.times = times or PhaseTimes()
         self.warning = warning  # the job's warning signal and its lead (s), when nnslurm set them
+        # Phases between a decision and the stop: several ranks act one boundary later (the
+        # agreement is overlapped with the work, nnslurm.training.agreement), so the rule looks further.
+        self.lag_phases = lag_phases
         self._wall = wall
         self._monotonic = monotonic
         self._last: tuple[str, float] | None = None  # the phase announced last, and when
@@ -200,12 +204,18 @@ class EndTimeGuard:
             )
         return self._scaled
 
+    def _next_s(self, upcoming: str) -> float:
+        """The time until the loop can stop after a decision before `upcoming`: that phase, and
+        for each phase of lag the slowest phase of any kind."""
+        later = max(self.times.slowest(phase) for phase in WINDOWS) if self.lag_phases else 0.0
+        return self.times.slowest(upcoming) + self.lag_phases * later
+
     def _decide(self, upcoming: str, end_time: float | None) -> EndTimeDecision:
         return end_time_decision(
             self._wall(),
             end_time,
             upcoming,
-            self.times.slowest(upcoming),
+            self._next_s(upcoming),
             self.times.checkpoint_s,
             self.effective_safety_s,
         )
@@ -216,7 +226,7 @@ class EndTimeGuard:
             "time_left_s": None if decision.time_left_s is None else round(decision.time_left_s, 2),
             "margin_s": round(decision.margin_s, 2),
             "upcoming": upcoming,
-            "next_s": round(self.times.slowest(upcoming), 3),
+            "next_s": round(self._next_s(upcoming), 3),
             "checkpoint_s": round(self.times.checkpoint_s, 3),
             "safety_s": self.effective_safety_s,
             **(
@@ -226,7 +236,11 @@ class EndTimeGuard:
 
 
 def end_time_guard(
-    options: TrainingOptions, monitor: StopMonitor, run_folder: Path, env: SlurmEnvironment | None = None
+    options: TrainingOptions,
+    monitor: StopMonitor,
+    run_folder: Path,
+    env: SlurmEnvironment | None = None,
+    lag_phases: int = 0,
 ) -> EndTimeGuard | None:
     """The started guard of a training inside a SLURM job; None outside SLURM (the local executor
     has its own timeout and signal) or with --no-end-time-stop. Seeded with the run's recent
@@ -249,4 +263,6 @@ def end_time_guard(
     warning = (
         (env.warning_signal, float(env.signal_delay_s)) if env.warning_signal and env.signal_delay_s else None
     )
-    return EndTimeGuard(reader, monitor, options.end_time_safety_s, PhaseTimes(recent), warning=warning)
+    return EndTimeGuard(
+        reader, monitor, options.end_time_safety_s, PhaseTimes(recent), warning=warning, lag_phases=lag_phases
+    )

@@ -1,9 +1,9 @@
 """A trainer for the tests of several ranks (tests/test_multi_rank.py): nnU-Net's trainer that, at chosen
 points, sends a real stop signal from one rank to one process: the launcher, or that rank itself.
 
-NNSLURM_TEST_RANK_SIGNALS="0:1@launcher,v0:0@1,1:1@0": at epoch 0 iteration 1 rank 0 signals the
+NNSLURM_TEST_RANK_SIGNALS="0:0@launcher,v0:0@1,1:0@0": at epoch 0 iteration 0 rank 0 signals the
 launcher (its parent, which forwards to every rank); in epoch 0's validation step 0 rank 1 signals
-itself; at epoch 1 iteration 1 rank 0 signals itself. Each point fires once per run
+itself; at epoch 1 iteration 0 rank 0 signals itself. Each point fires once per run
 (NNSLURM_TEST_SIGNAL_STATE records what fired; only the firing rank writes it).
 NNSLURM_TEST_SIGNAL names the signal (default USR1).
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nnslurm import cli
-from nnslurm.commands.options import parse_folds
+from nnslurm.commands.options import cluster_settings_from_args, parse_folds, training_jobs_from_args
 from nnslurm.commands.template import TEMPLATES, template_text
 from nnslurm.core.cluster import ClusterSettings, resolve
 from nnslurm.core.config import RunSpec, TrainingOptions, TrainJob
@@ -388,3 +388,29 @@ def test_a_job_slurm_requeued_is_not_reported_ended(
     assert state == expected, detail
     if expected == waiting.RUNNING:
         assert detail == f"{sacct_state}, requeued by SLURM"
+
+
+def test_golden_two_ranks(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """-num_gpus 2 on one node, from the command line: submit asks for two GPUs there (the job's
+    process launches the ranks), the train template too, and its `nnslurm train` gets -num_gpus 2."""
+    for key in list(os.environ):
+        if key.startswith("nnUNet_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("nnUNet_results", "/data/nn results")
+    monkeypatch.chdir(Path(__file__).parent)  # no ./nnslurm.toml here
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
+    words = ["-d", "501", "-f", "0", "-num_gpus", "2", "--time", "4:00:00", "--partition", "gpu"]
+    args = cli.build_parser().parse_args(["submit", *words, "--cpus-per-task", "16"])
+    jobs = training_jobs_from_args(args)
+    cluster = cluster_settings_from_args(args)
+    text = launch.render_sbatch(submission(jobs, cluster, "nnslurm-501-3d_fullres-f0"), ENVIRON, PYTHON)
+    check_golden("submit-two-ranks.sbatch", text)
+    assert "#SBATCH --gpus-per-node=2\n" in text and "#SBATCH --cpus-per-task=16\n" in text
+    assert "#SBATCH --nodes=1\n" in text and "ntasks" not in text  # one process: it launches the ranks
+    assert jobs[0].options.num_gpus == 2  # in the pickled TrainingJob: the job knows its ranks
+
+    assert cli.main(["template", "train", *words, "--command", "nnslurm"]) == 0
+    rendered = capsys.readouterr().out
+    check_golden("template-train-two-ranks.sbatch", rendered)
+    assert "#SBATCH --gpus-per-node=2\n" in rendered
+    assert "-num_gpus 2 --max-requeues 20 -f 0)\n" in rendered

@@ -54,7 +54,7 @@ def test_stops_by_launcher_rank0_rank1_end_bitwise_equal_to_never_stopped(
 
     marker = uuid.uuid4().hex
     # to the launcher mid-epoch; to rank 1 only during validation; to rank 0 only in the second epoch
-    points = "0:1@launcher,v0:0@1,1:1@0"
+    points = "0:0@launcher,v0:0@1,1:0@0"
     env = _two_ranks_env(
         nnunet_env,
         NNSLURM_TEST_RANK_SIGNALS=points,
@@ -73,7 +73,10 @@ def test_stops_by_launcher_rank0_rank1_end_bitwise_equal_to_never_stopped(
 
     run_folder = nnunet_env.run_folder(TRAINER)
     stopped, resumed = stops_and_resumes(run_folder)
-    # the launcher forwards at once: rank 0 signals it during iteration 1, all stop at the next boundary
+    # The launcher forwards at once: rank 0 signals it during iteration 0; the signal is in the
+    # agreement started at boundary 1, whose answer every rank reads at boundary 2: all stop there
+    # (nnslurm.training.agreement: the answer is read one boundary later). The validation stop is
+    # "training part of epoch 0 done"; the third as the first, in epoch 1.
     assert stopped == [(0, 2), (0, 3), (1, 2)]
     assert resumed == stopped  # no iteration redone
     assert [e["signal"] for e in events_of(run_folder, "stopped")] == ["USR1"] * 3
@@ -91,7 +94,7 @@ def test_other_world_size_refused_mid_epoch_allowed_at_epoch_end(
     nnunet_env: NnunetEnv, tmp_path: Path
 ) -> None:
     env = _two_ranks_env(
-        nnunet_env, NNSLURM_TEST_RANK_SIGNALS="1:1@0", NNSLURM_TEST_SIGNAL_STATE=str(tmp_path / "fired")
+        nnunet_env, NNSLURM_TEST_RANK_SIGNALS="1:0@0", NNSLURM_TEST_SIGNAL_STATE=str(tmp_path / "fired")
     )
     first = nnslurm(["train", *RUN], env)
     assert first.returncode == 75, first.stderr[-4000:]

@@ -45,6 +45,7 @@ ROUND_TRIP_CASES = [
     TrainingOptions(validation_only=True, npz=True),
     TrainingOptions(end_time_safety_s=15.5, end_time_refresh_s=5.0),
     TrainingOptions(end_time_safety_s=None),
+    TrainingOptions(num_gpus=2, device="cpu"),
 ]
 
 
@@ -170,17 +171,22 @@ def test_nnunet_validation_flags_and_pretrained_weights(
     assert (options.npz, options.validation_only, options.validation_checkpoint) == (True, True, "final")
 
 
-def test_several_ranks_are_for_train_only(
+def test_several_ranks_are_refused_in_a_chain(
     caplog: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`train -num_gpus 2` launches two ranks (tests/test_multi_rank.py); submit does not yet, and says so."""
-    assert training_job_from_args(parse(["train", "501", "3d_fullres", "0", "-num_gpus", "2"]))
+    """train, submit and template launch -num_gpus ranks (tests/test_multi_rank_submit.py); the
+    workflow chain does not yet, and says so."""
+    assert (
+        training_job_from_args(parse(["train", "501", "3d_fullres", "0", "-num_gpus", "2"])).options.num_gpus
+        == 2
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    assert cli.main(["submit", "--dry-run", "501", "3d_fullres", "0", "-num_gpus", "2"]) == 2
-    assert "-num_gpus 2: several ranks run under `nnslurm train` only for now" in caplog.text
-    assert "HINT" in caplog.text
+    argv = ["submit", "--dry-run", "501", "3d_fullres", "0", "-num_gpus", "2", "--find-best"]
+    assert cli.main(argv) == 2
+    assert "-num_gpus 2 with --preprocess/--find-best/--predict: the workflow chain does not" in caplog.text
+    assert "HINT: submit the training alone" in caplog.text
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 

@@ -9,6 +9,7 @@ and gives the rest their usual defaults (`with_defaults`), so it converts throug
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -191,8 +192,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "-num_gpus",
         type=int,
         default=1,
-        help="as nnUNetv2_train: N ranks on this node, launched by nnslurm (NCCL on CUDA, gloo with "
-        "-device cpu), stopped together and resumed exactly; `train` only for now (default: 1)",
+        help="as nnUNetv2_train: N ranks on one node, launched by nnslurm (NCCL on CUDA, gloo with "
+        "-device cpu), stopped together and resumed exactly; submit and template ask SLURM for N GPUs "
+        "(none with -device cpu); not with the workflow chain yet (default: 1)",
     )
     group = parser.add_argument_group("validation")
     group.add_argument(
@@ -389,15 +391,13 @@ def with_defaults(
     return argparse.Namespace(**{**vars(parser.parse_args([])), **vars(args)})
 
 
-def training_options_from_args(args: argparse.Namespace, ranks_allowed: bool = False) -> TrainingOptions:
-    """`ranks_allowed`: the command launches -num_gpus ranks itself (`nnslurm train`)."""
+def training_options_from_args(args: argparse.Namespace) -> TrainingOptions:
     if args.disable_checkpointing:
         raise UsageError(
             "--disable_checkpointing is refused: nnslurm's checkpoints are what lets a stopped run "
             "resume; without them every stop (walltime, preemption) would lose the training.",
             hint="drop --disable_checkpointing; --save-every-epochs and --save-every-minutes set how often.",
         )
-    num_ranks_from_args(args, ranks_allowed)
     return TrainingOptions(
         num_epochs=args.epochs,
         iterations_per_epoch=args.iterations_per_epoch,
@@ -409,6 +409,7 @@ def training_options_from_args(args: argparse.Namespace, ranks_allowed: bool = F
         deterministic=args.deterministic,
         seed=args.seed,
         device=args.device,
+        num_gpus=args.num_gpus,
         final_validation=not args.no_final_validation,
         stop_signals=tuple(args.stop_signals),
         stop_deadline_s=TrainingOptions.stop_deadline_s if args.stop_deadline is None else args.stop_deadline,
@@ -463,34 +464,19 @@ def run_specs_from_args(args: argparse.Namespace, default_folds: Sequence[str] =
     )
 
 
-def num_ranks_from_args(args: argparse.Namespace, ranks_allowed: bool = True) -> int:
-    """-num_gpus: the number of ranks on this node (`nnslurm train` launches them); the commands that
-    submit jobs do not launch ranks yet, and say so rather than train on one."""
-    count: int = args.num_gpus
-    if count < 1:
-        raise UsageError(f"-num_gpus must be 1 or more, got {count}.", hint="drop -num_gpus to train on one.")
-    if count > 1 and not ranks_allowed:
-        raise UsageError(
-            f"-num_gpus {count}: several ranks run under `nnslurm train` only for now; submit, the "
-            "workflow chain and the templates do not launch them yet, and will not quietly train on one.",
-            hint=f"put `nnslurm train ... -num_gpus {count}` in an sbatch script (one node, {count} GPUs), "
-            "or drop -num_gpus.",
-        )
-    return count
-
-
-def training_jobs_from_args(args: argparse.Namespace, ranks_allowed: bool = False) -> tuple[TrainJob, ...]:
-    options = training_options_from_args(args, ranks_allowed)
+def training_jobs_from_args(args: argparse.Namespace) -> tuple[TrainJob, ...]:
+    options = training_options_from_args(args)
     return tuple(TrainJob(run=run, options=options) for run in run_specs_from_args(args))
 
 
 def training_job_from_args(args: argparse.Namespace) -> TrainJob:
-    """`nnslurm train`: exactly one run (-num_gpus ranks: num_ranks_from_args)."""
-    (job,) = training_jobs_from_args(args, ranks_allowed=True)
+    """`nnslurm train`: exactly one run."""
+    (job,) = training_jobs_from_args(args)
     return job
 
 
 def cluster_settings_from_args(args: argparse.Namespace) -> ClusterSettings:
+    """The cluster settings (profile < flags), with the GPUs the ranks need (`gpus_for_ranks`)."""
     if args.no_signal and (args.signal is not None or args.signal_delay is not None):
         raise UsageError(
             "--no-signal with --signal/--signal-delay: choose one.",
@@ -516,7 +502,39 @@ def cluster_settings_from_args(args: argparse.Namespace) -> ClusterSettings:
     settings, path = resolve(args.profile, overrides)
     if path is not None:
         logger.info("profile %s from %s", args.profile or "default", path)
-    return settings
+    return gpus_for_ranks(settings, args.num_gpus, args.device, gpus_flag=args.gpus)
+
+
+# sbatch options that spread a job over nodes: the ranks run on one node (nnslurm.training.launch_ranks).
+_NODE_KEYS = ("nodes", "N")
+
+
+def gpus_for_ranks(
+    cluster: ClusterSettings, num_gpus: int, device: str, gpus_flag: int | None
+) -> ClusterSettings:
+    """-num_gpus N > 1 on one node: N GPUs there (--gpus-per-node), none with -device cpu, whose
+    ranks share the node's CPUs. A different --gpus is refused (it would start ranks without GPUs,
+    or leave GPUs idle); a profile's `gpus` gives way to -num_gpus, which is per command. Several
+    nodes are refused: the ranks of one job are launched on its first node only."""
+    if num_gpus <= 1:
+        return cluster
+    for key, value in cluster.sbatch_args:
+        if key in _NODE_KEYS and value not in ("1", "1-1"):
+            raise UsageError(
+                f"-num_gpus {num_gpus} with --sbatch-arg {key}={value}: the ranks run on one node; "
+                "training across nodes is not supported yet.",
+                hint=f"drop --sbatch-arg {key} (one node, {num_gpus} ranks), or train on one node per job.",
+            )
+    if device == "cpu":
+        return cluster
+    if gpus_flag is not None and gpus_flag != num_gpus:
+        raise UsageError(
+            f"--gpus {gpus_flag} with -num_gpus {num_gpus}: each rank needs a GPU of its own, on one node.",
+            hint=f"drop --gpus (-num_gpus {num_gpus} asks for {num_gpus}), or give -num_gpus {gpus_flag}.",
+        )
+    if cluster.gpus not in (None, num_gpus):
+        logger.info("-num_gpus %d: as many GPUs per node, not the profile's %d", num_gpus, cluster.gpus)
+    return dataclasses.replace(cluster, gpus=num_gpus)
 
 
 def check_submission(

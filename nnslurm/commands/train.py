@@ -10,7 +10,6 @@ from nnslurm.commands.options import (
     RUN_USAGE,
     add_run_arguments,
     add_training_arguments,
-    num_ranks_from_args,
     training_job_from_args,
 )
 from nnslurm.core.config import TrainJob
@@ -54,12 +53,11 @@ def run(args: argparse.Namespace) -> int:
     from nnslurm.scheduler.restart import note_restart
 
     job = training_job_from_args(args)
-    ranks = num_ranks_from_args(args)
     note_restart(job)  # an sbatch template's job, restarted after a node failure: say so (sacct)
-    if ranks > 1:  # this process launches the ranks; rank 0 trains, decides and records
+    if job.options.num_gpus > 1:  # this process launches the ranks; rank 0 trains, decides and records
         from nnslurm.training.launch_ranks import launch
 
-        return launch(job, ranks, _after_stop_hook)
+        return launch(job, job.options.num_gpus, _after_stop_hook)
     outcome = run_stoppable(job, after_stop=_after_stop_hook(job))
     logger.info("training finished: %s", outcome.output_folder)
     return 0

@@ -41,6 +41,9 @@ class TrainingOptions:
     deterministic: bool = False  # single-process augmentation + seeding: bitwise reproducible resume
     seed: int | None = None  # seeds python/numpy/torch before the trainer is built
     device: str = "auto"  # nnUNetv2_train -device: cpu | cuda | auto (cuda when available)
+    # nnUNetv2_train -num_gpus: ranks on one node (NCCL on CUDA, gloo on CPU); a job asks SLURM for
+    # this many GPUs (--gpus-per-node) unless -device cpu
+    num_gpus: int = 1
     final_validation: bool = True  # run nnU-Net's final validation (--no-final-validation: skip it)
     npz: bool = False  # nnUNetv2_train --npz: the final validation also writes softmax .npz (+ .pkl)
     validation_only: bool = False  # nnUNetv2_train --val: only validate the finished run
@@ -64,6 +67,10 @@ class TrainingOptions:
             raise UsageError(f"--save-every-minutes must be positive, got {self.save_every_minutes}.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UsageError(f"--device must be cpu, cuda or auto, got {self.device!r}.")
+        if self.num_gpus < 1:
+            raise UsageError(
+                f"-num_gpus must be 1 or more, got {self.num_gpus}.", hint="drop -num_gpus to train on one."
+            )
         check_stopping(self.stop_signals, self.stop_deadline_s, self.max_requeues)
         if self.end_time_safety_s is not None and self.end_time_safety_s < 0:
             raise UsageError(f"--end-time-safety must be 0 or more seconds, got {self.end_time_safety_s}.")
@@ -129,6 +136,7 @@ class TrainingOptions:
             words.append("--deterministic")
         give("--seed", self.seed, default.seed)
         give("--device", self.device, default.device)
+        give("-num_gpus", self.num_gpus, default.num_gpus)
         if not self.final_validation:
             words.append("--no-final-validation")
         if self.npz:

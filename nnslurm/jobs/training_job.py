@@ -16,10 +16,16 @@ After a stop (nnslurm.jobs.base.exit_after_stop; see `nnslurm.scheduler.policy` 
 - scancel, a requeue from outside: leave at once, no requeue;
 - --max-requeues used up: RequeueLimitReached, an Exception, so submitit records the error and
   `job.result()` raises it with the message.
+
+With -num_gpus N > 1 the job's process launches the N ranks on its node and waits for them
+(nnslurm.training.launch_ranks): every stop signal SLURM sends it goes on to every rank, rank 0
+decides with this job's own `after_stop` (in its process), and the job's process leaves with rank
+0's status through the same one exit, without a result for submitit.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -28,7 +34,7 @@ from nnslurm.jobs.base import Again, StoppableJob
 from nnslurm.runs.outcome import Stopped
 from nnslurm.scheduler.restart import note_restart
 from nnslurm.training.signals import StopRequest
-from nnslurm.training.stoppable import run_stoppable, stopped_outside_training
+from nnslurm.training.stoppable import AfterStop, exit_process, run_stoppable, stopped_outside_training
 
 if TYPE_CHECKING:
     from nnslurm.training.process import TrainingOutcome
@@ -51,8 +57,19 @@ class TrainingJob(StoppableJob):
     def max_requeues(self) -> int:
         return self.job.options.max_requeues
 
-    def run(self) -> TrainingOutcome:
+    def run(self) -> TrainingOutcome | None:
+        """The outcome once training finished; None with several ranks (rank 0's stays in its process)."""
         note_restart(self.job)  # a restart after a node failure: say so (sacct); nothing outside SLURM
+        ranks = self.job.options.num_gpus
+        if ranks > 1:
+            from nnslurm.training.launch_ranks import launch  # after submitit's start: torch-free
+
+            # rank 0 decides with this job's after_stop; a module-level partial pickles into its process
+            status = launch(self.job, ranks, functools.partial(_after_stop_of, self))
+            if status != 0:
+                exit_process(status)  # no result: the job is not over for submitit
+            logger.info("training finished with %d ranks", ranks)
+            return None
         outcome = run_stoppable(self.job, after_stop=self.after_stop)
         logger.info("training finished: %s", outcome.output_folder)
         return outcome
@@ -63,3 +80,8 @@ class TrainingJob(StoppableJob):
     def __repr__(self) -> str:
         run = self.job.run
         return f"TrainingJob(dataset={run.dataset}, configuration={run.configuration}, fold={run.fold})"
+
+
+def _after_stop_of(training_job: TrainingJob, job: TrainJob) -> AfterStop:
+    """Rank 0's after-stop decision: the job's own (launch_ranks.AfterStopFor, made in rank 0)."""
+    return training_job.after_stop

@@ -286,7 +286,7 @@ def _process_tracking(config: ClusterConfig) -> Finding:
     if tracker == "proctrack/cgroup":
         setting += f", SignalChildrenProcesses={children}"
     multi_gpu = (
-        "Several GPUs (-num_gpus, next): the ranks are the training process's children; nnslurm "
+        "Several GPUs (-num_gpus): the ranks are the training process's children; nnslurm "
         "passes the stop on to them itself."
     )
     if parents_only:

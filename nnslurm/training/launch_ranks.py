@@ -10,8 +10,9 @@ for programs with output to read; the ranks are this program.)
 The launcher, torch-free:
 - forwards every stop signal it receives to every rank (with cgroups SLURM may signal only it), the
   signals held blocked while the ranks start (nnslurm.training.ranks);
-- leaves with the ranks' status: rank 0's, which decided (75 after a stop, 0 finished); an error
-  rank 0 reports is raised here, so the CLI reports it once;
+- leaves with the ranks' status: rank 0's, which decided (0 finished; after a stop what its
+  after-stop decision returned: 75, or 144 on submitit's local executor); an error rank 0 reports is
+  raised here, so the CLI or submitit reports it once;
 - once a rank ended badly (killed, failed) or rank 0 ended, gives the others the stop deadline to
   end and then kills them: no process is left behind.
 """
@@ -35,6 +36,7 @@ from nnslurm import EXIT_RESUMABLE
 from nnslurm.core.config import TrainJob, parse_signal
 from nnslurm.core.errors import NnslurmError
 from nnslurm.core.logs import configure_logging
+from nnslurm.runs.outcome import Stopped
 from nnslurm.training.progress import DISABLE_ENV
 from nnslurm.training.ranks import (
     LOCALHOST,
@@ -65,6 +67,7 @@ def launch(job: TrainJob, world_size: int, after_stop_for: AfterStopFor | None =
     names = job.options.stop_signals
     context = multiprocessing.get_context("spawn")
     errors = context.SimpleQueue()
+    decisions = context.SimpleQueue()  # rank 0's after-stop status: its exit status is no error
     port = _free_port()
     processes: list[BaseProcess] = []
     forwarder = _Forwarder(names, processes)
@@ -76,7 +79,7 @@ def launch(job: TrainJob, world_size: int, after_stop_for: AfterStopFor | None =
                 rank = Rank(number, world_size, number, LOCALHOST, port)
                 process = context.Process(
                     target=_rank_main,
-                    args=(job, rank, after_stop_for, os.getpid(), errors),
+                    args=(job, rank, after_stop_for, os.getpid(), errors, decisions),
                     name=f"nnslurm-rank-{number}",
                 )
                 process.start()
@@ -90,11 +93,16 @@ def launch(job: TrainJob, world_size: int, after_stop_for: AfterStopFor | None =
         _kill_left(processes)
         forwarder.restore()
     reported = _reported(errors)
-    return _status(statuses, reported)
+    return _status(statuses, reported, _decided(decisions))
 
 
 def _rank_main(
-    job: TrainJob, rank: Rank, after_stop_for: AfterStopFor | None, launcher_pid: int, errors: Any
+    job: TrainJob,
+    rank: Rank,
+    after_stop_for: AfterStopFor | None,
+    launcher_pid: int,
+    errors: Any,
+    decisions: Any,
 ) -> None:
     """A rank's process: the stop path of one training process, with `rank`."""
     die_with_launcher(launcher_pid)
@@ -103,12 +111,39 @@ def _rank_main(
     configure_logging(verbose=False)
     if not rank.leads:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the run; the others warn only
-    after_stop = after_stop_for(job) if (rank.leads and after_stop_for is not None) else None
+    after_stop = None
+    if rank.leads and after_stop_for is not None:
+        after_stop = _telling(after_stop_for(job), decisions)
+    _harmless_after_the_monitor(job.options.stop_signals)
     try:
         run_stoppable(job, after_stop=after_stop, rank=rank)
     except NnslurmError as error:
         errors.put((rank.rank, error.exit_code, str(error)))
         raise SystemExit(error.exit_code) from None
+
+
+def _harmless_after_the_monitor(names: tuple[str, ...]) -> None:
+    """What the stop monitor restores when it closes: a handler that does nothing, so a stop signal
+    after the stop path (SLURM's TERM at the end of a preemption's grace time, forwarded as well)
+    cannot kill a rank that has decided and is on its way out. Not SIG_IGN: that would discard a
+    stop signal held pending since the launcher started this rank."""
+    for sig in (parse_signal(name) for name in names):
+        signal.signal(sig, _after_the_monitor)
+
+
+def _after_the_monitor(signum: int, frame: FrameType | None) -> None:
+    """A stop signal once this rank's stop path has run: nothing left to stop."""
+
+
+def _telling(after_stop: AfterStop, decisions: Any) -> AfterStop:
+    """Rank 0's decision, also told to the launcher (from the main thread or the watchdog)."""
+
+    def decide(stopped: Stopped) -> int:
+        status = after_stop(stopped)
+        decisions.put(status)
+        return status
+
+    return decide
 
 
 class _Forwarder:
@@ -193,9 +228,16 @@ def _reported(errors: Any) -> dict[int, tuple[int, str]]:
     return found
 
 
-def _status(statuses: list[int], reported: dict[int, tuple[int, str]]) -> int:
-    """Rank 0 decides: its status (0 finished, 75 stopped), or its error; a rank killed or failed
-    without one is RankFailed."""
+def _decided(decisions: Any) -> int | None:
+    found: int | None = None
+    while not decisions.empty():
+        found = int(decisions.get())
+    return found
+
+
+def _status(statuses: list[int], reported: dict[int, tuple[int, str]], decided: int | None = None) -> int:
+    """Rank 0 decides: its status (0 finished, 75 or its after-stop decision's status after a
+    stop), or its error; a rank killed or failed without one is RankFailed."""
     killed = [f"rank {n} {_exit_text(code)}" for n, code in enumerate(statuses) if code < 0]
     if 0 in reported:
         code, message = reported[0]
@@ -203,10 +245,14 @@ def _status(statuses: list[int], reported: dict[int, tuple[int, str]]) -> int:
             message = f"{', '.join(killed)}; then rank 0 failed: {message}"
         raise RankFailed(message, exit_code=code)
     leader = statuses[0]
-    if leader in (0, EXIT_RESUMABLE) and all(code in (0, EXIT_RESUMABLE) for code in statuses):
+    if decided is not None and leader < 0:  # killed after its decision (all durable by then): it stands
+        logger.info("rank 0 %s after deciding (%d)", _exit_text(leader), decided)
+        leader = decided
+    stopped = (EXIT_RESUMABLE,) if decided is None else (EXIT_RESUMABLE, decided)
+    if leader in (0, *stopped) and all(code in (0, EXIT_RESUMABLE) for code in statuses[1:]):
         return leader
-    if leader == EXIT_RESUMABLE:  # rank 0 stopped the run resumable; a peer ended badly with it
-        logger.warning("rank 0 stopped the run (75); %s", _statuses_text(statuses))
+    if leader in stopped:  # rank 0 stopped the run resumable; a peer ended badly with it
+        logger.warning("rank 0 stopped the run (%d); %s", leader, _statuses_text(statuses))
         return leader
     raise RankFailed(
         f"the ranks ended without finishing or stopping: {_statuses_text(statuses)}.",

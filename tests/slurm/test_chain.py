@@ -68,6 +68,12 @@ def status_document(env: dict[str, str]) -> dict[str, Any]:
     return document
 
 
+def _find_best_waiting(env: dict[str, str]) -> dict[str, Any] | None:
+    """The find-best row of the chain's status once it says "waiting", else None."""
+    (row,) = [row for row in status_document(env)["chains"][0]["stages"] if row["stage"] == "find best"]
+    return row if row["state"] == "waiting" else None
+
+
 def readable(path: Path) -> bool:
     import SimpleITK as sitk
 
@@ -216,10 +222,11 @@ def test_a_chain_preempted_on_a_cancel_partition_follows_the_resubmitted_job(
         patience(60),
         f"find best ({find_best}) to wait for the new job {new_id}",
     )
-    (waiting_row,) = [
-        row for row in status_document(env)["chains"][0]["stages"] if row["stage"] == "find best"
-    ]
-    assert waiting_row["state"] == "waiting", waiting_row
+    # SLURM says Reason=Dependency only once a scheduling cycle has looked at the updated job
+    # (measured: Reason=None right after the update, status then truthfully said "pending").
+    waiting_row = wait_for(
+        lambda: _find_best_waiting(env), patience(60), "the chain's status to say find best waits"
+    )
     assert waiting_row["detail"] == "waiting for train 3d_fullres (to succeed)", waiting_row
 
     code, output = waiting.finish(600)

@@ -3,8 +3,8 @@
 Several ranks (`nnslurm train -num_gpus N`) decide together at every iteration boundary and
 validation step (nnslurm.training.agreement.RankGroup.agree): a stop signal on any rank, rank 0's
 timed save, rank 0's end-time rule. This benchmark spawns two CPU ranks that join as a training's
-ranks do (`joined`: gloo, nnslurm's own groups) and loop over "iterations" of 40 ms (the fastest
-GPU iteration of nnU-Net's defaults, ../shared/notes: the host waits for the device), timing only
+ranks do (`joined`: gloo, nnslurm's own groups) and loop over "iterations" of 40 ms (about the
+fastest GPU iteration of nnU-Net's default configurations; the host waits for the device), timing only
 what the loop spends in the agreement, side by side in one run:
 
 - blocking: the all_reduce waited for at the boundary (nnslurm's first version);
@@ -17,12 +17,13 @@ Goal (issue 18): the agreement costs under 1 % of an iteration.
 from __future__ import annotations
 
 import multiprocessing
-import socket
 import statistics
 import time
 from typing import Any
 
 from common import new_parser, print_header, print_table
+
+from nnslurm.training.ranks import free_port
 
 ITERATION_S = 0.040
 
@@ -34,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     calls, blocks = (20, 1) if args.quick else (args.calls, args.blocks)
     print_header("agreement cost (2 CPU ranks, gloo, 40 ms iterations)")
-    port = _free_port()
+    port = free_port()
     context = multiprocessing.get_context("spawn")
     results = context.SimpleQueue()
     ranks = [context.Process(target=_rank, args=(rank, port, calls, blocks, results)) for rank in (0, 1)]
@@ -95,12 +96,6 @@ def _rank(rank: int, port: int, calls: int, blocks: int, results: Any) -> None:
                 timings[name].append(spent / calls * 1e6)
         group.settle()
     results.put(timings)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 if __name__ == "__main__":

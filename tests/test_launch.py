@@ -93,16 +93,21 @@ def test_golden_profile(tmp_path: Path) -> None:
     assert text.index("export nnUNet_raw") < text.index("module load cuda/12.1")  # user setup may override
 
 
-@pytest.mark.parametrize("name", sorted(TEMPLATES))
-def test_golden_templates(
-    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def golden_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The golden scripts' environment: nnU-Net's folders as in the golden files, no profile."""
     for key in list(os.environ):
         if key.startswith("nnUNet_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("nnUNet_results", "/data/nn results")
     monkeypatch.chdir(Path(__file__).parent)  # no ./nnslurm.toml here
     monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_golden_templates(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    golden_environment(monkeypatch)
     folds = ["--fold", "0"] if name == "train" else ["--cross-validation"]
     status = cli.main(
         [
@@ -393,12 +398,7 @@ def test_a_job_slurm_requeued_is_not_reported_ended(
 def test_golden_two_ranks(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """-num_gpus 2 on one node, from the command line: submit asks for two GPUs there (the job's
     process launches the ranks), the train template too, and its `nnslurm train` gets -num_gpus 2."""
-    for key in list(os.environ):
-        if key.startswith("nnUNet_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("nnUNet_results", "/data/nn results")
-    monkeypatch.chdir(Path(__file__).parent)  # no ./nnslurm.toml here
-    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent")
+    golden_environment(monkeypatch)
     words = ["-d", "501", "-f", "0", "-num_gpus", "2", "--time", "4:00:00", "--partition", "gpu"]
     args = cli.build_parser().parse_args(["submit", *words, "--cpus-per-task", "16"])
     jobs = training_jobs_from_args(args)

@@ -25,7 +25,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
@@ -42,6 +41,7 @@ from nnslurm.training.ranks import (
     LOCALHOST,
     Rank,
     die_with_launcher,
+    free_port,
     hold_stop_signals,
     release_stop_signals,
 )
@@ -68,7 +68,7 @@ def launch(job: TrainJob, world_size: int, after_stop_for: AfterStopFor | None =
     context = multiprocessing.get_context("spawn")
     errors = context.SimpleQueue()
     decisions = context.SimpleQueue()  # rank 0's after-stop status: its exit status is no error
-    port = _free_port()
+    port = free_port()
     processes: list[BaseProcess] = []
     forwarder = _Forwarder(names, processes)
     forwarder.install()
@@ -267,10 +267,3 @@ def _statuses_text(statuses: list[int]) -> str:
 
 def _pids(processes: list[BaseProcess]) -> str:
     return ",".join(str(process.pid) for process in processes)
-
-
-def _free_port() -> int:
-    """A port free now on the loopback interface (as nnU-Net's launcher finds one)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOCALHOST, 0))
-        return int(probe.getsockname()[1])

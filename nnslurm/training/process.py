@@ -45,6 +45,7 @@ from nnslurm.training.malloc import fix_malloc_thresholds
 from nnslurm.training.nnunet_compat import trainer_plans
 from nnslurm.training.pretrained import META_FIELD, PretrainedWeights, load_into, record_for_resume
 from nnslurm.training.ranks import Rank
+from nnslurm.training.several_ranks import NoEvents, act_as_rank, check_world_size, resumed_rank_state
 from nnslurm.training.signals import StopMonitor, StopRequest
 from nnslurm.training.stop_margin import end_time_guard
 from nnslurm.training.trainer import NEVER, LoopContext, ResumePoint, TrainingStopped, preemptible_class
@@ -127,7 +128,7 @@ def _run_training(
     )
     trained = _Training(job, plans, dataset_json, base_class, folder, monitor, device, group)
     if group is not None and not group.leads:  # rank 0 holds the folder and chooses for all
-        return _train(trained, group.share(_from_rank_zero), _NoEvents(folder))
+        return _train(trained, group.share(_from_rank_zero), NoEvents(folder))
     # Checked before anything is written:
     pretrained = _given_pretrained(options, folder)
     if options.validation_only:
@@ -180,61 +181,13 @@ def _choose_start(
             folder, options.resume_from, expected, options.overrides, start_over=options.start_over
         )
         if chosen is not None:
-            _check_world_size(chosen, world_size)
+            check_world_size(chosen, world_size)
             carried = record_for_resume(pretrained, chosen)  # refuses other weights: nothing written yet
         else:
             if options.pretrained_weights is not None and pretrained is None:  # gone, nothing to resume
                 pretrained = PretrainedWeights.of_file(options.pretrained_weights)  # says: no such file
             carried = pretrained.record() if pretrained else None
     return _Start(chosen, pretrained if chosen is None else None, carried)
-
-
-def _check_world_size(chosen: CheckpointInfo, world_size: int) -> None:
-    """Mid-epoch, each rank's batches and random stream go on where that rank stopped: another
-    number of ranks cannot continue them. At an epoch boundary it can (fresh per-rank seeds)."""
-    written = written_world_size(chosen)
-    if written == world_size or chosen.finished or chosen.iteration == 0:
-        return
-    raise NnslurmError(
-        f"{chosen.path.name} was written by {written} rank(s) in the middle of epoch {chosen.epoch} "
-        f"(iteration {chosen.iteration}); this start has {world_size}: the ranks' batches and random "
-        "streams cannot be split differently mid-epoch. Nothing was changed.",
-        hint=f"resume with -num_gpus {written} (the next epoch boundary's checkpoint can then go on with "
-        "another number), or --resume-from best to go on from the last epoch end with this number "
-        "(the partial epoch is trained again).",
-    )
-
-
-def written_world_size(chosen: CheckpointInfo) -> int:
-    """The number of ranks that wrote `chosen` (1: one process, or a file without nnslurm's entry)."""
-    return int(chosen.meta.get("world_size") or 1)
-
-
-def _resumed_rank_state(chosen: CheckpointInfo, group: RankGroup | None) -> tuple[Any, list[Any]]:
-    """This rank's RNG state and losses of the epoch so far, from the checkpoint: its own, or none
-    when the number of ranks changed (at an epoch boundary: fresh per-rank seeds)."""
-    world_size, rank = (1, 0) if group is None else (group.world_size, group.rank.rank)
-    written = written_world_size(chosen)
-    if written != world_size:
-        logger.info(
-            "%s was written by %d rank(s), this start has %d: at an epoch boundary, each rank "
-            "goes on with a fresh random stream (seed + rank)",
-            chosen.path.name,
-            written,
-            world_size,
-        )
-        return None, []
-    states = chosen.meta.get("rank_states")
-    if states:
-        return states[rank]["rng"], list(states[rank]["train_outputs"])
-    return chosen.meta.get("rng"), list(chosen.meta.get("train_outputs", []))
-
-
-class _NoEvents(EventLog):
-    """The event log of a rank other than 0: rank 0 alone records the run."""
-
-    def append(self, event: Event, **fields: Any) -> dict[str, Any]:
-        return {"event": event, **fields}
 
 
 @dataclass(frozen=True)
@@ -305,7 +258,7 @@ def _train(trained: _Training, start_from: _Start, events: EventLog) -> Training
         device=trained.device,
     )
     if group is not None:
-        _as_rank(trainer, group, trained.device)
+        act_as_rank(trainer, group, trained.device)
     for name, value in overrides.items():
         setattr(trainer, name, value)
     trainer.save_every = options.save_every_epochs or NEVER
@@ -327,7 +280,7 @@ def _train(trained: _Training, start_from: _Start, events: EventLog) -> Training
     start = {"epoch": 0, "iteration": 0}
     if chosen is not None:
         trainer.load_checkpoint(str(chosen.path))
-        rng_state, train_outputs = _resumed_rank_state(chosen, group)
+        rng_state, train_outputs = resumed_rank_state(chosen, group)
         trainer.nnslurm.resume = ResumePoint(
             epoch=chosen.epoch,
             iteration=chosen.iteration,
@@ -475,17 +428,6 @@ def _device(name: str) -> torch.device:
     return torch.device(_device_name(name))
 
 
-def _as_rank(trainer: Any, group: RankGroup, device: torch.device) -> None:
-    """nnU-Net's trainer, built inside the process group, took `is_ddp` from it but forces the device
-    to cuda:<global rank> and a CUDA GradScaler: set what this rank really is before initialize()
-    (the mixin's `initialize` leaves out DDP's device_ids on the CPU)."""
-    trainer.is_ddp = True
-    trainer.local_rank = group.rank.rank  # nnU-Net's "rank 0 only" tests mean the global rank
-    trainer.device = device  # cuda:LOCAL_RANK, or the CPU
-    if device.type != "cuda":
-        trainer.grad_scaler = None  # as nnU-Net on a CPU: no mixed precision
-
-
 def _follow_allocation(budget: CpuBudget, threads: bool, ranks: int = 1) -> None:
     """nnU-Net would take every core of the node (threads) and 12 augmentation workers: take
     what this job was given (nnslurm.slurm.cpus), shared by the `ranks` of this node. Torch threads
@@ -494,7 +436,7 @@ def _follow_allocation(budget: CpuBudget, threads: bool, ranks: int = 1) -> None
     if threads:
         torch.set_num_threads(cpus)
     if budget.workers is not None:
-        os.environ[WORKERS_ENV] = str(budget.workers // ranks if ranks > 1 else budget.workers)
+        os.environ[WORKERS_ENV] = str(budget.workers // ranks)
     workers = os.environ.get(WORKERS_ENV)
     logger.info(
         "CPUs: %d (%s)%s: torch threads %s, augmentation workers %s",

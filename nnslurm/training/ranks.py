@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,16 @@ from nnslurm.core.config import parse_signal
 logger = logging.getLogger(__name__)
 
 LOCALHOST = "127.0.0.1"  # one node: the ranks meet on the loopback interface
+
+
+def free_port() -> int:
+    """A port free now on the loopback interface, for the ranks to meet at (as nnU-Net's launcher
+    finds one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOCALHOST, 0))
+        return int(probe.getsockname()[1])
+
+
 _PR_SET_PDEATHSIG = 1
 
 

@@ -241,6 +241,28 @@ def test_wait_goes_on_after_slurms_requeue_as_squeue_shows_it(tmp_path: Path) ->
     assert (state, detail) == (waiting.RUNNING, "NODE_FAIL, requeued by SLURM")
 
 
+class PendingJob(StaleJob):
+    """A submitit SLURM job submitit sees pending (not done)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path, "PENDING")
+
+    def done(self, force_check: bool = False) -> bool:
+        return False
+
+
+def test_wait_says_why_a_job_is_pending_and_how_to_release_a_held_one(tmp_path: Path) -> None:
+    """A job SLURM held after a failed launch waits forever: `--wait` says so and what ends it."""
+    with use_runner(FakeCluster.queue(squeue="5|PENDING|launch failed requeued held\n")):
+        state, detail = waiting.job_state(PendingJob(tmp_path), since=NOW)  # type: ignore[arg-type]
+    assert state == waiting.RUNNING
+    assert detail == "PENDING: launch failed requeued held; it starts only once released: scontrol release 5"
+    with use_runner(FakeCluster.queue(squeue="5|PENDING|BeginTime\n")):
+        assert waiting.job_state(PendingJob(tmp_path), since=NOW)[1] == "PENDING: BeginTime"  # type: ignore[arg-type]
+    with use_runner(FakeCluster.queue(squeue="5|PENDING|None\n")):
+        assert waiting.job_state(PendingJob(tmp_path), since=NOW)[1] == "PENDING"  # type: ignore[arg-type]
+
+
 def test_wait_takes_our_own_record_over_submitits(tmp_path: Path) -> None:
     sacct = SACCT_OLD_ONLY + f"5|CANCELLED by 0|{stamp(NOW + 5)}\n"
     with use_runner(FakeCluster.queue(squeue="", sacct=sacct)):

@@ -65,7 +65,7 @@ def job_state(job: submitit.Job[Any], since: float | None = None) -> tuple[str, 
     """(finished|failed|cancelled|running, detail) without blocking (`since`: when we submitted
     the job, to tell its accounting record from an older job's with the same id)."""
     if not job.done(force_check=True):
-        return RUNNING, str(job.state)
+        return RUNNING, live_detail(job, str(job.state), since)
     if job.paths.result_pickle.exists():
         error = job.exception()
         if error is None:
@@ -89,6 +89,19 @@ def job_state(job: submitit.Job[Any], since: float | None = None) -> tuple[str, 
     if requeue_follows(state) and queued_again(str(job.job_id)):
         return RUNNING, f"{state}, requeued by SLURM"
     return FAILED, f"{state}, ended without a result: see {job.paths.stderr}"
+
+
+def live_detail(job: submitit.Job[Any], state: str, since: float | None) -> str:
+    """submitit's state, with SLURM's reason while the job is pending: why it has not started (a
+    begin time, a dependency, or a hold that lasts until someone releases the job)."""
+    if state != "PENDING":
+        return state
+    answer = scheduler_answer(job, since)
+    if answer is None or answer.reason in ("", "None"):
+        return state
+    if "held" in answer.reason.lower():  # JobHeldUser, JobHeldAdmin, "launch failed requeued held"
+        return f"{state}: {answer.reason}; it starts only once released: scontrol release {job.job_id}"
+    return f"{state}: {answer.reason}"
 
 
 def scheduler_answer(job: submitit.Job[Any], since: float | None) -> SchedulerJob | None:

@@ -7,7 +7,7 @@ Start it with `scripts/slurm-dev-cluster up` (root, Debian/Ubuntu). Every test h
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.slurm)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report carries what SLURM knew of its jobs (`scontrol show job`, the
+    controller's log lines naming them, the node's state): a CI failure is read, not guessed."""
+    report: pytest.TestReport = yield
+    cluster = item.funcargs.get("idle_cluster") if hasattr(item, "funcargs") else None
+    if report.failed and report.when == "call" and isinstance(cluster, Cluster) and cluster.own:
+        report.sections.append(("SLURM's view of this test's jobs", cluster.explain(sorted(cluster.own))))
+    return report
 
 
 def _reachable() -> str | None:

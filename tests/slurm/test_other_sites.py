@@ -139,11 +139,12 @@ def test_node_failure_requeues_and_resumes(
         patience(60),
         f"epoch {checkpoint['epoch']} to begin",
     )
-    # The node "fails" but its processes live on: drained at once, it takes no job until the old
-    # job's processes are gone (measured: ReturnToService=2 put it back within 40 ms and SLURM
-    # relaunched the requeued job while the old step was still ending: "Duplicate jobid", drained).
-    sh(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=nnslurm-test"])
+    # The node "fails" but its processes live on: drained first, it takes no job until the old
+    # job's processes are gone (measured: ReturnToService=2 put a down node back within 40 ms and
+    # SLURM relaunched the requeued job while the old step was still ending: "Duplicate jobid",
+    # drained). Drained before it goes down, it comes back drained: no window to start in.
     sh(["scontrol", "update", f"NodeName={node}", "State=DRAIN", "Reason=nnslurm-test"])
+    sh(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=nnslurm-test"])
     wait_for(
         lambda: "NODE_FAIL" in idle_cluster.states(job_id),
         patience(120),
@@ -152,6 +153,9 @@ def test_node_failure_requeues_and_resumes(
     wait_for(lambda: not job_processes(job_id), patience(60), f"the processes of job {job_id} to end")
     subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False, timeout=30)
     wait_for(lambda: node_state(node) in USABLE, patience(60), f"node {node} to come back")
+    # The requeued job starts again on the node: bounded, so a job SLURM keeps pending (held after
+    # a failed launch, say) fails here with SLURM's view in the report, not after the long finish.
+    wait_for(lambda: kinds(run_folder, "resumed"), patience(180), f"job {job_id} to start again and resume")
     code, output = waiting.finish(400)
     assert code == 0, output
     log = events(run_folder)

@@ -95,6 +95,15 @@ def sh(argv: list[str], timeout: float = 30) -> str:
     return slurm.run_command(argv, timeout).stdout
 
 
+def _quiet(argv: list[str]) -> str:
+    """A command's output, or why there is none: for diagnostics, which must not fail themselves."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"$ {' '.join(argv)}: {error}"
+    return f"$ {' '.join(argv)}\n{done.stdout}{done.stderr}"
+
+
 DEV_CLUSTER = Path(__file__).parents[2] / "scripts" / "slurm-dev-cluster"
 
 
@@ -147,6 +156,19 @@ class Cluster:
             if job_id.split("_")[0] in queued:
                 subprocess.run(["scancel", job_id], capture_output=True, timeout=30, check=False)
         self.own.clear()
+
+    def explain(self, job_ids: list[str], log_lines: int = 60) -> str:
+        """What SLURM says about these jobs now, and the last lines of the controller's log naming
+        them (a pending job's Reason, a launch failure, a drained node): for a failed test's report."""
+        parts = [_quiet(["sinfo", "-N", "-o", "%N %T %E"])]
+        for job_id in job_ids:
+            parts.append(_quiet(["scontrol", "show", "job", job_id]))
+        log = Path(config_value("SlurmctldLogFile"))
+        if log.is_file():
+            named = re.compile("|".join(rf"\b(JobId=|job ){re.escape(j)}\b" for j in job_ids) + r"|node")
+            lines = [line for line in log.read_text(errors="replace").splitlines() if named.search(line)]
+            parts.append(f"{log} (lines naming the jobs or a node):\n" + "\n".join(lines[-log_lines:]))
+        return "\n\n".join(parts)
 
     def wait_gone(self, job_id: str, timeout: float) -> None:
         """Until SLURM holds the job no more: not pending, running or completing (squeue lists

@@ -1,6 +1,7 @@
 """The workflow chain without SLURM: `nnslurm submit --executor local --find-best --predict` runs
 training, find best and prediction on this machine in order, as one local job, and `status`
-shows the chain finished (real nnU-Net, CPU)."""
+shows the chain finished (real nnU-Net, CPU). The training runs as two CPU ranks (-num_gpus 2): a
+chain's training launches its ranks as `nnslurm train` does."""
 
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ def test_a_local_chain_runs_every_stage_in_order(nnunet_env: NnunetEnv, tmp_path
     for image in images:
         shutil.copy(image, inputs / image.name)
     output = tmp_path / "out"
-    args = ["submit", *TINY_TRAINING, "--find-best", "--predict", str(inputs), str(output)]
+    args = ["submit", *TINY_TRAINING, "-num_gpus", "2", "--find-best", "--predict", str(inputs), str(output)]
     args += ["--executor", "local", "--log-dir", str(tmp_path / "logs"), "--wait"]
     result = nnslurm(args, env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "one local job runs every stage in order" in result.stdout
     run = nnunet_env.run_folder()
     assert (run / "checkpoint_final.pth").is_file()
+    started = [json.loads(line) for line in (run / "nnslurm_events.jsonl").read_text().splitlines()]
+    assert [r.get("world_size") for r in started if r["event"] == "started"] == [2]
     assert (run / "validation" / "summary.json").is_file()
     assert (nnunet_env.results / "Dataset501_Synthetic" / "inference_instructions.txt").is_file()
     predicted = sorted(path.name for path in output.glob("*.nii.gz"))

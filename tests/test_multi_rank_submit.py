@@ -67,15 +67,11 @@ REFUSED = [
     (["--sbatch-arg", "nodes=2"], ["--sbatch-arg nodes=2: the ranks run on one node", "across nodes"]),
     (["--sbatch-arg", "N=3"], ["--sbatch-arg N=3: the ranks run on one node"]),
 ]
-CHAIN_REFUSED = [
-    (["--predict", "in", "out"], ["the workflow chain does not launch several ranks yet"]),
-    (["--preprocess"], ["the workflow chain does not launch several ranks yet"]),
-]
 
 
 @pytest.mark.parametrize(
     ("command", "extra", "words"),
-    [(["submit", "--dry-run", *RUN], *case) for case in REFUSED + CHAIN_REFUSED]
+    [(["submit", "--dry-run", *RUN], *case) for case in REFUSED]
     + [(["template", "train", "-d", "501", "-f", "0"], *case) for case in REFUSED],
 )
 def test_refused_with_a_reason(
@@ -103,6 +99,24 @@ def test_dry_run_shows_the_ranks_and_the_gpus(here: Path, capsys: pytest.Capture
     out = capsys.readouterr().out
     assert "# gpus per node: none\n" in out and "gpus-per-node" not in out
     assert "2 ranks on one node" in out and "#SBATCH --cpus-per-task=2\n" in out
+
+
+def test_a_chain_trains_with_the_ranks_and_predicts_on_one_gpu(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The training array's tasks ask for a GPU per rank; predict (one device) for one GPU, not the
+    training's N; preprocess and find best for none."""
+    inputs = here / "in"
+    inputs.mkdir()
+    args = ["submit", "--dry-run", *RUN, "-num_gpus", "2", "--preprocess", "--predict", str(inputs), "out"]
+    assert cli.main([*args, "--executor", "slurm"]) == 0
+    out = capsys.readouterr().out
+    assert "nnslurm train 501 3d_fullres FOLD -num_gpus 2 (folds 0, 2 ranks on one node each)" in out
+    preprocess, train, find_best, predict = out.split("\n# --- ")[1:]
+    assert "#SBATCH --gpus-per-node=2\n" in train
+    assert "#SBATCH --gpus-per-node=1\n" in predict
+    for script in (preprocess, find_best):
+        assert "gpus" not in script, script
 
 
 def test_rank_zero_decides_with_the_jobs_own_after_stop() -> None:

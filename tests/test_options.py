@@ -171,23 +171,11 @@ def test_nnunet_validation_flags_and_pretrained_weights(
     assert (options.npz, options.validation_only, options.validation_checkpoint) == (True, True, "final")
 
 
-def test_several_ranks_are_refused_in_a_chain(
-    caplog: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """train, submit and template launch -num_gpus ranks (tests/test_multi_rank_submit.py); the
-    workflow chain does not yet, and says so."""
+def test_num_gpus_is_parsed_as_nnunet_spells_it() -> None:
     assert (
         training_job_from_args(parse(["train", "501", "3d_fullres", "0", "-num_gpus", "2"])).options.num_gpus
         == 2
     )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    argv = ["submit", "--dry-run", "501", "3d_fullres", "0", "-num_gpus", "2", "--find-best"]
-    assert cli.main(argv) == 2
-    assert "-num_gpus 2 with --preprocess/--find-best/--predict: the workflow chain does not" in caplog.text
-    assert "HINT: submit the training alone" in caplog.text
-    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_nnunet_single_dash_spellings_and_continue_flag() -> None:

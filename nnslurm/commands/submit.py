@@ -161,7 +161,6 @@ def workflow_from_args(args: argparse.Namespace, jobs: Sequence[TrainJob]) -> Wo
             hint="drop --cpu-partition, or add the stage it is for.",
         )
     if spec.is_chain:
-        refuse_ranks_in_chain(spec.jobs)
         completed, added = with_cascade_first_stage(spec.jobs)
         if added:
             logger.info(
@@ -169,19 +168,6 @@ def workflow_from_args(args: argparse.Namespace, jobs: Sequence[TrainJob]) -> Wo
             )
             spec = dataclasses.replace(spec, jobs=completed)
     return spec
-
-
-def refuse_ranks_in_chain(jobs: Sequence[TrainJob]) -> None:
-    """A chain's stages (a local chain runs them all in one job; prediction would hold every GPU of
-    the training) do not launch ranks yet: refused rather than trained on one."""
-    count = max(job.options.num_gpus for job in jobs)
-    if count > 1:
-        raise UsageError(
-            f"-num_gpus {count} with --preprocess/--find-best/--predict: the workflow chain does not "
-            "launch several ranks yet, and will not quietly train on one.",
-            hint=f"submit the training alone (`nnslurm submit ... -num_gpus {count}`), then the other "
-            "stages, or drop -num_gpus.",
-        )
 
 
 def measured_checkpoint_s(jobs: Sequence[TrainJob]) -> float | None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from nnslurm.commands.held import RunAlreadyQueued, held_runs
 from nnslurm.core.errors import NnslurmError
 from nnslurm.core.executor import Executor
-from nnslurm.workflow.chain import ChainRecord, check_chain_input, cpu_submission, submit_chain
+from nnslurm.workflow.chain import ChainRecord, check_chain_input, stage_submission, submit_chain
 from nnslurm.workflow.chain_status import StageState, StageStatus, chain_status, is_over
 from nnslurm.workflow.plan import Stage, StageKind, WorkflowSpec, dependency_expression, plan_stages
 
@@ -31,8 +31,11 @@ def describe_stage(stage: Stage, spec: WorkflowSpec) -> str:
     if stage.kind == StageKind.TRAIN:
         folds = ",".join(job.run.fold for job in stage.jobs)
         npz = " --npz" if stage.jobs[0].options.npz else ""
+        ranks = stage.jobs[0].options.num_gpus
+        gpus = f" -num_gpus {ranks}" if ranks > 1 else ""
         shape = f"array of {len(stage.jobs)}, " if len(stage.jobs) > 1 else ""
-        return f"{shape}nnslurm train {first.dataset} {stage.configuration} FOLD{npz} (folds {folds})"
+        where = f", {ranks} ranks on one node each" if ranks > 1 else ""
+        return f"{shape}nnslurm train {first.dataset} {stage.configuration} FOLD{npz}{gpus} (folds {folds}{where})"
     if stage.kind == StageKind.FIND_BEST:
         configurations = " ".join(spec.configurations)
         return (
@@ -84,7 +87,7 @@ def dry_run(spec: WorkflowSpec, submission: Submission, cpu_partition: str | Non
         return 0
     for stage in stages:
         name = f"{submission.job_name}-{stage.name.replace(' ', '-')}"
-        where = submission if stage.gpu else cpu_submission(submission, cpu_partition)
+        where = submission if stage.kind == StageKind.TRAIN else stage_submission(stage, submission, cpu_partition)
         dependency = dependency_expression(stage, placeholders, tasks)
         params = launch.sbatch_parameters(
             where.cluster, name, where.folder, tasks[stage.name], dependency=dependency

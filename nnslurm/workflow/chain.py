@@ -137,6 +137,12 @@ GPU_SBATCH_KEYS = frozenset(
 )
 
 
+def stage_submission(stage: Stage, submission: Submission, cpu_partition: str | None) -> Submission:
+    """The settings of a stage that is not a training: a GPU stage (predict) gets one GPU, a CPU
+    stage (preprocess, find best) none; everything else as the training's."""
+    return one_gpu_submission(submission) if stage.gpu else cpu_submission(submission, cpu_partition)
+
+
 def cpu_submission(submission: Submission, partition: str | None) -> Submission:
     """A CPU stage's settings: no GPU (--gpus, the GPU options among --sbatch-arg, gres=gpu...),
     the CPU partition when one was given; every other setting as the training's."""
@@ -147,6 +153,14 @@ def cpu_submission(submission: Submission, partition: str | None) -> Submission:
         sbatch_args=_without_gpus(submission.cluster.sbatch_args),
     )
     return dataclasses.replace(submission, cluster=cluster)
+
+
+def one_gpu_submission(submission: Submission) -> Submission:
+    """A GPU stage that is not a training (predict: one device): one GPU where the training's ranks
+    (-num_gpus N) asked for N per node; every other setting as the training's."""
+    if max(job.options.num_gpus for job in submission.jobs) <= 1 or submission.cluster.gpus is None:
+        return submission
+    return dataclasses.replace(submission, cluster=dataclasses.replace(submission.cluster, gpus=1))
 
 
 def _without_gpus(sbatch_args: tuple[tuple[str, str | None], ...]) -> tuple[tuple[str, str | None], ...]:
@@ -182,7 +196,7 @@ def submit_chain(spec: WorkflowSpec, submission: Submission, cpu_partition: str 
                 job_id = array_job(str(jobs[0].job_id))  # the array of the stage's tasks
                 task_ids = tuple(str(job.job_id) for job in jobs)
             else:
-                where = submission if stage.gpu else cpu_submission(submission, cpu_partition)
+                where = stage_submission(stage, submission, cpu_partition)
                 job = launch.submit_stage(stage_job(stage, spec), where, name, dependency)
                 job_id, task_ids = str(job.job_id), (str(job.job_id),)
             folders = stage_folders(stage, spec)

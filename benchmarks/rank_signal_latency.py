@@ -4,8 +4,9 @@ training in one process, a real SIGUSR1 sent from outside to the process the use
 Both arms train the same tiny run with nnslurm's paced trainer (every iteration takes at least
 --iteration-s, so both arms have the same iteration whatever the two ranks' share of the cores),
 one after the other, interleaved. The benchmark waits for nnU-Net's "Epoch 0" log line (start-up
-over), a random number of iterations more and a random part of one, and sends SIGUSR1 to the process it started:
-with two ranks that is the launcher, which forwards it to both ranks. Measured per stop:
+over), a random number of iterations more and a random part of one, and sends SIGUSR1 to the
+process it started: with two ranks that is the launcher, which forwards it to both ranks. Measured
+per stop:
 
 - outside: from the moment this process sent the signal to the stop checkpoint's "checkpoint" event
   (appended right after the file and its folder were fsynced);
@@ -47,7 +48,9 @@ from nnslurm.commands.synthetic import MIN_ITERATION_ENV
 TRAINER = "nnUNetTrainerPaced"
 
 
-def one_stop(space: Workspace, ranks: int, results: Path, iteration_s: float, wait_s: float) -> dict[str, Any]:
+def one_stop(
+    space: Workspace, ranks: int, results: Path, iteration_s: float, wait_s: float
+) -> dict[str, Any]:
     """Train with `ranks` ranks, send SIGUSR1 `wait_s` after the "started" event, measure the stop."""
     folder = run_folder(results, TINY_PLANS).parents[1] / f"{TRAINER}__{TINY_PLANS}__3d_fullres" / "fold_0"
     args = [

@@ -4,6 +4,7 @@ folds and arrays, executor choice, dry runs. NNSLURM_UPDATE_GOLDEN=1 rewrites th
 from __future__ import annotations
 
 import os
+import types
 import shutil
 import subprocess
 import sys
@@ -141,7 +142,7 @@ def test_golden_templates(
     text = capsys.readouterr().out
     check_golden(f"template-{name}.sbatch", text)
     assert "#SBATCH --signal=B:USR1@10\n" in text and "#SBATCH --requeue\n" in text
-    assert 'exec "${NNSLURM[@]}" train' in text
+    assert 'exec "${LAUNCH[@]}" "${NNSLURM[@]}" train' in text
 
 
 def test_templates_have_one_source_and_the_package_reads_it() -> None:
@@ -325,7 +326,7 @@ def test_submission_environment_is_temporary(monkeypatch: pytest.MonkeyPatch, tm
             seen.append(
                 {name: os.environ.get(name) for name in ("SUBMITIT_PREEMPT_SIGNAL", "NNSLURM_WARNING_SIGNAL")}
             )
-            return object()
+            return types.SimpleNamespace(num_tasks=1)  # a submitted job of one task
 
     monkeypatch.setattr(launch, "make_executor", lambda submission, dependency=None: Executor())
     cluster = ClusterSettings(signal="USR2")

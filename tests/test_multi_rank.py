@@ -110,7 +110,7 @@ def test_other_world_size_refused_mid_epoch_allowed_at_epoch_end(
     refused = nnslurm(["train", *one_rank], env)
     assert refused.returncode == 1, refused.stderr[-4000:]
     assert "written by 2 rank(s) in the middle of epoch 1 (iteration 2); this start has 1" in refused.stderr
-    assert "HINT: resume with -num_gpus 2" in refused.stderr and "Traceback" not in refused.stderr
+    assert "HINT: resume with 2 rank(s) in all" in refused.stderr and "Traceback" not in refused.stderr
     assert _files(run_folder) == before  # nothing written
 
     # the hint's other way: from the last epoch end, with one rank (fresh random stream, logged)

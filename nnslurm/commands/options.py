@@ -292,6 +292,12 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         "down to this (the job reads its real end and stops before it); same formats as --time",
     )
     group.add_argument("--gpus", type=int, help="sbatch --gpus-per-node")
+    group.add_argument(
+        "--nodes",
+        type=int,
+        help="sbatch --nodes: train across M nodes, one srun task per node launching its -num_gpus "
+        "ranks (M x N ranks in all; the results and preprocessed folders must be shared)",
+    )
     group.add_argument("--cpus-per-task", type=int, help="sbatch --cpus-per-task")
     group.add_argument("--mem", help="sbatch --mem, e.g. 64G")
     group.add_argument("--constraint", help="sbatch --constraint")
@@ -489,6 +495,7 @@ def cluster_settings_from_args(args: argparse.Namespace) -> ClusterSettings:
         "time_s": args.time,
         "time_min_s": getattr(args, "time_min", None),
         "gpus": args.gpus,
+        "nodes": args.nodes,
         "cpus_per_task": args.cpus_per_task,
         "mem": args.mem,
         "constraint": args.constraint,
@@ -505,26 +512,14 @@ def cluster_settings_from_args(args: argparse.Namespace) -> ClusterSettings:
     return gpus_for_ranks(settings, args.num_gpus, args.device, gpus_flag=args.gpus)
 
 
-# sbatch options that spread a job over nodes: the ranks run on one node (nnslurm.training.launch_ranks).
-_NODE_KEYS = ("nodes", "N")
-
-
 def gpus_for_ranks(
     cluster: ClusterSettings, num_gpus: int, device: str, gpus_flag: int | None
 ) -> ClusterSettings:
-    """-num_gpus N > 1 on one node: N GPUs there (--gpus-per-node), none with -device cpu, whose
-    ranks share the node's CPUs. A different --gpus is refused (it would start ranks without GPUs,
-    or leave GPUs idle); a profile's `gpus` gives way to -num_gpus, which is per command. Several
-    nodes are refused: the ranks of one job are launched on its first node only."""
+    """-num_gpus N > 1: N GPUs on each node (--gpus-per-node), none with -device cpu, whose ranks
+    share the node's CPUs. A different --gpus is refused (it would start ranks without GPUs, or
+    leave GPUs idle); a profile's `gpus` gives way to -num_gpus, which is per command."""
     if num_gpus <= 1:
         return cluster
-    for key, value in cluster.sbatch_args:
-        if key in _NODE_KEYS and value not in ("1", "1-1"):
-            raise UsageError(
-                f"-num_gpus {num_gpus} with --sbatch-arg {key}={value}: the ranks run on one node; "
-                "training across nodes is not supported yet.",
-                hint=f"drop --sbatch-arg {key} (one node, {num_gpus} ranks), or train on one node per job.",
-            )
     if device == "cpu":
         return cluster
     if gpus_flag is not None and gpus_flag != num_gpus:

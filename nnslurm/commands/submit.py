@@ -253,7 +253,12 @@ def dry_run(submission: Submission) -> int:
         run, options = job.run, job.options
         task = f"array task {index}: " if len(submission.jobs) > 1 else ""
         folder = launch.run_folder(job)
-        ranks = f", {options.num_gpus} ranks on one node" if options.num_gpus > 1 else ""
+        nodes = submission.cluster.nodes
+        ranks = (
+            f", {nodes} nodes x {options.num_gpus} ranks"
+            if nodes > 1
+            else f", {options.num_gpus} ranks on one node" if options.num_gpus > 1 else ""
+        )
         print(
             f"# {task}dataset {run.dataset}, {run.configuration}, fold {run.fold}, -tr {run.trainer}, "
             f"-p {run.plans}{ranks}, max requeues {options.max_requeues} -> {folder or '$nnUNet_results/...'}"

@@ -34,8 +34,9 @@ def describe_stage(stage: Stage, spec: WorkflowSpec) -> str:
         ranks = stage.jobs[0].options.num_gpus
         gpus = f" -num_gpus {ranks}" if ranks > 1 else ""
         shape = f"array of {len(stage.jobs)}, " if len(stage.jobs) > 1 else ""
-        where = f", {ranks} ranks on one node each" if ranks > 1 else ""
-        return f"{shape}nnslurm train {first.dataset} {stage.configuration} FOLD{npz}{gpus} (folds {folds}{where})"
+        where = f", {ranks} ranks per node" if ranks > 1 else ""
+        command = f"nnslurm train {first.dataset} {stage.configuration} FOLD{npz}{gpus}"
+        return f"{shape}{command} (folds {folds}{where})"
     if stage.kind == StageKind.FIND_BEST:
         configurations = " ".join(spec.configurations)
         return (
@@ -87,7 +88,11 @@ def dry_run(spec: WorkflowSpec, submission: Submission, cpu_partition: str | Non
         return 0
     for stage in stages:
         name = f"{submission.job_name}-{stage.name.replace(' ', '-')}"
-        where = submission if stage.kind == StageKind.TRAIN else stage_submission(stage, submission, cpu_partition)
+        where = (
+            submission
+            if stage.kind == StageKind.TRAIN
+            else stage_submission(stage, submission, cpu_partition)
+        )
         dependency = dependency_expression(stage, placeholders, tasks)
         params = launch.sbatch_parameters(
             where.cluster, name, where.folder, tasks[stage.name], dependency=dependency

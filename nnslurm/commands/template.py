@@ -189,6 +189,7 @@ def sbatch_lines(values: Rendering) -> list[str]:
         ("partition", cluster.partition),
         ("account", cluster.account),
         ("qos", cluster.qos),
+        *((("nodes", str(cluster.nodes)), ("ntasks-per-node", "1")) if cluster.nodes > 1 else ()),
         ("gpus-per-node", str(cluster.gpus) if cluster.gpus else None),
         ("cpus-per-task", str(cluster.cpus_per_task) if cluster.cpus_per_task else None),
         ("mem", cluster.mem),
@@ -206,14 +207,18 @@ def setup_lines(values: Rendering) -> list[str]:
 
 
 def run_lines(values: Rendering) -> list[str]:
+    cluster = values.cluster
+    # several nodes: srun starts one launcher per node, and passes the B: signal on to each
+    launch = ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=0"] if cluster.nodes > 1 else []
     lines = [
         f"NNSLURM=({shlex.join(values.command)})",
+        f"LAUNCH=({shlex.join(launch)})  # "
+        + ("one launcher of -num_gpus ranks per node" if launch else "none: one node (--nodes M: srun)"),
         f"export NNSLURM_WARNING_SIGNAL={values.cluster.signal_name} NNSLURM_SIGNAL_DELAY="
         f"{values.cluster.signal_delay_s}  # the signal of --signal above, and its lead"
         if values.cluster.send_signal
         else "# --no-signal: no warning signal; the end-time rule stops the job before its limit",
     ]
-    cluster = values.cluster
     if cluster.time_min_s is not None:  # the job compares its granted limit with these
         lines.append(f"export {TIME_ASKED_ENV}={cluster.time_s} {TIME_MIN_ENV}={cluster.time_min_s}")
     if values.name == "folds-array":

@@ -51,13 +51,16 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Returns 0 when training finished; a stop leaves through `nnslurm.training.stoppable` with status 75."""
     from nnslurm.scheduler.restart import note_restart
+    from nnslurm.training.ranks import step_placement
 
     job = training_job_from_args(args)
-    note_restart(job)  # an sbatch template's job, restarted after a node failure: say so (sacct)
-    if job.options.num_gpus > 1:  # this process launches the ranks; rank 0 trains, decides and records
-        from nnslurm.training.launch_ranks import launch
+    placement = step_placement()  # one of several srun tasks (nodes): one launcher of the job's
+    if placement.leads:
+        note_restart(job)  # an sbatch template's job, restarted after a node failure: say so (sacct)
+    if job.options.num_gpus > 1 or placement.launchers > 1:
+        from nnslurm.training.launch_ranks import launch  # rank 0 trains, decides and records
 
-        return launch(job, job.options.num_gpus, _after_stop_hook)
+        return launch(job, job.options.num_gpus, _after_stop_hook, placement)
     outcome = run_stoppable(job, after_stop=_after_stop_hook(job))
     logger.info("training finished: %s", outcome.output_folder)
     return 0

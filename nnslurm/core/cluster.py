@@ -57,6 +57,9 @@ _RESERVED = {
     "A": "--account",
     "qos": "--qos",
     "gpus-per-node": "--gpus",
+    "nodes": "--nodes",
+    "N": "--nodes",
+    "ntasks-per-node": "--nodes (nnslurm runs one task per node, a launcher of its -num_gpus ranks)",
     "cpus-per-task": "--cpus-per-task",
     "c": "--cpus-per-task",
     "mem": "--mem",
@@ -77,6 +80,7 @@ class ClusterSettings:
     time_s: int = DEFAULT_TIME_S  # --time (SLURM rounds up to whole minutes; local: exact)
     time_min_s: int | None = None  # --time-min: backfill may start the job with a limit down to this
     gpus: int | None = None  # --gpus-per-node
+    nodes: int = 1  # --nodes: one srun task per node, each launching -num_gpus ranks (training only)
     cpus_per_task: int | None = None  # --cpus-per-task
     mem: str | None = None  # --mem, e.g. "64G"
     constraint: str | None = None  # --constraint
@@ -105,6 +109,8 @@ class ClusterSettings:
                 hint="raise --time or lower --signal-delay (the signal comes that many seconds before the "
                 "limit, SLURM may send it up to 60 s earlier).",
             )
+        if self.nodes < 1:
+            raise UsageError(f"--nodes must be 1 or more, got {self.nodes}.")
         for count, flag in ((self.gpus, "--gpus"), (self.cpus_per_task, "--cpus-per-task")):
             if count is not None and count < (0 if flag == "--gpus" else 1):
                 raise UsageError(f"{flag} must be {'0' if flag == '--gpus' else '1'} or more, got {count}.")
@@ -137,6 +143,7 @@ class ClusterSettings:
             ("account", self.account or "(cluster default)"),
             ("qos", self.qos or "(cluster default)"),
             ("time", f"{format_time(self.time_s)} ({describe(self.time_s)})"),
+            ("nodes", str(self.nodes)),
             ("gpus per node", "none" if not self.gpus else str(self.gpus)),
             ("cpus per task", str(self.cpus_per_task or "(cluster default)")),
             ("mem", self.mem or "(cluster default)"),
@@ -185,6 +192,7 @@ PROFILE_KEYS = (
     "time",
     "time_min",
     "gpus",
+    "nodes",
     "cpus_per_task",
     "mem",
     "constraint",
@@ -270,7 +278,7 @@ def _convert(key: str, value: Any, source: str) -> dict[str, Any]:
         if not isinstance(value, str):
             raise wrong('a SLURM time such as "90" or "1-00:00:00"')
         return {field: parse_time(value, flag=f"{source}: {key}")}
-    if key in ("gpus", "cpus_per_task", "signal_delay"):
+    if key in ("gpus", "nodes", "cpus_per_task", "signal_delay"):
         if not isinstance(value, int) or isinstance(value, bool):
             raise wrong("a whole number")
         return {"signal_delay_s" if key == "signal_delay" else key: value}

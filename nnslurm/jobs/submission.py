@@ -163,6 +163,8 @@ def sbatch_parameters(
         "signal_delay_s": cluster.signal_delay_s,
         "setup": job_environment_lines(cluster, environ) + list(cluster.setup),
     }
+    if cluster.nodes > 1:  # one srun task per node: a launcher of its ranks (training.ranks.Placement)
+        params.update(nodes=cluster.nodes, ntasks_per_node=1)
     optional = {
         "partition": cluster.partition,
         "account": cluster.account,
@@ -268,6 +270,9 @@ def submit(submission: Submission, dependency: str | None = None) -> list[submit
                 jobs = executor.submit_array(callables)
         except submitit.core.utils.FailedJobError as error:  # sbatch refused: its own words
             raise SubmissionRefused(str(error).strip()) from error
+    # --nodes M: submitit's job of M tasks (one launcher per node); rank 0's task is the one whose
+    # result, error and logs tell the run's end (the others leave with 0 or the same result)
+    jobs = [job.task(0) if job.num_tasks > 1 else job for job in jobs]
     for index, (job, train_job) in enumerate(zip(jobs, submission.jobs, strict=True)):
         record_submitted(job, (train_job,), submission, array_index=index if len(jobs) > 1 else None)
     return jobs

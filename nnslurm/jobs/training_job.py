@@ -20,7 +20,9 @@ After a stop (nnslurm.jobs.base.exit_after_stop; see `nnslurm.scheduler.policy` 
 With -num_gpus N > 1 the job's process launches the N ranks on its node and waits for them
 (nnslurm.training.launch_ranks): every stop signal SLURM sends it goes on to every rank, rank 0
 decides with this job's own `after_stop` (in its process), and the job's process leaves with rank
-0's status through the same one exit, without a result for submitit.
+0's status through the same one exit, without a result for submitit. With --nodes M, srun runs this
+callable once per node, each a launcher of N ranks (nnslurm.training.ranks.Placement); the others
+leave with 0 once their ranks stopped, rank 0's launcher with the decision.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from nnslurm.core.config import TrainJob
 from nnslurm.jobs.base import Again, StoppableJob
 from nnslurm.runs.outcome import Stopped
 from nnslurm.scheduler.restart import note_restart
+from nnslurm.training.ranks import step_placement
 from nnslurm.training.signals import StopRequest
 from nnslurm.training.stoppable import AfterStop, exit_process, run_stoppable, stopped_outside_training
 
@@ -59,16 +62,18 @@ class TrainingJob(StoppableJob):
 
     def run(self) -> TrainingOutcome | None:
         """The outcome once training finished; None with several ranks (rank 0's stays in its process)."""
-        note_restart(self.job)  # a restart after a node failure: say so (sacct); nothing outside SLURM
+        placement = step_placement()  # one of several srun tasks (--nodes): one launcher of the job's
+        if placement.leads:
+            note_restart(self.job)  # a restart after a node failure: say so (sacct); nothing outside SLURM
         ranks = self.job.options.num_gpus
-        if ranks > 1:
+        if ranks > 1 or placement.launchers > 1:
             from nnslurm.training.launch_ranks import launch  # after submitit's start: torch-free
 
             # rank 0 decides with this job's after_stop; a module-level partial pickles into its process
-            status = launch(self.job, ranks, functools.partial(_after_stop_of, self))
+            status = launch(self.job, ranks, functools.partial(_after_stop_of, self), placement)
             if status != 0:
                 exit_process(status)  # no result: the job is not over for submitit
-            logger.info("training finished with %d ranks", ranks)
+            logger.info("training finished with %d ranks", ranks * placement.launchers)
             return None
         outcome = run_stoppable(self.job, after_stop=self.after_stop)
         logger.info("training finished: %s", outcome.output_folder)

@@ -220,6 +220,12 @@ def cancel(job_id: str) -> None:
     run_command(["scancel", job_id])
 
 
+def hostnames(nodelist: str, timeout: float = DEFAULT_TIMEOUT_S) -> list[str]:
+    """`scontrol show hostnames LIST`: "gpu[01-02],cpu7" -> ["gpu01", "gpu02", "cpu7"], in SLURM's
+    order (the first is where a job's rank 0 runs)."""
+    return run_command(["scontrol", "show", "hostnames", nodelist], timeout).stdout.split()
+
+
 def available() -> bool:
     """Whether a SLURM controller answers (sinfo)."""
     try:

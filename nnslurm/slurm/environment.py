@@ -45,6 +45,9 @@ class SlurmEnvironment:
     time_asked_s: int | None = None  # NNSLURM_TIME_ASKED: --time, set only with --time-min
     time_min_s: int | None = None  # NNSLURM_TIME_MIN: --time-min
     signal_delay_s: int | None = None  # NNSLURM_SIGNAL_DELAY: the warning signal's lead, if nnslurm set it
+    step_tasks: int = 1  # SLURM_STEP_NUM_TASKS: srun's tasks in this step (one per node: `--nodes`)
+    localid: int = 0  # SLURM_LOCALID: this task's index on its node
+    nodelist: str | None = None  # SLURM_STEP_NODELIST (else SLURM_JOB_NODELIST): "gpu[01-02]"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> SlurmEnvironment:
@@ -67,6 +70,9 @@ class SlurmEnvironment:
             time_asked_s=_int(env.get(TIME_ASKED_ENV), 0) or None,
             time_min_s=_int(env.get(TIME_MIN_ENV), 0) or None,
             signal_delay_s=_int(env.get(SIGNAL_DELAY_ENV), 0) or None,
+            step_tasks=max(1, _int(env.get("SLURM_STEP_NUM_TASKS"), 1)),
+            localid=_int(env.get("SLURM_LOCALID"), 0),
+            nodelist=env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or None,
         )
 
     @property

@@ -224,9 +224,10 @@ def rank_device(name: str, rank: Rank) -> torch.device:
     """cuda:LOCAL_RANK (never the global rank, as nnU-Net would), or the CPU."""
     if name != "cuda":
         return torch.device(name)
-    if torch.cuda.device_count() < rank.world_size:
+    if torch.cuda.device_count() <= rank.local_rank:
         raise NnslurmError(
-            f"-num_gpus {rank.world_size}, but this process sees {torch.cuda.device_count()} CUDA device(s).",
-            hint="ask SLURM for as many GPUs as -num_gpus (--gpus), or lower -num_gpus.",
+            f"rank {rank.rank} trains on CUDA device {rank.local_rank} of its node, but this process sees "
+            f"{torch.cuda.device_count()} CUDA device(s).",
+            hint="ask SLURM for -num_gpus GPUs per node (--gpus-per-node), or lower -num_gpus.",
         )
     return torch.device("cuda", rank.local_rank)

@@ -38,14 +38,14 @@ from nnslurm.core.logs import configure_logging
 from nnslurm.runs.outcome import Stopped
 from nnslurm.training.progress import DISABLE_ENV
 from nnslurm.training.ranks import (
-    LOCALHOST,
+    Placement,
     Rank,
     die_with_launcher,
     free_port,
     hold_stop_signals,
     release_stop_signals,
 )
-from nnslurm.training.stoppable import AfterStop, run_stoppable
+from nnslurm.training.stoppable import AfterStop, exit_process, run_stoppable
 
 logger = logging.getLogger(__name__)
 
@@ -61,22 +61,31 @@ class RankFailed(NnslurmError):
         self.exit_code = exit_code
 
 
-def launch(job: TrainJob, world_size: int, after_stop_for: AfterStopFor | None = None) -> int:
-    """Train `job` with `world_size` ranks on this node; returns the exit status (0, or 75 after a
-    stop); raises rank 0's error, or RankFailed when a rank died."""
+def launch(
+    job: TrainJob,
+    per_launcher: int,
+    after_stop_for: AfterStopFor | None = None,
+    placement: Placement | None = None,
+) -> int:
+    """Train `job` with `per_launcher` ranks on this node, placed among the job's launchers by
+    `placement` (default: the only one); returns the exit status (0, or rank 0's after a stop);
+    raises rank 0's error, or RankFailed when a rank died. Another launcher than rank 0's leaves
+    with 0 once its ranks stopped (exit_process): rank 0 decides, and srun must not take this
+    task's end for a failure and kill rank 0's (--kill-on-bad-exit) while it writes or decides."""
+    placement = Placement() if placement is None else placement
     names = job.options.stop_signals
     context = multiprocessing.get_context("spawn")
     errors = context.SimpleQueue()
     decisions = context.SimpleQueue()  # rank 0's after-stop status: its exit status is no error
-    port = free_port()
+    port = free_port() if placement.master_port is None else placement.master_port
     processes: list[BaseProcess] = []
     forwarder = _Forwarder(names, processes)
     forwarder.install()
     try:
         hold_stop_signals(names)  # before the first rank exists: it inherits the mask
         try:
-            for number in range(world_size):
-                rank = Rank(number, world_size, number, LOCALHOST, port)
+            for number in range(per_launcher):
+                rank = placement.rank(number, per_launcher, port)
                 process = context.Process(
                     target=_rank_main,
                     args=(job, rank, after_stop_for, os.getpid(), errors, decisions),
@@ -86,14 +95,25 @@ def launch(job: TrainJob, world_size: int, after_stop_for: AfterStopFor | None =
                 processes.append(process)
         finally:
             release_stop_signals(names)  # held ones reach the forwarder now, and every rank
-        logger.info("launched %d ranks (pids %s) on %s:%d", world_size, _pids(processes), LOCALHOST, port)
+        logger.info(
+            "launched %d ranks (pids %s)%s, meeting at %s:%d",
+            per_launcher,
+            _pids(processes),
+            "" if placement.launchers == 1 else f" as launcher {placement.index} of {placement.launchers}",
+            placement.master_addr,
+            port,
+        )
         statuses = _wait(processes, grace_s=job.options.stop_deadline_s)
-        logger.info("ranks ended: %s", _statuses_text(statuses))
+        logger.info("ranks ended: %s", _statuses_text(statuses, placement.index * per_launcher))
     finally:
         _kill_left(processes)
         forwarder.restore()
     reported = _reported(errors)
-    return _status(statuses, reported, _decided(decisions))
+    status = _status(statuses, reported, _decided(decisions), first_rank=placement.index * per_launcher)
+    if not placement.leads and status == EXIT_RESUMABLE:
+        logger.info("this launcher's ranks stopped; rank 0's launcher decides what follows")
+        exit_process(0)
+    return status
 
 
 def _rank_main(
@@ -235,14 +255,18 @@ def _decided(decisions: Any) -> int | None:
     return found
 
 
-def _status(statuses: list[int], reported: dict[int, tuple[int, str]], decided: int | None = None) -> int:
+def _status(
+    statuses: list[int], reported: dict[int, tuple[int, str]], decided: int | None = None, first_rank: int = 0
+) -> int:
     """Rank 0 decides: its status (0 finished, 75 or its after-stop decision's status after a
-    stop), or its error; a rank killed or failed without one is RankFailed."""
-    killed = [f"rank {n} {_exit_text(code)}" for n, code in enumerate(statuses) if code < 0]
-    if 0 in reported:
-        code, message = reported[0]
+    stop), or its error; a rank killed or failed without one is RankFailed. `statuses` are this
+    launcher's ranks', its first (global rank `first_rank`) first; another launcher than rank 0's
+    judges by its own first rank the same way (75: it stopped with rank 0)."""
+    killed = [f"rank {first_rank + n} {_exit_text(code)}" for n, code in enumerate(statuses) if code < 0]
+    if first_rank in reported:
+        code, message = reported[first_rank]
         if killed:  # rank 0's error followed from it (its next collective failed)
-            message = f"{', '.join(killed)}; then rank 0 failed: {message}"
+            message = f"{', '.join(killed)}; then rank {first_rank} failed: {message}"
         raise RankFailed(message, exit_code=code)
     leader = statuses[0]
     if decided is not None and leader < 0:  # killed after its decision (all durable by then): it stands
@@ -252,17 +276,20 @@ def _status(statuses: list[int], reported: dict[int, tuple[int, str]], decided: 
     if leader in (0, *stopped) and all(code in (0, EXIT_RESUMABLE) for code in statuses[1:]):
         return leader
     if leader in stopped:  # rank 0 stopped the run resumable; a peer ended badly with it
-        logger.warning("rank 0 stopped the run (%d); %s", leader, _statuses_text(statuses))
+        logger.warning(
+            "rank %d stopped the run (%d); %s", first_rank, leader, _statuses_text(statuses, first_rank)
+        )
         return leader
     raise RankFailed(
-        f"the ranks ended without finishing or stopping: {_statuses_text(statuses)}.",
+        f"the ranks ended without finishing or stopping: {_statuses_text(statuses, first_rank)}.",
         hint="the run resumes from its newest valid checkpoint: run the same command (a rank killed "
         "by the kernel's OOM killer needs more memory, or fewer augmentation workers).",
     )
 
 
-def _statuses_text(statuses: list[int]) -> str:
-    return ", ".join(f"rank {number} {_exit_text(code)}" for number, code in enumerate(statuses))
+def _statuses_text(statuses: list[int], first_rank: int = 0) -> str:
+    """ "rank 0 exited 75, rank 1 exited 75": global ranks, this launcher's first being `first_rank`."""
+    return ", ".join(f"rank {first_rank + n} {_exit_text(code)}" for n, code in enumerate(statuses))
 
 
 def _pids(processes: list[BaseProcess]) -> str:

@@ -28,7 +28,8 @@ def check_world_size(chosen: CheckpointInfo, world_size: int) -> None:
         f"{chosen.path.name} was written by {written} rank(s) in the middle of epoch {chosen.epoch} "
         f"(iteration {chosen.iteration}); this start has {world_size}: the ranks' batches and random "
         "streams cannot be split differently mid-epoch. Nothing was changed.",
-        hint=f"resume with -num_gpus {written} (the next epoch boundary's checkpoint can then go on with "
+        hint=f"resume with {written} rank(s) in all (-num_gpus times the nodes) (the next epoch boundary's "
+        "checkpoint can then go on with "
         "another number), or --resume-from best to go on from the last epoch end with this number "
         "(the partial epoch is trained again).",
     )

@@ -149,6 +149,7 @@ def cpu_submission(submission: Submission, partition: str | None) -> Submission:
     cluster = dataclasses.replace(
         submission.cluster,
         gpus=None,
+        nodes=1,
         partition=partition or submission.cluster.partition,
         sbatch_args=_without_gpus(submission.cluster.sbatch_args),
     )
@@ -156,11 +157,13 @@ def cpu_submission(submission: Submission, partition: str | None) -> Submission:
 
 
 def one_gpu_submission(submission: Submission) -> Submission:
-    """A GPU stage that is not a training (predict: one device): one GPU where the training's ranks
-    (-num_gpus N) asked for N per node; every other setting as the training's."""
-    if max(job.options.num_gpus for job in submission.jobs) <= 1 or submission.cluster.gpus is None:
-        return submission
-    return dataclasses.replace(submission, cluster=dataclasses.replace(submission.cluster, gpus=1))
+    """A GPU stage that is not a training (predict: one device): one node, one GPU where the
+    training's ranks (-num_gpus N) asked for N per node; every other setting as the training's."""
+    ranks = max(job.options.num_gpus for job in submission.jobs)
+    gpus = 1 if ranks > 1 and submission.cluster.gpus is not None else submission.cluster.gpus
+    return dataclasses.replace(
+        submission, cluster=dataclasses.replace(submission.cluster, gpus=gpus, nodes=1)
+    )
 
 
 def _without_gpus(sbatch_args: tuple[tuple[str, str | None], ...]) -> tuple[tuple[str, str | None], ...]:
@@ -191,8 +194,8 @@ def submit_chain(spec: WorkflowSpec, submission: Submission, cpu_partition: str 
             dependency = dependency_expression(stage, job_ids, tasks)
             name = f"{submission.job_name}-{stage.name.replace(' ', '-')}"
             if stage.kind == StageKind.TRAIN:
-                stage_submission = dataclasses.replace(submission, jobs=stage.jobs, job_name=name)
-                jobs = launch.submit(stage_submission, dependency=dependency)
+                training = dataclasses.replace(submission, jobs=stage.jobs, job_name=name)
+                jobs = launch.submit(training, dependency=dependency)
                 job_id = array_job(str(jobs[0].job_id))  # the array of the stage's tasks
                 task_ids = tuple(str(job.job_id) for job in jobs)
             else:

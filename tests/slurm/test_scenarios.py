@@ -28,10 +28,10 @@ from .tools import (
     job_env,
     kinds,
     paced_training,
+    render_template,
     report,
     sh,
     submit_args,
-    template_setup,
     wait_for_event,
 )
 
@@ -102,17 +102,6 @@ def test_walltime_requeue_through_submit_and_template(
 
 def _ended(waiting: Background) -> bool:
     return waiting.process.poll() is not None
-
-
-def render_template(env: dict[str, str], folder: Path, *train: str) -> Path:
-    """`nnslurm template train` for this run, written to FOLDER/train-fold<N>.sbatch."""
-    fold = train[train.index("-f") + 1]
-    script = folder / f"train-fold{fold}.sbatch"
-    rendered = nnslurm(
-        ["template", "train", *train, "--log-dir", str(folder), *template_setup(env), "-o", str(script)], env
-    )
-    assert rendered.returncode == 0, rendered.stderr
-    return script
 
 
 # --- 2. preemption -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support import PACED, TINY_PLANS, NnunetEnv, patience, skip_unless_required, wait_for
+from support import PACED, TINY_PLANS, NnunetEnv, nnslurm, patience, skip_unless_required, wait_for
 
 from nnslurm.commands.synthetic import MIN_ITERATION_ENV, MIN_ITERATION_RESUMED_ENV
 from nnslurm.slurm import commands as slurm
@@ -79,6 +79,17 @@ def template_setup(env: dict[str, str]) -> list[str]:
     which is pytest's, not the test's; only the nnUNet_* variables are exported by the template."""
     paces = " ".join(f"{name}={env[name]}" for name in (MIN_ITERATION_ENV, MIN_ITERATION_RESUMED_ENV))
     return ["--setup", f"export PYTHONPATH={env['PYTHONPATH']} {paces}"]
+
+
+def render_template(env: dict[str, str], folder: Path, *train: str) -> Path:
+    """`nnslurm template train` for this run, written to FOLDER/train-fold<N>.sbatch."""
+    fold = train[train.index("-f") + 1]
+    script = folder / f"train-fold{fold}.sbatch"
+    rendered = nnslurm(
+        ["template", "train", *train, "--log-dir", str(folder), *template_setup(env), "-o", str(script)], env
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    return script
 
 
 def submit_args(log_dir: Path, *extra: str, wait: bool = True) -> list[str]:

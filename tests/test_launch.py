@@ -4,10 +4,10 @@ folds and arrays, executor choice, dry runs. NNSLURM_UPDATE_GOLDEN=1 rewrites th
 from __future__ import annotations
 
 import os
-import types
 import shutil
 import subprocess
 import sys
+import types
 import zipfile
 from pathlib import Path
 

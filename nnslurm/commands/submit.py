@@ -257,7 +257,9 @@ def dry_run(submission: Submission) -> int:
         ranks = (
             f", {nodes} nodes x {options.num_gpus} ranks"
             if nodes > 1
-            else f", {options.num_gpus} ranks on one node" if options.num_gpus > 1 else ""
+            else f", {options.num_gpus} ranks on one node"
+            if options.num_gpus > 1
+            else ""
         )
         print(
             f"# {task}dataset {run.dataset}, {run.configuration}, fold {run.fold}, -tr {run.trainer}, "

@@ -1,4 +1,6 @@
-"""`-num_gpus N` on one node: the process the user started launches N ranks and waits for them.
+"""`-num_gpus N`: the process the user started launches N ranks on its node and waits for them;
+with several nodes every srun task is such a launcher, its ranks placed among all by
+nnslurm.training.ranks.Placement.
 
 Why `multiprocessing`'s spawn context and not torch's `mp.spawn` or `subprocess`: a spawned child is
 a fresh interpreter (no CUDA state and none of the launcher's threads copied by a fork, as nnU-Net's

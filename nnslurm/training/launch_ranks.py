@@ -77,15 +77,19 @@ def launch(
     placement = Placement() if placement is None else placement
     names = job.options.stop_signals
     context = multiprocessing.get_context("spawn")
-    errors = context.SimpleQueue()
-    decisions = context.SimpleQueue()  # rank 0's after-stop status: its exit status is no error
     port = free_port() if placement.master_port is None else placement.master_port
     processes: list[BaseProcess] = []
     forwarder = _Forwarder(names, processes)
     forwarder.install()
     try:
-        hold_stop_signals(names)  # before the first rank exists: it inherits the mask
+        # Held before the first rank exists (it inherits the mask), and before the queues start
+        # multiprocessing's resource tracker, which then never hears a stop signal: SLURM signals
+        # every process of the step, and a tracker killed by USR1 was relaunched and printed a
+        # KeyError traceback for every queue at the launcher's exit.
+        hold_stop_signals(names)
         try:
+            errors = context.SimpleQueue()
+            decisions = context.SimpleQueue()  # rank 0's after-stop status: its exit status is no error
             for number in range(per_launcher):
                 rank = placement.rank(number, per_launcher, port)
                 process = context.Process(
@@ -142,6 +146,18 @@ def _rank_main(
     except NnslurmError as error:
         errors.put((rank.rank, error.exit_code, str(error)))
         raise SystemExit(error.exit_code) from None
+    finally:
+        _ignored_on_the_way_out(job.options.stop_signals)
+
+
+def _ignored_on_the_way_out(names: tuple[str, ...]) -> None:
+    """The rank's work is over (durable, finished or failed): stop signals are ignored from now on.
+    Python puts SIG_DFL back for every signal it had a handler for while the interpreter shuts down
+    (not for ignored ones), so a TERM in those last milliseconds (the one `scontrol requeue` sends
+    to every process of the job right after rank 0's walltime decision) killed the rank: measured,
+    "rank 1 killed by SIGTERM" after every walltime stop with two ranks on real SLURM."""
+    for sig in (parse_signal(name) for name in names):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _harmless_after_the_monitor(names: tuple[str, ...]) -> None:

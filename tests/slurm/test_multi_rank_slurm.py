@@ -51,7 +51,11 @@ def test_two_ranks_preempted_and_warned_resume_exactly(
     wait_for_event(run_folder, "checkpoint", 180, reason="periodic")  # both ranks past epoch 0
     preempted_at = time.time()
     idle_cluster.preempt()
-    stop = wait_for_event(run_folder, "decision", 60, kind="preemption")
+    stop = wait_for(
+        lambda: next((d for d in kinds(run_folder, "decision") if d["kind"] == "preemption"), None),
+        patience(60),
+        "the preemption's stop and decision",
+    )
     code, output = waiting.finish(400)
     assert code == 0, output
 
@@ -74,9 +78,11 @@ def test_two_ranks_preempted_and_warned_resume_exactly(
     assert states.count("PREEMPTED") == 1 and states[-1] == "COMPLETED" and len(states) == starts, states
     logs = "".join(path.read_text() for path in sorted((tmp_path / "logs" / job_id).glob("*_log.err")))
     assert logs.count("launched 2 ranks") == starts, logs[-3000:]
-    # neither rank killed by the TERMs that end the grace time (SLURM's own, and forwarded)
+    # neither rank killed by the TERMs that end the grace time (SLURM's own, and forwarded), nor by
+    # the TERM of nnslurm's own requeue after the warning
     assert logs.count("ranks ended: rank 0 exited 75, rank 1 exited 75") == story["stops"], logs[-3000:]
     assert "ranks ended: rank 0 exited 0, rank 1 exited 0" in logs
+    assert "Traceback" not in logs, logs[-3000:]  # multiprocessing's helper never killed by a stop signal
     wait_for(lambda: not processes_with_marker(marker), patience(30), "every process of the job to end")
     report(
         "two ranks preempted and warned (submit -num_gpus 2 -device cpu)",
@@ -131,5 +137,6 @@ def test_two_srun_tasks_each_a_launcher_stop_on_the_warning_and_resume_exactly(
     followed = log.count("this launcher's ranks stopped; rank 0's launcher decides")
     assert followed == story["stops"], log[-3000:]
     assert log.count("ranks ended: rank 1 exited 75") == story["stops"], log[-3000:]  # task 1's rank
+    assert "Traceback" not in log, log[-3000:]
     wait_for(lambda: not processes_with_marker(marker), patience(30), "every process of the job to end")
     report("two srun tasks, a launcher each (template, walltime)", started, redone=story["redone"])

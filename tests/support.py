@@ -386,3 +386,46 @@ def folder_digests(folder: Path) -> dict[str, str]:
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
+
+
+# --- nnU-Net's own trainer variants stopped and resumed (tests/test_trainer_variants*.py) -------------
+
+VARIANT_ITERATIONS = 4
+VARIANT_RUN = [
+    "-d", "501", "-f", "0", "-p", TINY_PLANS, "--device", "cpu",
+    "--iterations-per-epoch", str(VARIANT_ITERATIONS), "--val-iterations-per-epoch", "1",
+    "--deterministic", "--no-final-validation",
+]  # fmt: skip
+# mid-epoch in epoch 0, and in epoch 1 (after an epoch end: its schedule step, its checkpoints);
+# a signal lands at an iteration and the stop comes at the next boundary
+VARIANT_POINTS = "0:2,1:1"
+VARIANT_STOPPED_AT = [(0, 3), (1, 2)]
+
+
+def variant_stopped_twice_ends_bitwise_equal(
+    variant: str, epochs: int | None, nnunet_env: NnunetEnv, tmp_path: Path
+) -> None:
+    """nnU-Net's trainer `variant` (with tests/signal_trainers.py's signal points laid over it) trained
+    never stopped, and stopped twice by real signals and resumed: the same final weights, bitwise."""
+    from signal_trainers import VARIANT_PREFIX  # here: it imports torch and nnU-Net
+
+    trainer = VARIANT_PREFIX + variant
+    args = [*VARIANT_RUN, "-tr", f"signal_trainers:{trainer}", *(["--epochs", str(epochs)] if epochs else [])]
+    reference = NnunetEnv(nnunet_env.raw, nnunet_env.preprocessed, tmp_path / "reference")
+    reference.results.mkdir()
+    assert train_until_finished(reference.env(nnUNet_n_proc_DA="0"), args) == [0]
+
+    env = nnunet_env.env(
+        nnUNet_n_proc_DA="0",
+        NNSLURM_TEST_SIGNALS=VARIANT_POINTS,
+        NNSLURM_TEST_SIGNAL_STATE=str(tmp_path / "fired"),
+    )
+    assert train_until_finished(env, args) == [75, 75, 0]  # a variant that cannot resume exits 1 here
+    run_folder = nnunet_env.run_folder(trainer)
+    stopped, resumed = stops_and_resumes(run_folder)
+    assert stopped == VARIANT_STOPPED_AT
+    assert resumed == stopped  # no iteration redone
+    expected, actual = final_weights(reference.run_folder(trainer)), final_weights(run_folder)
+    assert expected.keys() == actual.keys()
+    different = [key for key in expected if not expected[key].equal(actual[key])]
+    assert not different, f"{variant}: weights differ after two stops: {different[:5]}"

@@ -5,13 +5,16 @@ training submitted twice, with and without `--time-min`.
 With it, backfill starts the job at once in the hole with a lowered limit; the job takes its
 120 s warning, which comes at once, as a hint; the end-time rule stops it before that limit
 (nothing redone), it asks for its full --time again and requeues itself, and finishes after the
-whole-node job. Without it, the job waits for the whole-node job. Prints a `[nnslurm scenario]`
+whole-node job. Without it, the job waits for the whole-node job. Once the backfilled job has
+requeued itself the blocker is cancelled (the hole has served; it would hold the node a minute
+longer), so the whole-node job and then both runs start at once. Prints a `[nnslurm scenario]`
 line with the queue waits, the times to finish and their ratios (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -126,6 +129,9 @@ def test_time_min_starts_in_the_backfill_hole_and_finishes_first(
     # waits behind the whole-node job, so it is still pending here.
     wait_for(lambda: state_of(with_job)[0] == "PENDING", patience(60), "the requeued job to be pending")
     assert slurm.job_info(with_job).time_limit_s == ASKED_MINUTES * 60
+    # The hole has served: the blocker ends now instead of at its limit (a minute sooner), and the
+    # whole-node job, then both runs, start at once.
+    subprocess.run(["scancel", blocker], check=True, timeout=30)
 
     for fold, waiting in runs.items():
         code, output = waiting.finish(600)

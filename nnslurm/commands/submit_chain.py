@@ -88,11 +88,7 @@ def dry_run(spec: WorkflowSpec, submission: Submission, cpu_partition: str | Non
         return 0
     for stage in stages:
         name = f"{submission.job_name}-{stage.name.replace(' ', '-')}"
-        where = (
-            submission
-            if stage.kind == StageKind.TRAIN
-            else stage_submission(stage, submission, cpu_partition)
-        )
+        where = stage_submission(stage, submission, cpu_partition)
         dependency = dependency_expression(stage, placeholders, tasks)
         params = launch.sbatch_parameters(
             where.cluster, name, where.folder, tasks[stage.name], dependency=dependency

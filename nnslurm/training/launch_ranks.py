@@ -75,6 +75,7 @@ def launch(
     with 0 once its ranks stopped (exit_process): rank 0 decides, and srun must not take this
     task's end for a failure and kill rank 0's (--kill-on-bad-exit) while it writes or decides."""
     placement = Placement() if placement is None else placement
+    first_rank = placement.index * per_launcher  # the global rank of this launcher's first
     names = job.options.stop_signals
     context = multiprocessing.get_context("spawn")
     port = free_port() if placement.master_port is None else placement.master_port
@@ -110,12 +111,12 @@ def launch(
             port,
         )
         statuses = _wait(processes, grace_s=job.options.stop_deadline_s)
-        logger.info("ranks ended: %s", _statuses_text(statuses, placement.index * per_launcher))
+        logger.info("ranks ended: %s", _statuses_text(statuses, first_rank))
     finally:
         _kill_left(processes)
         forwarder.restore()
     reported = _reported(errors)
-    status = _status(statuses, reported, _decided(decisions), first_rank=placement.index * per_launcher)
+    status = _status(statuses, reported, _decided(decisions), first_rank=first_rank)
     if not placement.leads and status == EXIT_RESUMABLE:
         logger.info("this launcher's ranks stopped; rank 0's launcher decides what follows")
         exit_process(0)

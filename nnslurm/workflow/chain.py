@@ -138,8 +138,10 @@ GPU_SBATCH_KEYS = frozenset(
 
 
 def stage_submission(stage: Stage, submission: Submission, cpu_partition: str | None) -> Submission:
-    """The settings of a stage that is not a training: a GPU stage (predict) gets one GPU, a CPU
+    """A stage's settings: a training's as given; another GPU stage (predict) gets one GPU, a CPU
     stage (preprocess, find best) none; everything else as the training's."""
+    if stage.kind == StageKind.TRAIN:
+        return submission
     return one_gpu_submission(submission) if stage.gpu else cpu_submission(submission, cpu_partition)
 
 
